@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# The CPU build of torch is installed first and pinned so that the package's own range
+# (torch>=2.4) is already satisfied and pip does not pull CUDA wheels. GPU users: install
+# the torch build for your CUDA first, then `make install TORCH_PIN=`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.install-stamp
+SHARED ?= ../shared/data
+
+.PHONY: install demo test bench lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	@if [ -n "$(TORCH_PIN)" ]; then $(BIN)/pip install -q "$(TORCH_PIN)"; fi
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: distributed REINFORCE on 60x60 cluttered MNIST, on a local Ray instance,
+# with the real digits from $(SHARED)/mnist when present, generated digits otherwise.
+demo: install
+	$(BIN)/python pipelines/train.py --config configs/demo.yaml --data-dir $(SHARED)/mnist
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/python pipelines/bench_throughput.py
+	$(BIN)/python pipelines/bench_mnist.py --config configs/cluttered60_8g.yaml
+
+lint: install
+	$(BIN)/ruff check ram_wsi pipelines tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,320 @@
+"""The retina: one definition of a glimpse, shared by every backend.
+
+A glimpse at centre ``l = (x, y)`` is ``k`` square patches of ``g x g`` output pixels. Patch ``j``
+covers a square of ``g * s**j`` *base pixels* centred on ``l``; every patch is resampled to
+``g x g`` with an area (box) filter, which anti-aliases the wide patches and equals bilinear
+interpolation for the first one.
+
+Coordinates (the paper's): ``x`` runs left to right, ``y`` top to bottom, both in ``[-1, 1]``;
+``(-1, -1)`` is the top-left *corner* of the image and ``+-1`` its border (``grid_sample``'s
+``align_corners=False`` convention). A source pixel ``p`` covers ``[p, p + 1)`` in continuous
+pixel coordinates, so ``x`` maps to ``(x + 1) / 2 * W``. Images need not be square: a patch is
+square in pixels, not in normalised units.
+
+How a patch is made, on every backend: patch ``j`` needs ``f_j = base * s**j`` source pixels per
+output pixel. It is read from the coarsest pyramid level whose downsample ``d`` does not exceed
+``f_j`` (so no resolution is lost), and the residual factor ``f_j / d`` (in ``[1, 2)`` for a 2x
+pyramid) is applied with a separable box filter: output pixel ``(i, j)`` is
+``sum_{a,b} Wy[i, a] * level[a, b] * Wx[j, b]``, where ``Wy``/``Wx`` hold the overlap of each
+output pixel's box with each level pixel. That is area averaging for any float factor (1.5, 4.016
+...), exact bilinear interpolation at factor 1, sub-pixel centres, and a fill value outside the
+image. Only the ``K x K`` level pixels under the window are touched, ``K ~ 2g + 2`` at most, so
+the cost of a glimpse does not grow with the image.
+
+In memory the pyramid is built once per batch of images (exact 2x2 means after padding with the
+fill value) and every scale of every image is one gather from a flat buffer of all levels plus two
+batched matmuls -- no Python loop over the batch or the scales. Slide readers fetch each scale's
+region from the file's own levels and call the same :func:`resample`, which is why memory, TIFF
+and OME-Zarr serve the same glimpses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+__all__ = [
+    "RetinaSpec",
+    "Pyramid",
+    "build_pyramid",
+    "choose_level",
+    "window_span",
+    "resample",
+    "glimpse",
+    "loc_to_pixels",
+    "pixels_to_loc",
+]
+
+
+@dataclass(frozen=True)
+class RetinaSpec:
+    """Geometry of a glimpse.
+
+    Attributes:
+        patch: output size ``g`` of every patch, in pixels.
+        scales: number of patches ``k``.
+        scale_factor: each patch is this many times wider than the previous one (any float > 1).
+        base: width of one output pixel of the first patch, in source units -- image pixels for
+            arrays, level-0 pixels for slides (or micrometres when a slide source is asked for a
+            physical retina). 1.0 reads the first patch at full resolution.
+    """
+
+    patch: int = 12
+    scales: int = 3
+    scale_factor: float = 2.0
+    base: float = 1.0
+
+    def __post_init__(self) -> None:
+        if int(self.patch) != self.patch or self.patch < 1:
+            raise ConfigError(f"must be a positive integer, got {self.patch!r}", key="retina.patch")
+        if int(self.scales) != self.scales or self.scales < 1:
+            raise ConfigError(f"must be a positive integer, got {self.scales!r}", key="retina.scales")
+        if not (self.scale_factor >= 1.0) or not math.isfinite(self.scale_factor):
+            raise ConfigError(f"must be a finite number >= 1, got {self.scale_factor!r}",
+                              key="retina.scale_factor")
+        if not (self.base > 0) or not math.isfinite(self.base):
+            raise ConfigError(f"must be a positive number, got {self.base!r}", key="retina.base")
+
+    def pixel_factor(self, j: int) -> float:
+        """Source units per output pixel for patch ``j``."""
+        return self.base * self.scale_factor**j
+
+    def window(self, j: int) -> float:
+        """Width of patch ``j`` in source units."""
+        return self.patch * self.pixel_factor(j)
+
+    @property
+    def glimpse_shape(self) -> tuple[int, int, int]:
+        """``(k, g, g)``; a glimpse tensor is ``(k, C, g, g)``."""
+        return (self.scales, self.patch, self.patch)
+
+    def check_fits(self, height: int, width: int, *, source: str = "image") -> None:
+        """Reject a first patch larger than the image: such a retina cannot see detail."""
+        if self.window(0) > min(height, width):
+            raise ConfigError(
+                f"the first patch ({self.window(0):g} px) is larger than the {source} "
+                f"({height}x{width})", key="retina.patch")
+
+
+def loc_to_pixels(loc: torch.Tensor, width: float, height: float) -> torch.Tensor:
+    """``[-1, 1]`` locations ``(..., 2)`` as ``(x, y)`` -> continuous pixel coordinates."""
+    scale = loc.new_tensor([width, height])
+    return (loc + 1.0) * 0.5 * scale
+
+
+def pixels_to_loc(px: torch.Tensor, width: float, height: float) -> torch.Tensor:
+    """Inverse of :func:`loc_to_pixels`."""
+    scale = px.new_tensor([width, height])
+    return px / scale * 2.0 - 1.0
+
+
+def _support(factor: torch.Tensor | float) -> torch.Tensor | float:
+    # Box width in source pixels: the output pixel's footprint, but never narrower than one
+    # source pixel (upsampling then becomes linear interpolation, not nearest neighbour).
+    if isinstance(factor, torch.Tensor):
+        return factor.clamp_min(1.0)
+    return max(float(factor), 1.0)
+
+
+def _span_count(factor: float, g: int) -> int:
+    return int(math.ceil((g - 1) * factor + _support(factor))) + 1
+
+
+def window_span(left: np.ndarray | float, factor: float, g: int) -> tuple[np.ndarray, int]:
+    """Source pixels touched by a ``g``-pixel window starting at ``left`` with ``factor`` source
+    pixels per output pixel: returns ``(first_index, count)``; ``count`` is the same for all.
+
+    Slide readers call this to know which region to read before :func:`resample`.
+    """
+    bw = _support(factor)
+    first = np.floor(np.asarray(left, dtype=np.float64) + 0.5 * factor - 0.5 * bw).astype(np.int64)
+    return first, _span_count(factor, g)
+
+
+def choose_level(factor: float, downsamples: list[float] | np.ndarray, tol: float = 1e-3) -> int:
+    """Index of the coarsest level whose downsample does not exceed ``factor`` (with a relative
+    tolerance, so a 4.016 level serves a 4x patch). Level 0 when none qualifies."""
+    best = 0
+    for i, d in enumerate(downsamples):
+        if d <= factor * (1.0 + tol) and d >= downsamples[best]:
+            best = i
+    return best
+
+
+def _axis_weights(left: torch.Tensor, factor: torch.Tensor | float, g: int, count: int,
+                  size: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(N, K)`` and weights ``(N, g, K)`` of a box filter along one axis.
+
+    ``left`` (N,) is the window's first edge in source-pixel coordinates, ``factor`` a float or
+    (N,) tensor. Weights of source pixels outside ``[0, size)`` are zero and their indices
+    clamped, so reads stay in bounds and the outside contributes nothing (i.e. the fill value).
+    """
+    dev, dt = left.device, left.dtype
+    if isinstance(factor, torch.Tensor):
+        factor = factor.to(dev, dt)[:, None]
+    bw = _support(factor)
+    left = left[:, None]
+    first = torch.floor(left + 0.5 * factor - 0.5 * bw)
+    idx = first + torch.arange(count, device=dev, dtype=dt)  # (N, K)
+    centre = left + (torch.arange(g, device=dev, dtype=dt) + 0.5) * factor  # (N, g)
+    rel = idx[:, None, :] - centre[:, :, None]  # pixel start relative to box centre
+    if isinstance(bw, torch.Tensor):
+        bw = bw[:, :, None]
+    half = 0.5 * bw
+    # Overlap of [centre - bw/2, centre + bw/2] with [idx, idx + 1], divided by bw.
+    w = ((rel + 1.0).clamp(max=half) - rel.clamp(min=-half)).clamp_min_(0.0) / bw
+    if isinstance(size, torch.Tensor):
+        size = size.to(dev, dt)[:, None]
+    inside = (idx >= 0) & (idx < size)
+    w = w * inside[:, None, :]
+    idx = idx.clamp(min=0).clamp(max=size - 1)
+    return idx.long(), w
+
+
+def resample(src: torch.Tensor, left: torch.Tensor, top: torch.Tensor, factor_x: float,
+             factor_y: float, g: int, fill: float = 0.0, index: torch.Tensor | None = None
+             ) -> torch.Tensor:
+    """Area-resample a ``g x g`` window from source images (the retina's kernel).
+
+    Args:
+        src: ``(M, C, H, W)`` source images (a batch of images, or regions read from a slide
+            level); any dtype, computed in float32 unless ``src`` is a wider float.
+        left, top: ``(N,)`` window's top-left corner in source-pixel coordinates.
+        factor_x, factor_y: source pixels per output pixel along x and y.
+        g: output size.
+        fill: value seen outside the source (0 for MNIST, white for slides).
+        index: ``(N,)`` which source image each window reads; defaults to ``arange(N)``.
+
+    Returns:
+        ``(N, C, g, g)``.
+    """
+    m, c, h, w = src.shape
+    n = left.shape[0]
+    dt = src.dtype if src.dtype.is_floating_point else torch.float32
+    left = left.to(device=src.device, dtype=dt)
+    top = top.to(device=src.device, dtype=dt)
+    ix, wx = _axis_weights(left, factor_x, g, _span_count(factor_x, g), w)
+    iy, wy = _axis_weights(top, factor_y, g, _span_count(factor_y, g), h)
+    ky, kx = iy.shape[1], ix.shape[1]
+    flat = (iy[:, :, None] * w + ix[:, None, :]).reshape(n, ky * kx)
+    if index is None:
+        if m != n:
+            raise ValueError(f"resample: {n} windows over {m} sources needs an index")
+        patch = torch.gather(src.reshape(n, c, h * w), 2, flat[:, None].expand(n, c, ky * kx))
+    else:
+        # Several windows per source: advanced indexing reads only the pixels under them.
+        patch = src.reshape(m, c, h * w)[index.to(src.device)[:, None], :, flat].transpose(1, 2)
+    patch = patch.to(dt).reshape(n, c, ky, kx)
+    if fill != 0.0:
+        patch = patch - fill
+    out = torch.matmul(wy[:, None], torch.matmul(patch, wx.transpose(1, 2)[:, None]))
+    if fill != 0.0:
+        out = out + fill
+    return out
+
+
+@dataclass
+class Pyramid:
+    """A batch of images with its 2x area pyramid, flattened into one buffer.
+
+    ``flat`` is ``(B, C, sum_l H_l * W_l)``; level ``l`` starts at ``offsets[l]`` and has shape
+    ``shapes[l]`` and downsample ``2**l`` (the image is padded with ``fill`` to a multiple of
+    ``2**(levels-1)`` first, so every level is an exact 2x2 mean). Built once per batch and reused
+    for every glimpse of an episode.
+    """
+
+    flat: torch.Tensor
+    offsets: list[int]
+    shapes: list[tuple[int, int]]
+    height: int
+    width: int
+    fill: float
+
+    @property
+    def batch(self) -> int:
+        return self.flat.shape[0]
+
+    def level(self, i: int) -> torch.Tensor:
+        """Level ``i`` as ``(B, C, H_i, W_i)`` (a view)."""
+        h, w = self.shapes[i]
+        return self.flat[:, :, self.offsets[i]:self.offsets[i] + h * w].reshape(
+            self.batch, -1, h, w)
+
+
+def _levels_for(spec: RetinaSpec) -> list[int]:
+    return [max(0, int(math.floor(math.log2(spec.pixel_factor(j)) + 1e-9)))
+            for j in range(spec.scales)]
+
+
+def build_pyramid(images: torch.Tensor, spec: RetinaSpec, fill: float = 0.0) -> Pyramid:
+    """Pad ``images`` (B, C, H, W) with ``fill`` and build the 2x area levels ``spec`` needs."""
+    if images.dim() == 3:
+        images = images[:, None]
+    if not images.dtype.is_floating_point:
+        images = images.float()
+    b, c, h, w = images.shape
+    top = max(_levels_for(spec))
+    mult = 2**top
+    ph, pw = -h % mult, -w % mult
+    x = images
+    if ph or pw:
+        x = torch.nn.functional.pad(x, (0, pw, 0, ph), value=fill)
+    levels = [x]
+    for _ in range(top):
+        levels.append(torch.nn.functional.avg_pool2d(levels[-1], 2))
+    shapes = [(lv.shape[2], lv.shape[3]) for lv in levels]
+    offsets = np.cumsum([0] + [hh * ww for hh, ww in shapes[:-1]]).tolist()
+    flat = torch.cat([lv.reshape(b, c, -1) for lv in levels], dim=2)
+    return Pyramid(flat, offsets, shapes, h, w, fill)
+
+
+def glimpse(images: torch.Tensor | Pyramid, loc: torch.Tensor, spec: RetinaSpec,
+            fill: float = 0.0) -> torch.Tensor:
+    """Batched glimpses from in-memory images.
+
+    Args:
+        images: ``(B, C, H, W)`` or ``(B, H, W)`` of any size, not necessarily square, or a
+            :class:`Pyramid` built from them (reuse it across the glimpses of an episode).
+        loc: ``(B, 2)`` centres ``(x, y)`` in ``[-1, 1]``; values outside are allowed (the
+            window then sees ``fill``).
+        spec: the retina; ``spec.base`` is in image pixels.
+
+    Returns:
+        ``(B, k, C, g, g)`` float tensor on the images' device.
+    """
+    pyr = images if isinstance(images, Pyramid) else build_pyramid(images, spec, fill)
+    b, c = pyr.flat.shape[:2]
+    k, g = spec.scales, spec.patch
+    dev, dt = pyr.flat.device, pyr.flat.dtype
+    levels = _levels_for(spec)
+    down = [2.0**lv for lv in levels]
+    resid = [spec.pixel_factor(j) / down[j] for j in range(k)]
+    count = max(_span_count(r, g) for r in resid)
+    px = loc_to_pixels(loc.to(dev, dt), pyr.width, pyr.height)  # (B, 2)
+    half = torch.tensor([0.5 * spec.window(j) for j in range(k)], device=dev, dtype=dt)
+    dsc = torch.tensor(down, device=dev, dtype=dt)
+    # Window corner of every (image, scale) in its level's pixel coordinates: (B*k,)
+    left = ((px[:, None, 0] - half) / dsc).reshape(-1)
+    top = ((px[:, None, 1] - half) / dsc).reshape(-1)
+    fac = torch.tensor(resid, device=dev, dtype=dt).repeat(b)
+    hs = torch.tensor([pyr.shapes[lv][0] for lv in levels], device=dev).repeat(b)
+    ws = torch.tensor([pyr.shapes[lv][1] for lv in levels], device=dev).repeat(b)
+    off = torch.tensor([pyr.offsets[lv] for lv in levels], device=dev).repeat(b)
+    ix, wx = _axis_weights(left, fac, g, count, ws)  # (B*k, K), (B*k, g, K)
+    iy, wy = _axis_weights(top, fac, g, count, hs)
+    flat = off[:, None, None] + iy[:, :, None] * ws[:, None, None] + ix[:, None, :]
+    flat = flat.reshape(b, 1, k * count * count).expand(b, c, -1)
+    patch = torch.gather(pyr.flat, 2, flat).reshape(b, c, k, count, count).transpose(1, 2)
+    if fill != 0.0:
+        patch = patch - fill
+    wy = wy.reshape(b, k, 1, g, count)
+    wxt = wx.reshape(b, k, 1, g, count).transpose(-1, -2)
+    out = torch.matmul(wy, torch.matmul(patch, wxt))  # (B, k, C, g, g)
+    if fill != 0.0:
+        out = out + fill
+    return out
