@@ -136,7 +136,7 @@ def window_span(left: np.ndarray | float, factor: float, g: int) -> tuple[np.nda
     return first, _span_count(factor, g)
 
 
-def choose_level(factor: float, downsamples: list[float] | np.ndarray, tol: float = 1e-3) -> int:
+def choose_level(factor: float, downsamples: list[float] | np.ndarray, tol: float = 0.01) -> int:
     """Index of the coarsest level whose downsample does not exceed ``factor`` (with a relative
     tolerance, so a 4.016 level serves a 4x patch). Level 0 when none qualifies."""
     best = 0

@@ -1,0 +1,165 @@
+"""``ram-wsi`` command line: train, eval, bench, convert, and the slide tools as they arrive.
+
+Every subcommand takes ``--config FILE`` and any number of ``--set section.key=value``.
+User mistakes (bad config, missing files) print one clear line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from .errors import RamWsiError
+
+__all__ = ["main"]
+
+
+def _config(args: argparse.Namespace):
+    from .config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "data_dir", None):
+        overrides.append(f"data.dir={args.data_dir}")
+    if getattr(args, "out_dir", None):
+        overrides.append(f"train.out_dir={args.out_dir}")
+    return load_config(args.config, overrides)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="experiment YAML (configs/...)")
+    p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. train.lr=0.0005 (repeatable)")
+    p.add_argument("--data-dir", help="MNIST idx directory (sets data.dir)")
+    p.add_argument("--out-dir", help="output directory (sets train.out_dir)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.trainer import Trainer
+
+    cfg = _config(args)
+    trainer = Trainer(cfg)
+    if not args.no_resume:
+        trainer.resume()
+    summary = trainer.fit()
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .train.checkpoint import load_checkpoint
+    from .train.trainer import Trainer
+
+    cfg = _config(args)
+    trainer = Trainer(cfg)
+    trainer.model.load_state_dict(load_checkpoint(args.checkpoint, trainer.device)["model"])
+    res = trainer.evaluate(args.split, samples=args.samples)
+    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, **res}))
+    if args.figure:
+        from .viz import plot_glimpses
+
+        x, y = trainer.data.test if args.split == "test" else trainer.data.val
+        plot_glimpses(trainer.model, x[:6].to(trainer.device), y[:6], args.figure)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import mnist_table, print_table
+
+    if args.what == "mnist":
+        cfg = _config(args)
+        mnist_table(cfg, args.archs.split(","))
+        return 0
+    if args.what == "throughput":
+        import torch
+
+        from .bench import measure_throughput
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        args.config = args.config or "configs/cluttered60_8g.yaml"
+        cfg = _config(args)
+        rows = []
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for dev in devices:
+            batches = args.batches or ([128] if dev == "cpu" else [1024, 8192])
+            for b in batches:
+                for sensor in ("retina", "naive"):
+                    if sensor == "naive" and (b > 1024 or args.skip_naive):
+                        continue  # a per-sample loop at 8192 takes minutes; the ratio is clear
+                    steps = args.steps if sensor == "retina" else max(2, args.steps // 10)
+                    r = measure_throughput(cfg, b, device=dev, steps=steps, sensor=sensor,
+                                           amp=args.amp and dev == "cuda",
+                                           compile=args.compile)
+                    print(json.dumps(r), flush=True)
+                    rows.append(r)
+        for r in rows:
+            ref = next((q for q in rows if q["sensor"] == "naive" and q["device"] == r["device"]
+                        and q["batch"] == r["batch"]), None)
+            r["speedup_vs_naive"] = (r["images_per_s"] / ref["images_per_s"]
+                                     if ref and r["sensor"] == "retina" else None)
+        print_table(rows, ["device", "batch", "sensor", "threads", "images_per_s",
+                           "speedup_vs_naive"])
+        return 0
+    if args.what == "glimpse":
+        from .slide.bench import main as bench_glimpse
+
+        return bench_glimpse(args.rest)
+    raise SystemExit(f"unknown benchmark {args.what}")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .slide.convert import cli
+
+    return cli(args.rest) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ram-wsi", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="single-process training from a config")
+    _add_config_args(t)
+    t.add_argument("--no-resume", action="store_true", help="ignore an existing last.pt")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint: stochastic, mean and M-avg errors")
+    _add_config_args(e)
+    e.add_argument("checkpoint")
+    e.add_argument("--split", choices=["val", "test"], default="test")
+    e.add_argument("--samples", type=int, default=None, help="M for the M-averaged error")
+    e.add_argument("--figure", help="write the glimpse figure (PNG) here")
+    e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="benchmarks: mnist (paper table), throughput, glimpse")
+    b.add_argument("what", choices=["mnist", "throughput", "glimpse"])
+    _add_config_args(b)
+    b.add_argument("--archs", default="ram,ram_random,conv,fc", help="rows of the mnist table")
+    b.add_argument("--batches", type=int, nargs="*", help="throughput: batch sizes")
+    b.add_argument("--steps", type=int, default=20, help="throughput: timed steps")
+    b.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
+    b.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    b.add_argument("--compile", action="store_true", help="torch.compile the unroll")
+    b.add_argument("--skip-naive", action="store_true", help="no per-sample-loop reference")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="glimpse: its own arguments")
+    b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("convert", help="slide -> OME-Zarr pyramid (see `ram-wsi convert -h`)",
+                       add_help=False)
+    c.add_argument("rest", nargs=argparse.REMAINDER)
+    c.set_defaults(func=cmd_convert)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RamWsiError as exc:
+        print(f"ram-wsi: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

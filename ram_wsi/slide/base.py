@@ -1,0 +1,328 @@
+"""The one interface every glimpse source implements.
+
+A :class:`GlimpseSource` serves :func:`ram_wsi.retina.glimpse`'s glimpses from a slide without
+loading it: for patch ``j`` it picks the pyramid level with :func:`~ram_wsi.retina.choose_level`,
+reads only the level pixels :func:`~ram_wsi.retina.window_span` names, and hands them to
+:func:`~ram_wsi.retina.resample` with the residual factor and a white fill. The cost of a glimpse
+is therefore the cost of a few ``~(2g+2)^2`` regions, whatever the size of the slide.
+
+Reading goes through decoded *blocks* (the file's tiles, or the store's chunks) kept in one
+bytes-bounded LRU per process (:mod:`ram_wsi.slide.cache`): a backend only has to decode one
+block; assembling regions, white padding outside the image and batching are done here once.
+
+Coordinates: ``loc`` is ``(N, 2)`` centres ``(x, y)`` in ``[-1, 1]`` of the level-0 image
+(``(-1, -1)`` its top-left corner, ``+-1`` its border), ``x`` maps to ``(x + 1) / 2 * W``.
+Level ``l`` has its own per-axis downsample ``W0 / W_l`` and ``H0 / H_l`` (non-integer ones such
+as 4.016 are common); level pixel ``p`` covers level-0 ``[p * d, (p + 1) * d)``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import SlideError
+from ..retina import RetinaSpec, choose_level, resample, window_span
+from .cache import block_cache
+
+__all__ = ["GlimpseSource", "SlideInfo", "as_locations"]
+
+
+@dataclasses.dataclass
+class SlideInfo:
+    """What a backend reports about a slide when it is first opened."""
+
+    dimensions: tuple[int, int]  # (W, H) of level 0
+    level_dimensions: list[tuple[int, int]]
+    block_sizes: list[tuple[int, int]]  # (bw, bh) per level: the unit of decoding and caching
+    mpp: tuple[float, float] | None = None  # (x, y) micrometres per level-0 pixel
+    reported_downsamples: list[float] | None = None  # as the file states them (OpenSlide)
+    axis_downsamples: list[tuple[float, float]] | None = None  # overrides W0/W_l, H0/H_l
+    properties: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def as_locations(loc: Any) -> np.ndarray:
+    """``(N, 2)`` float64 numpy array from a tensor, array or sequence of ``(x, y)``."""
+    if isinstance(loc, torch.Tensor):
+        loc = loc.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(loc, dtype=np.float64)
+    if arr.ndim == 1 and arr.shape[0] == 2:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"locations must be (N, 2) (x, y) in [-1, 1], got shape {arr.shape}")
+    return arr
+
+
+class GlimpseSource(abc.ABC):
+    """A slide (or image) that serves multi-resolution glimpses lazily.
+
+    Subclasses implement :meth:`_open_info` (read the geometry; raise :class:`SlideError`) and
+    :meth:`_read_block` (decode one block of a level). Everything else -- properties, region
+    reads, glimpses, thumbnails, pickling as *path + settings* -- lives here.
+
+    Raises:
+        SlideError: naming the file and the cause, for anything wrong with the slide (missing,
+            unreadable, corrupt, no physical units when ``units="um"`` is asked for).
+    """
+
+    backend = "abstract"
+    fill = 1.0  # white: what a glimpse sees outside the slide
+
+    def __init__(self, path: str | os.PathLike | None, **settings: Any):
+        self._path = None if path is None else str(path)
+        self._settings = dict(settings)
+        self._info: SlideInfo | None = None
+
+    # ----------------------------------------------------------------------- to implement
+    @abc.abstractmethod
+    def _open_info(self) -> SlideInfo:
+        """Open the slide (lazily, through the process's handle pool) and describe it."""
+
+    @abc.abstractmethod
+    def _read_block(self, level: int, bx: int, by: int) -> np.ndarray:
+        """Decode block ``(bx, by)`` of ``level`` as ``(3, bh, bw)`` uint8, white outside the
+        level. Raises :class:`SlideError` if the file cannot be read."""
+
+    def _block_offsets(self, level: int) -> tuple[float, float]:
+        """Sub-pixel offset of what :meth:`_read_block` returns (OpenSlide, non-integer
+        downsamples); 0 for exact readers."""
+        return (0.0, 0.0)
+
+    # ----------------------------------------------------------------------- pickling
+    def __reduce__(self):
+        # A source travels as path + settings; handles are reopened where it is used.
+        return (_rebuild, (type(self), self._path, self._settings))
+
+    # ----------------------------------------------------------------------- properties
+    @property
+    def info(self) -> SlideInfo:
+        if self._info is None:
+            info = self._open_info()
+            for i, (w, h) in enumerate(info.level_dimensions):
+                if w <= 0 or h <= 0:
+                    raise SlideError(self._path or "<memory>",
+                                     f"level {i} has a zero size ({w}x{h})")
+            self._info = info
+        return self._info
+
+    @property
+    def path(self) -> str | None:
+        return self._path
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self._settings)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """``(W, H)`` of level 0."""
+        return tuple(self.info.dimensions)
+
+    @property
+    def level_count(self) -> int:
+        return len(self.info.level_dimensions)
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        return [tuple(d) for d in self.info.level_dimensions]
+
+    @property
+    def axis_downsamples(self) -> list[tuple[float, float]]:
+        """Per-axis ``(W0 / W_l, H0 / H_l)`` of every level (what the geometry uses)."""
+        info = self.info
+        if info.axis_downsamples is not None:
+            return list(info.axis_downsamples)
+        w0, h0 = info.dimensions
+        return [(w0 / w, h0 / h) for w, h in info.level_dimensions]
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        """One downsample per level (the file's own figure when it states one, else the mean of
+        the per-axis ratios); :func:`choose_level` picks levels from these."""
+        info = self.info
+        if info.reported_downsamples is not None:
+            return list(info.reported_downsamples)
+        return [0.5 * (dx + dy) for dx, dy in self.axis_downsamples]
+
+    @property
+    def mpp(self) -> float | None:
+        """Micrometres per level-0 pixel (mean of x and y), or None when the slide does not
+        say."""
+        m = self.info.mpp
+        return None if m is None else 0.5 * (m[0] + m[1])
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A plain dict: geometry, backend, and whether physical units are available."""
+        info = self.info
+        has_mpp = info.mpp is not None
+        return {
+            "backend": self.backend,
+            "path": self._path,
+            "dimensions": list(self.dimensions),
+            "level_count": self.level_count,
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": self.level_downsamples,
+            "block_sizes": [list(b) for b in info.block_sizes],
+            "mpp": self.mpp,
+            "mpp_xy": None if not has_mpp else list(info.mpp),
+            "physical_units": has_mpp,
+            "units": ("micrometres available: glimpse(..., units='um') works" if has_mpp else
+                      "no physical units: the slide states no mpp; only units='px' works"),
+            "properties": dict(info.properties),
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._path!r})"
+
+    # ----------------------------------------------------------------------- reading
+    def _cache_key(self) -> tuple:
+        return (self.backend, self._path)
+
+    def _block(self, level: int, bx: int, by: int, use_cache: bool = True) -> np.ndarray:
+        if not use_cache:
+            return self._read_block(level, bx, by)
+        cache = block_cache()
+        key = (self._cache_key(), level, bx, by)
+        blk = cache.get(key)
+        if blk is None:
+            blk = cache.put(key, np.ascontiguousarray(self._read_block(level, bx, by)))
+        return blk
+
+    def read_regions(self, level: int, x0: np.ndarray, y0: np.ndarray, w: int, h: int,
+                     use_cache: bool = True) -> np.ndarray:
+        """``(N, 3, h, w)`` uint8 regions of ``level`` with top-left corners ``(x0, y0)`` (level
+        pixels, integers, may lie partly or wholly outside: the outside is white).
+
+        Blocks are fetched once per call however many regions share them, and only the
+        intersections are copied (no per-pixel Python)."""
+        x0 = np.asarray(x0, dtype=np.int64).reshape(-1)
+        y0 = np.asarray(y0, dtype=np.int64).reshape(-1)
+        n = x0.shape[0]
+        out = np.full((n, 3, h, w), 255, dtype=np.uint8)
+        lw, lh = self.info.level_dimensions[level]
+        bw, bh = self.info.block_sizes[level]
+        xa, xb = np.clip(x0, 0, lw), np.clip(x0 + w, 0, lw)
+        ya, yb = np.clip(y0, 0, lh), np.clip(y0 + h, 0, lh)
+        blocks: dict[tuple[int, int], np.ndarray] = {}
+        for i in range(n):
+            if xa[i] >= xb[i] or ya[i] >= yb[i]:
+                continue
+            for by in range(int(ya[i]) // bh, (int(yb[i]) - 1) // bh + 1):
+                ys, ye = max(int(ya[i]), by * bh), min(int(yb[i]), (by + 1) * bh)
+                for bx in range(int(xa[i]) // bw, (int(xb[i]) - 1) // bw + 1):
+                    blk = blocks.get((bx, by))
+                    if blk is None:
+                        blk = blocks[(bx, by)] = self._block(level, bx, by, use_cache)
+                    xs, xe = max(int(xa[i]), bx * bw), min(int(xb[i]), (bx + 1) * bw)
+                    out[i, :, ys - y0[i]:ye - y0[i], xs - x0[i]:xe - x0[i]] = \
+                        blk[:, ys - by * bh:ye - by * bh, xs - bx * bw:xe - bx * bw]
+        return out
+
+    def read_region(self, level: int, x: int, y: int, w: int, h: int,
+                    use_cache: bool = True) -> np.ndarray:
+        """One ``(3, h, w)`` uint8 region of ``level`` at level pixel ``(x, y)``; white outside."""
+        return self.read_regions(level, np.array([x]), np.array([y]), w, h, use_cache)[0]
+
+    def _px_spec(self, spec: RetinaSpec, units: str) -> RetinaSpec:
+        if units == "px":
+            return spec
+        if units != "um":
+            raise ValueError(f"units must be 'px' or 'um', got {units!r}")
+        mpp = self.mpp
+        if mpp is None:
+            raise SlideError(self._path or "<memory>",
+                             "the slide has no mpp (no physical pixel size), so a retina in "
+                             "micrometres (units='um') cannot be used; use units='px'")
+        return dataclasses.replace(spec, base=spec.base / mpp)
+
+    def glimpse(self, loc: Any, spec: RetinaSpec, *, units: str = "px") -> torch.Tensor:
+        """Glimpses at ``loc`` (``(N, 2)`` ``(x, y)`` in ``[-1, 1]``): ``(N, k, 3, g, g)`` float32
+        in ``[0, 1]``, white outside the slide.
+
+        ``spec.base`` is the width of one output pixel of patch 0 in level-0 pixels
+        (``units="px"``) or in micrometres (``units="um"``; raises :class:`SlideError` when the
+        slide has no mpp). Patch ``j`` is read from level ``choose_level(f_j, level_downsamples)``
+        and resampled with :func:`ram_wsi.retina.resample`, exactly as in memory.
+        """
+        spec = self._px_spec(spec, units)
+        locs = as_locations(loc)
+        n, k, g = locs.shape[0], spec.scales, spec.patch
+        w0, h0 = self.dimensions
+        px = (locs + 1.0) * 0.5 * np.array([w0, h0], dtype=np.float64)
+        out = torch.empty((n, k, 3, g, g), dtype=torch.float32)
+        if n == 0:
+            return out
+        downs, axis = self.level_downsamples, self.axis_downsamples
+        for j in range(k):
+            f = spec.pixel_factor(j)
+            lvl = choose_level(f, downs)
+            dx, dy = axis[lvl]
+            half = 0.5 * spec.window(j)
+            left = (px[:, 0] - half) / dx
+            top = (px[:, 1] - half) / dy
+            fx, fy = f / dx, f / dy
+            x0, cx = window_span(left, fx, g)
+            y0, cy = window_span(top, fy, g)
+            regions = self.read_regions(lvl, x0, y0, cx, cy)
+            ox, oy = self._block_offsets(lvl)
+            src = torch.from_numpy(regions).to(torch.float32).div_(255.0)
+            out[:, j] = resample(src, torch.from_numpy(left - x0 - ox),
+                                 torch.from_numpy(top - y0 - oy), fx, fy, g, fill=self.fill)
+        return out
+
+    def thumbnail(self, max_size: int = 2048) -> np.ndarray:
+        """``(h, w, 3)`` uint8 view of the whole slide, longest side ``<= max_size``, read from
+        the coarsest level that still has at least that resolution (bypassing the cache)."""
+        w0, h0 = self.dimensions
+        factor = max(w0, h0) / float(max_size)
+        lvl = choose_level(max(factor, 1.0), self.level_downsamples)
+        lw, lh = self.level_dimensions[lvl]
+        img = self.read_region(lvl, 0, 0, lw, lh, use_cache=False).transpose(1, 2, 0)
+        scale = max_size / float(max(lw, lh))
+        if scale < 1.0:
+            from PIL import Image
+
+            tw, th = max(1, int(round(lw * scale))), max(1, int(round(lh * scale)))
+            img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize(
+                (tw, th), Image.Resampling.BOX))
+        return np.ascontiguousarray(img)
+
+    def mtime(self) -> float:
+        """Modification time of the file (a zarr store: of its root ``zarr.json``), 0 if none."""
+        if self._path is None:
+            return 0.0
+        p = Path(self._path)
+        try:
+            if p.is_dir() and (p / "zarr.json").exists():
+                return (p / "zarr.json").stat().st_mtime
+            return p.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def close(self) -> None:
+        """Forget this source's open handle (other sources of the same path reopen lazily)."""
+        from .cache import handle_pool
+
+        handle_pool().discard(self._cache_key())
+
+
+def _rebuild(cls, path, settings):
+    return cls(path, _validate=False, **settings)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _check_finite(name: str, value: float, path: str) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise SlideError(path, f"{name} is not a positive number ({value!r})")
+    return value

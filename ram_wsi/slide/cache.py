@@ -1,0 +1,328 @@
+"""Process-wide, bounded caches shared by every slide source in a process.
+
+Two things are bounded here, whatever the number of slides a process touches:
+
+* **Decoded blocks** (:class:`BlockCache`): a bytes-bounded, thread-safe LRU of decoded tiles /
+  chunks (``(C, h, w)`` uint8 arrays), keyed by ``(source key, level, block row, block col)``.
+  Every backend serves glimpses from it, so a warm glimpse costs a few array copies and never a
+  decode. One instance per process (:func:`block_cache`).
+* **Open handles** (:class:`HandlePool`): an LRU of open slide handles (OpenSlide objects, zarr
+  groups). 1,000 slides do not mean 1,000 open files; an evicted handle is closed once no reader
+  is using it.
+
+OpenSlide additionally keeps its own decoded-tile cache; every OpenSlide handle gets the one
+process-wide ``openslide.OpenSlideCache`` from :func:`openslide_cache`.
+
+Sizes: ``RAM_WSI_SLIDE_CACHE_BYTES`` (decoded blocks, default 256 MiB),
+``RAM_WSI_OPENSLIDE_CACHE_BYTES`` (OpenSlide's tile cache, default 64 MiB),
+``RAM_WSI_MAX_OPEN_SLIDES`` (default 64), or :func:`set_cache_bytes` / :func:`set_max_open`
+at run time.
+
+Fork safety: everything here is reset in a forked child (``os.register_at_fork``), so a child
+never reads through a handle its parent opened; handles are opened lazily where they are used.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Any, Callable, Hashable, Iterator
+
+import numpy as np
+
+__all__ = [
+    "BlockCache",
+    "HandlePool",
+    "block_cache",
+    "handle_pool",
+    "openslide_cache",
+    "set_cache_bytes",
+    "set_max_open",
+    "clear_caches",
+    "cache_settings",
+]
+
+_MIB = 1 << 20
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(float(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+class BlockCache:
+    """Bytes-bounded, thread-safe LRU of immutable numpy arrays.
+
+    Cached arrays are made read-only; readers copy out of them, so evicting an entry while another
+    thread still holds a reference to the array is safe (the array just lives until released).
+    """
+
+    def __init__(self, capacity_bytes: int):
+        self.capacity = int(capacity_bytes)
+        self._data: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        with self._lock:
+            arr = self._data.get(key)
+            if arr is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return arr
+
+    def put(self, key: Hashable, arr: np.ndarray) -> np.ndarray:
+        arr.flags.writeable = False
+        size = arr.nbytes
+        if size > self.capacity:
+            return arr  # never cache something larger than the whole cache
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._data[key] = arr
+            self._bytes += size
+            while self._bytes > self.capacity and self._data:
+                _, ev = self._data.popitem(last=False)
+                self._bytes -= ev.nbytes
+        return arr
+
+    def resize(self, capacity_bytes: int) -> None:
+        with self._lock:
+            self.capacity = int(capacity_bytes)
+            while self._bytes > self.capacity and self._data:
+                _, ev = self._data.popitem(last=False)
+                self._bytes -= ev.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+
+class _Entry:
+    __slots__ = ("handle", "users", "evicted", "close")
+
+    def __init__(self, handle: Any, close: Callable[[Any], None] | None):
+        self.handle = handle
+        self.users = 0
+        self.evicted = False
+        self.close = close
+
+
+class HandlePool:
+    """LRU of open handles, keyed by anything hashable (a backend name and a path).
+
+    ``with pool.use(key, opener, close) as h:`` opens on first use, counts the users of a handle,
+    and closes an evicted handle only when its last user is done. ``discard(key)`` drops a handle
+    that went bad (OpenSlide errors are sticky).
+    """
+
+    def __init__(self, max_open: int):
+        self.max_open = max(1, int(max_open))
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._opening: dict[Hashable, threading.Lock] = {}
+        self.opened = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextmanager
+    def use(self, key: Hashable, opener: Callable[[], Any],
+            close: Callable[[Any], None] | None = None) -> Iterator[Any]:
+        entry = self._acquire(key, opener, close)
+        try:
+            yield entry.handle
+        finally:
+            self._release(entry)
+
+    def _acquire(self, key: Hashable, opener: Callable[[], Any],
+                 close: Callable[[Any], None] | None) -> _Entry:
+        while True:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    self._entries.move_to_end(key)
+                    entry.users += 1
+                    return entry
+                gate = self._opening.setdefault(key, threading.Lock())
+            # Open outside the pool lock (opening can be slow) but only once per key.
+            with gate:
+                with self._lock:
+                    if key in self._entries:
+                        continue
+                handle = opener()  # may raise: nothing is registered then
+                entry = _Entry(handle, close)
+                to_close: list[_Entry] = []
+                with self._lock:
+                    self._opening.pop(key, None)
+                    self._entries[key] = entry
+                    self.opened += 1
+                    entry.users += 1
+                    while len(self._entries) > self.max_open:
+                        _, ev = self._entries.popitem(last=False)
+                        ev.evicted = True
+                        if ev.users == 0:
+                            to_close.append(ev)
+                for ev in to_close:
+                    _close(ev)
+                return entry
+
+    def _release(self, entry: _Entry) -> None:
+        with self._lock:
+            entry.users -= 1
+            done = entry.evicted and entry.users == 0
+        if done:
+            _close(entry)
+
+    def discard(self, key: Hashable) -> None:
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is None:
+                return
+            entry.evicted = True
+            done = entry.users == 0
+        if done:
+            _close(entry)
+
+    def set_max_open(self, n: int) -> None:
+        to_close = []
+        with self._lock:
+            self.max_open = max(1, int(n))
+            while len(self._entries) > self.max_open:
+                _, ev = self._entries.popitem(last=False)
+                ev.evicted = True
+                if ev.users == 0:
+                    to_close.append(ev)
+        for ev in to_close:
+            _close(ev)
+
+    def clear(self) -> None:
+        self.set_max_open(self.max_open)
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        for ev in entries:
+            ev.evicted = True
+            if ev.users == 0:
+                _close(ev)
+
+
+def _close(entry: _Entry) -> None:
+    if entry.close is not None:
+        try:
+            entry.close(entry.handle)
+        except Exception:  # closing must never take a reader down
+            pass
+    entry.handle = None
+
+
+# ----------------------------------------------------------------------------- process state
+_state_lock = threading.Lock()
+_block_cache: BlockCache | None = None
+_handle_pool: HandlePool | None = None
+_os_cache: Any = None
+_settings = {
+    "block_bytes": _env_int("RAM_WSI_SLIDE_CACHE_BYTES", 256 * _MIB),
+    "openslide_bytes": _env_int("RAM_WSI_OPENSLIDE_CACHE_BYTES", 64 * _MIB),
+    "max_open": _env_int("RAM_WSI_MAX_OPEN_SLIDES", 64),
+}
+
+
+def cache_settings() -> dict[str, int]:
+    """The configured sizes: ``block_bytes``, ``openslide_bytes``, ``max_open``."""
+    return dict(_settings)
+
+
+def block_cache() -> BlockCache:
+    """The process's decoded-block cache (created on first use)."""
+    global _block_cache
+    if _block_cache is None:
+        with _state_lock:
+            if _block_cache is None:
+                _block_cache = BlockCache(_settings["block_bytes"])
+    return _block_cache
+
+
+def handle_pool() -> HandlePool:
+    """The process's pool of open slide handles."""
+    global _handle_pool
+    if _handle_pool is None:
+        with _state_lock:
+            if _handle_pool is None:
+                _handle_pool = HandlePool(_settings["max_open"])
+    return _handle_pool
+
+
+def openslide_cache() -> Any:
+    """The process-wide ``openslide.OpenSlideCache`` set on every OpenSlide handle."""
+    global _os_cache
+    if _os_cache is None:
+        with _state_lock:
+            if _os_cache is None:
+                import openslide
+
+                _os_cache = openslide.OpenSlideCache(max(0, _settings["openslide_bytes"]))
+    return _os_cache
+
+
+def set_cache_bytes(block_bytes: int | None = None, openslide_bytes: int | None = None) -> None:
+    """Resize the process's caches. The decoded-block cache shrinks in place; a new OpenSlide
+    cache size takes effect for handles opened afterwards (open handles are closed and reopen
+    lazily with the new cache)."""
+    global _os_cache
+    if block_bytes is not None:
+        _settings["block_bytes"] = int(block_bytes)
+        if _block_cache is not None:
+            _block_cache.resize(int(block_bytes))
+    if openslide_bytes is not None:
+        _settings["openslide_bytes"] = int(openslide_bytes)
+        with _state_lock:
+            _os_cache = None
+        if _handle_pool is not None:
+            _handle_pool.clear()
+
+
+def set_max_open(n: int) -> None:
+    """Bound the number of slide handles open at once in this process."""
+    _settings["max_open"] = int(n)
+    if _handle_pool is not None:
+        _handle_pool.set_max_open(n)
+
+
+def clear_caches() -> None:
+    """Drop every cached block and close every idle handle (benchmarks: a cold start)."""
+    if _block_cache is not None:
+        _block_cache.clear()
+    if _handle_pool is not None:
+        _handle_pool.clear()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's handles (and their locks) are not ours: forget them without closing.
+    global _block_cache, _handle_pool, _os_cache, _state_lock
+    _state_lock = threading.Lock()
+    _block_cache = None
+    _handle_pool = None
+    _os_cache = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,67 @@
+"""The hybrid loss: cross-entropy + REINFORCE with a learned baseline + baseline regression.
+
+* cross-entropy trains the action, core and glimpse nets (locations are detached inputs);
+* ``-sum_t log pi(l_t | h_{t-1}) * (R - b_t)`` trains the location net (the advantage is
+  detached, and the policy reads ``h.detach()``, so nothing else moves);
+* ``(R - b_t)^2`` trains the baseline (it reads ``h.detach()``, and is detached in the advantage).
+
+The reward is 1 for a correct final classification (the paper's). For off-policy batches (the
+asynchronous Ray mode) the policy term is weighted by a clipped importance ratio
+``min(rho_clip, pi / mu)`` of the whole trajectory, as in V-trace/IMPALA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..models.ram import Trajectory
+
+__all__ = ["LossTerms", "hybrid_loss", "rewards_from_logits"]
+
+
+@dataclass
+class LossTerms:
+    total: torch.Tensor
+    classification: torch.Tensor
+    reinforce: torch.Tensor
+    baseline: torch.Tensor
+    reward: torch.Tensor  # mean reward (accuracy of the stochastic rollout)
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(getattr(self, k).detach()) for k in
+                ("total", "classification", "reinforce", "baseline", "reward")}
+
+
+def rewards_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1.0 where the final classification is correct, else 0.0 (no gradient)."""
+    return (logits.detach().argmax(-1) == labels).to(logits.dtype)
+
+
+def hybrid_loss(traj: Trajectory, labels: torch.Tensor, *, rl_weight: float = 1.0,
+                baseline_weight: float = 1.0, behaviour_log_probs: torch.Tensor | None = None,
+                rho_clip: float = 1.0) -> LossTerms:
+    """The paper's hybrid objective for one batch of trajectories.
+
+    Args:
+        traj: the unroll (live, or replayed from recorded glimpses).
+        labels: ``(B,)`` class indices.
+        behaviour_log_probs: ``(B, T)`` log-probs under the policy that *acted*, for off-policy
+            correction; None when the batch is on-policy.
+        rho_clip: clip of the importance ratio.
+    """
+    ce = F.cross_entropy(traj.logits.float(), labels)
+    reward = rewards_from_logits(traj.logits, labels)  # (B,)
+    mask = traj.policy_mask.to(traj.log_probs.dtype)  # (T,)
+    adv = (reward[:, None] - traj.baselines.detach()) * mask
+    logp = traj.log_probs * mask
+    if behaviour_log_probs is not None:
+        log_ratio = (logp.detach() - behaviour_log_probs * mask).sum(1)
+        rho = torch.exp(log_ratio).clamp(max=rho_clip)
+        adv = adv * rho[:, None]
+    reinforce = -(logp * adv).sum(1).mean()
+    base = (((reward[:, None] - traj.baselines) ** 2) * mask).sum(1).mean()
+    total = ce + rl_weight * reinforce + baseline_weight * base
+    return LossTerms(total, ce, reinforce, base, reward.mean())

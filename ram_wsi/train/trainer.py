@@ -1,0 +1,281 @@
+"""Single-process trainer: CPU or CUDA, big batches, schedule, early stopping, resumable.
+
+The Ray learner (``ram_wsi.distributed``) reuses :meth:`Trainer.apply_loss`, the optimiser and the
+checkpoint format, so the two paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..config import ExperimentConfig
+from ..io_utils import append_jsonl, write_json
+from ..models import RecurrentAttentionModel, RetinaSensor, build_model
+from ..models.ram import Trajectory
+from .checkpoint import load_checkpoint, save_checkpoint
+from .datasets import TaskData, build_task_data
+from .evaluate import evaluate
+from .losses import LossTerms, hybrid_loss
+
+__all__ = ["Trainer", "resolve_device", "build_optimizer", "lr_factor"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
+    """Multiplier of the base learning rate at ``step`` (paper: linear decay to 0)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return max(0.0, 1.0 - frac)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * frac))
+    return 1.0
+
+
+def build_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
+                               weight_decay=t.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+
+@dataclass
+class StepResult:
+    loss: dict[str, float]
+    skipped: bool
+
+
+class Trainer:
+    """Trains one experiment. ``fit()`` runs to the epoch budget, early stop or time cap."""
+
+    def __init__(self, cfg: ExperimentConfig, data: TaskData | None = None, *,
+                 log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.log = log
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = resolve_device(t.device)
+        self.data = data if data is not None else build_task_data(cfg, self.device)
+        # Parameters are initialised from a seeded generator, not the global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(t.seed)
+            self.model = build_model(cfg.model, self.data.canvas, self.data.channels,
+                                     self.data.classes).to(self.device)
+        self.attention = isinstance(self.model, RecurrentAttentionModel)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.steps_per_epoch = t.steps_per_epoch or max(
+            1, self.data.train_size // t.batch_size)
+        self.total_steps = self.steps_per_epoch * t.epochs
+        self.policy_gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)
+        self.step = 0
+        self.epoch = 0
+        self.best_error = float("inf")
+        self.bad_epochs = 0
+        self.skipped_steps = 0
+        self.out_dir = cfg.out_dir
+        self.history: list[dict[str, Any]] = []
+        self._unroll = self.model.unroll if self.attention else None
+        if t.compile and self.attention:
+            self._unroll = torch.compile(self.model.unroll)
+
+    # -- one update -------------------------------------------------------------------------
+    def _set_lr(self) -> float:
+        t = self.cfg.train
+        lr = t.lr * lr_factor(self.step, self.total_steps, t.schedule, t.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def rollout(self, images: torch.Tensor, *, keep_glimpses: bool = False) -> Trajectory:
+        """A live, stochastic unroll over in-memory images (with gradients)."""
+        sensor = RetinaSensor(images, self.model.spec)
+        return self._unroll(sensor, images.shape[0], generator=self.policy_gen,
+                            keep_glimpses=keep_glimpses)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> LossTerms:
+        """The loss of one batch (hybrid for RAM, cross-entropy for the whole-image rows)."""
+        amp = self.cfg.train.amp and self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            if self.attention:
+                traj = self.rollout(images)
+                return hybrid_loss(traj, labels, rl_weight=self.cfg.train.rl_weight,
+                                   baseline_weight=self.cfg.train.baseline_weight)
+            logits = self.model(images)
+        ce = nn.functional.cross_entropy(logits.float(), labels)
+        acc = (logits.argmax(-1) == labels).float().mean()
+        zero = ce.new_zeros(())
+        return LossTerms(ce, ce, zero, zero, acc)
+
+    def apply_loss(self, terms: LossTerms) -> bool:
+        """Backward and step, unless the loss or a gradient is not finite (then skip, log)."""
+        self._set_lr()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(terms.total):
+            self.skipped_steps += 1
+            self.log(f"step {self.step}: non-finite loss, batch skipped")
+            return False
+        terms.total.backward()
+        clip = self.cfg.train.grad_clip
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(),
+                                        clip if clip else float("inf"))
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.log(f"step {self.step}: non-finite gradient, batch skipped")
+            return False
+        self.optimizer.step()
+        self.step += 1
+        return True
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
+        terms = self.loss(images, labels)
+        applied = self.apply_loss(terms)
+        return StepResult(terms.as_dict(), not applied)
+
+    # -- evaluation -------------------------------------------------------------------------
+    def evaluate(self, split: str = "val", samples: int | None = None) -> dict[str, float]:
+        x, y = self.data.val if split == "val" else self.data.test
+        return evaluate(self.model, x, y, samples=samples or self.cfg.train.eval_samples,
+                        seed=self.cfg.train.seed + 7)
+
+    @staticmethod
+    def selection_error(errors: dict[str, float]) -> float:
+        """Model selection uses the deterministic mean-policy error."""
+        return errors["error_mean"]
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "best_error": self.best_error,
+            "bad_epochs": self.bad_epochs,
+            "policy_rng": self.policy_gen.get_state(),
+            "data_rng": self.data.sampler.state_dict()["generator"],
+            "config": self.cfg.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.best_error = float(state["best_error"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.policy_gen.set_state(state["policy_rng"])
+        self.data.sampler.load_state_dict({"generator": state["data_rng"]})
+
+    def save(self, name: str = "last.pt") -> Path:
+        return save_checkpoint(self.out_dir / name, self.state_dict())
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Resume from ``path`` (default: the run's ``last.pt``). False when there is none."""
+        p = Path(path) if path else self.out_dir / "last.pt"
+        if not p.is_file():
+            return False
+        self.load_state_dict(load_checkpoint(p, map_location=self.device))
+        self.log(f"resumed from {p} at epoch {self.epoch}, step {self.step}")
+        return True
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train until the epoch budget, early stopping, or ``max_minutes``; then test."""
+        from tqdm.auto import tqdm
+
+        t = self.cfg.train
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.out_dir / "config.json", self.cfg.to_dict())
+        metrics_path = self.out_dir / "metrics.jsonl"
+        start = time.time()
+        stop_reason = "epochs"
+        self.model.train()
+        while self.epoch < t.epochs:
+            t0 = time.time()
+            sums: dict[str, float] = {}
+            bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{t.epochs}",
+                       disable=not (t.progress and sys.stderr.isatty()), leave=False)
+            for _ in bar:
+                x, y = self.data.sampler.sample(t.batch_size)[:2]
+                res = self.train_step(x, y)
+                for k, v in res.loss.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{res.loss['total']:.3f}", acc=f"{res.loss['reward']:.3f}")
+            train_time = time.time() - t0
+            self.epoch += 1
+            errors = self.evaluate("val")
+            sel = self.selection_error(errors)
+            improved = sel < self.best_error - 1e-9
+            if improved:
+                self.best_error = sel
+                self.bad_epochs = 0
+            else:
+                self.bad_epochs += 1
+            row = {"epoch": self.epoch, "step": self.step,
+                   "lr": self.optimizer.param_groups[0]["lr"],
+                   **{f"train_{k}": v / self.steps_per_epoch for k, v in sums.items()},
+                   **{f"val_{k}": v for k, v in errors.items()},
+                   "images_per_s": self.steps_per_epoch * t.batch_size / max(train_time, 1e-9),
+                   "skipped_steps": self.skipped_steps, "elapsed_s": time.time() - start}
+            self.history.append(row)
+            append_jsonl(metrics_path, row)
+            self.log(f"epoch {self.epoch}: loss {row['train_total']:.3f} "
+                     f"train-acc {row['train_reward']:.3f} val err (mean policy) "
+                     f"{errors['error_mean']:.2f}% stoch {errors['error_stochastic']:.2f}% "
+                     f"{row['images_per_s']:.0f} img/s")
+            if improved:
+                self.save("best.pt")
+            self.save("last.pt")
+            if self.bad_epochs >= t.patience:
+                stop_reason = "early_stopping"
+                break
+            if t.max_minutes is not None and time.time() - start > 60 * t.max_minutes:
+                stop_reason = "time_cap"
+                break
+        return self.finish(stop_reason, time.time() - start)
+
+    def finish(self, stop_reason: str, elapsed: float) -> dict[str, Any]:
+        """Reload the best weights, evaluate on the test split, write summary and figures."""
+        from ..viz import plot_curves
+
+        best = self.out_dir / "best.pt"
+        if best.is_file():
+            self.model.load_state_dict(load_checkpoint(best, self.device)["model"])
+        test = self.evaluate("test")
+        summary = {"name": self.cfg.name, "arch": self.cfg.model.arch, "task": self.data.name,
+                   "digits": self.data.description, "epochs": self.epoch, "steps": self.step,
+                   "stop_reason": stop_reason, "elapsed_s": elapsed,
+                   "best_val_error_mean": self.best_error,
+                   **{f"test_{k}": v for k, v in test.items()},
+                   "test_size": int(self.data.test[1].shape[0])}
+        write_json(self.out_dir / "summary.json", summary)
+        if self.history:
+            plot_curves(self.history, self.out_dir / "curve.png", title=self.cfg.name)
+        if self.attention:
+            from ..viz import plot_glimpses
+
+            x, y = self.data.test
+            plot_glimpses(self.model, x[:6].to(self.device), y[:6],
+                          self.out_dir / "glimpses.png")
+        self.log(f"test error: stochastic {test['error_stochastic']:.2f}%  mean "
+                 f"{test['error_mean']:.2f}%  M={self.cfg.train.eval_samples} avg "
+                 f"{test['error_m_avg']:.2f}%  ({summary['test_size']} images)")
+        return summary
