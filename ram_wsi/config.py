@@ -37,7 +37,7 @@ TASK_CANVAS = {"mnist28": 28, "translated60": 60, "cluttered60": 60, "cluttered1
 class DataConfig:
     """Where digits come from and which of the paper's tasks is built from them."""
 
-    source: str = "mnist"  # "mnist" (idx files in `dir`) | "synthetic" (generated digits)
+    source: str = "mnist"  # mnist (idx files in `dir`) | synthetic (generated digits) | slides
     dir: str | None = None  # idx directory; None -> ../shared/data/mnist if present
     task: str = "cluttered60"  # mnist28 | translated60 | cluttered60 | cluttered100 | custom
     kind: str | None = None  # custom task: centered | translated | cluttered
@@ -49,11 +49,25 @@ class DataConfig:
     test_fraction: float = 0.1
     eval_size: int | None = None  # size of the fixed val/test sets (None: the held-out digits)
     fallback_synthetic: bool = True  # mnist dir missing -> synthetic digits (said in the log)
+    # Slides (source: slides): a CSV manifest with columns path,label (paths relative to it).
+    manifest: str | None = None
+    retina_base: float = 1.0  # first patch's output pixel, in level-0 px (or um, below)
+    retina_units: str = "px"  # px | um (needs mpp on every slide)
+    start: str = "tissue"  # first glimpse of a slide episode: tissue (inside the mask) | uniform
 
     def validate(self, src: str | None) -> None:
-        if self.source not in ("mnist", "synthetic"):
-            raise ConfigError(f"must be 'mnist' or 'synthetic', got {self.source!r}",
+        if self.source not in ("mnist", "synthetic", "slides"):
+            raise ConfigError(f"must be mnist, synthetic or slides, got {self.source!r}",
                               key="data.source", source=src)
+        if self.source == "slides" and not self.manifest:
+            raise ConfigError("slides need data.manifest (a CSV of path,label)",
+                              key="data.manifest", source=src)
+        if self.retina_units not in ("px", "um"):
+            raise ConfigError(f"must be px or um, got {self.retina_units!r}",
+                              key="data.retina_units", source=src)
+        if self.start not in ("tissue", "uniform"):
+            raise ConfigError(f"must be tissue or uniform, got {self.start!r}",
+                              key="data.start", source=src)
         if self.task not in (*TASK_CANVAS, "custom"):
             raise ConfigError(f"unknown task {self.task!r}; one of {sorted(TASK_CANVAS)} or custom",
                               key="data.task", source=src)
@@ -70,6 +84,9 @@ class DataConfig:
 
     @property
     def canvas_size(self) -> int:
+        """Canvas side of an MNIST task; 0 for slides (no fixed size)."""
+        if self.source == "slides":
+            return 0
         return int(self.canvas) if self.task == "custom" else TASK_CANVAS[self.task]
 
 
@@ -124,9 +141,12 @@ class ModelConfig:
         except ConfigError as exc:
             raise ConfigError(str(exc).split(": ", 1)[-1], key=f"model.{exc.key.split('.')[-1]}",
                               source=src) from None
-        if spec.window(0) > canvas:
+        if canvas and spec.window(0) > canvas:
             raise ConfigError(f"patch {self.patch} is larger than the {canvas}x{canvas} image",
                               key="model.patch", source=src)
+        if self.arch in ("fc", "conv") and not canvas:
+            raise ConfigError("fc and conv need a fixed-size image (not slides)",
+                              key="model.arch", source=src)
         if self.arch == "conv" and self.conv_kernel > canvas:
             raise ConfigError(f"kernel {self.conv_kernel} is larger than the image",
                               key="model.conv_kernel", source=src)
