@@ -1,0 +1,70 @@
+"""Lazy multi-resolution glimpse sources for whole-slide images.
+
+A glimpse on a 100,000^2 slide costs what it costs on a 10,000^2 one: each patch of the retina is
+read from the pyramid level that suits it, and only the pixels under the window are touched.
+
+Public API::
+
+    src = open_source(path)                 # OpenSlide (SVS, TIFF, DICOM...) or OME-Zarr
+    g = src.glimpse(loc, spec, units="px")  # (N, k, 3, g, g) float32 in [0, 1]
+    mask = tissue_mask(src)                 # thumbnail-based tissue detection
+    convert_to_ome_zarr(src_path, dst_path) # parallel, chunked, atomic
+    write_synthetic_slide(path, 8192, seed=0)
+
+Every problem with a slide raises :class:`ram_wsi.errors.SlideError` naming the file and the
+cause.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import SlideError
+from .array_source import ArraySource
+from .base import GlimpseSource
+from .cache import clear_caches, set_cache_bytes, set_max_open
+from .convert import convert_to_ome_zarr
+from .openslide_source import OpenSlideSource
+from .synth import write_synthetic_slide
+from .tissue import TissueMask, tissue_mask
+from .zarr_source import ZarrSource
+
+__all__ = [
+    "GlimpseSource",
+    "ArraySource",
+    "OpenSlideSource",
+    "ZarrSource",
+    "open_source",
+    "tissue_mask",
+    "TissueMask",
+    "convert_to_ome_zarr",
+    "write_synthetic_slide",
+    "set_cache_bytes",
+    "set_max_open",
+    "clear_caches",
+]
+
+
+def is_zarr_path(path: str | os.PathLike) -> bool:
+    """A directory with a ``zarr.json``, or a name ending in ``.zarr``."""
+    p = Path(path)
+    return (p.is_dir() and (p / "zarr.json").exists()) or p.name.endswith(".zarr")
+
+
+def open_source(path: str | os.PathLike, **settings: Any) -> GlimpseSource:
+    """Open a slide with the backend that suits it: OME-Zarr for a zarr store (a directory with
+    ``zarr.json`` or a ``.zarr`` name), OpenSlide for everything else (a DICOM slide may be given
+    as one of its files or as its directory).
+
+    Raises:
+        SlideError: the path does not exist, is a directory that is neither a zarr store nor a
+            DICOM slide, or the backend cannot open it -- naming the path and the cause.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SlideError(p, "no such file or directory")
+    if is_zarr_path(p):
+        return ZarrSource(p, **settings)
+    return OpenSlideSource(p, **settings)

@@ -1,0 +1,490 @@
+"""Synthetic whole-slide images of any size, written tile by tile in small memory.
+
+A slide is white background, a few pinkish textured tissue blobs, and one *target*: a real MNIST
+digit drawn as a dark stain a few hundred level-0 pixels wide at a random place inside tissue.
+Everything follows from ``seed``. A sidecar JSON (``<path>.json``) records the label, the target
+centre (level-0 pixels and ``[-1, 1]``), its size, and the geometry.
+
+Speed (131,072^2 in a minute or so): tissue is a smooth field on a coarse grid, thresholded;
+tiles are classified per level from samples of the field. All-white tiles are one encoded tile
+reused; all-tissue tiles are one of a few precomputed texture tiles (encoded once per level and
+variant, and hard-linked in zarr stores); only tiles on a tissue border or on the target are
+composed and encoded. Levels are drawn procedurally at their own resolution (2x steps, texture
+2x2-mean-pooled), so they agree with level 0 only approximately. For pixel-exact pyramids of a
+given image use :func:`write_pyramid_tiff` / :func:`write_pyramid_zarr`, which build levels as
+:func:`ram_wsi.retina.build_pyramid` does (2x2 means).
+
+Formats: ``fmt="tiff"``: a BigTIFF with one tiled page per level (successive IFDs, JPEG or
+uncompressed, resolution tags in pixels/cm) that OpenSlide's generic-tiff reader opens as a
+multi-level slide with ``openslide.mpp-x``; ``fmt="zarr"``: OME-Zarr NGFF 0.5 (zarr v3).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import DataError
+from ..io_utils import atomic_path
+from .ngff import create_level_array, ngff_attributes
+
+__all__ = ["write_synthetic_slide", "write_pyramid_tiff", "write_pyramid_zarr",
+           "pyramid_levels", "load_digits"]
+
+_WHITE = 255
+_DARK = np.array([60, 20, 95], dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- pyramids of images
+def pyramid_levels(image: np.ndarray, levels: int) -> list[np.ndarray]:
+    """``levels`` uint8 ``(H_l, W_l, 3)`` levels of ``image`` made as
+    :func:`ram_wsi.retina.build_pyramid` makes them (white padding, exact 2x2 means), rounded."""
+    import torch
+
+    from ..retina import RetinaSpec, build_pyramid
+
+    img = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1).float() / 255
+    pyr = build_pyramid(img[None], RetinaSpec(1, 1, 2.0, float(2 ** (levels - 1))), fill=1.0)
+    h, w = image.shape[:2]
+    out = []
+    for i in range(levels):
+        lv = pyr.level(i)[0, :, :-(-h // 2**i), :-(-w // 2**i)]
+        out.append((lv * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+    return out
+
+
+def _encoder(compression: str, quality: int):
+    if compression == "jpeg":
+        import imagecodecs
+
+        def enc(t: np.ndarray) -> bytes:
+            return imagecodecs.jpeg_encode(t, level=quality, colorspace="RGB",
+                                           outcolorspace="YCBCR", subsampling=(2, 2))
+        return enc
+    if compression in ("none", None):
+        return lambda t: np.ascontiguousarray(t).tobytes()
+    raise ValueError(f"compression must be 'jpeg' or 'none', got {compression!r}")
+
+
+def _tiff_writer_kwargs(compression: str, quality: int, tile: int, mpp: float | None,
+                        level: int) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(tile=(tile, tile), photometric="rgb", metadata=None,
+                              subfiletype=0 if level == 0 else 1)
+    if compression == "jpeg":
+        kw.update(compression="jpeg", compressionargs={"level": quality}, subsampling=(2, 2))
+    if mpp:
+        res = 1e4 / (mpp * 2**level)  # pixels per centimetre
+        kw.update(resolution=(res, res), resolutionunit="CENTIMETER")
+    if level == 0:
+        kw["description"] = "ram_wsi synthetic slide"
+    return kw
+
+
+def _tiles_of(arr: np.ndarray, tile: int) -> Iterator[np.ndarray]:
+    h, w = arr.shape[:2]
+    for y in range(0, h, tile):
+        for x in range(0, w, tile):
+            t = np.full((tile, tile, 3), _WHITE, dtype=np.uint8)
+            part = arr[y:y + tile, x:x + tile]
+            t[:part.shape[0], :part.shape[1]] = part
+            yield t
+
+
+def write_pyramid_tiff(path: str | os.PathLike, image: np.ndarray, *, levels: int = 3,
+                       tile: int = 64, compression: str = "none", quality: int = 95,
+                       mpp: float | None = 0.5) -> Path:
+    """Write ``image`` (``(H, W, 3)`` uint8) as a tiled pyramidal TIFF OpenSlide opens, levels
+    from :func:`pyramid_levels` (the in-memory retina's own pyramid)."""
+    import tifffile
+
+    enc = _encoder(compression, quality)
+    path = Path(path)
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tw:
+        for i, lv in enumerate(pyramid_levels(image, levels)):
+            tw.write((enc(t) for t in _tiles_of(lv, tile)), shape=lv.shape, dtype=np.uint8,
+                     **_tiff_writer_kwargs(compression, quality, tile, mpp, i))
+    return path
+
+
+def write_pyramid_zarr(path: str | os.PathLike, image: np.ndarray, *, levels: int = 3,
+                       chunk: int = 64, mpp: float | None = 0.5) -> Path:
+    """Write ``image`` as OME-Zarr (NGFF 0.5) with :func:`pyramid_levels`'s levels."""
+    import zarr
+
+    path = Path(path)
+    with atomic_path(path, is_dir=True) as tmp:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        for i, lv in enumerate(pyramid_levels(image, levels)):
+            arr = create_level_array(group, i, lv.shape[1], lv.shape[0], chunk)
+            arr[:] = lv.transpose(2, 0, 1)
+        group.attrs.update(ngff_attributes(levels, mpp, name=path.stem))
+    return path
+
+
+# ----------------------------------------------------------------------------- digits
+_DIGITS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _default_mnist_dir() -> Path:
+    env = os.environ.get("RAM_WSI_MNIST_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
+
+
+def load_digits(directory: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(images (N, 28, 28) uint8, labels (N,))`` of real MNIST digits from ``directory``
+    (default ``../shared/data/mnist`` or ``$RAM_WSI_MNIST_DIR``). Raises DataError if absent."""
+    d = Path(directory) if directory else _default_mnist_dir()
+    key = str(d)
+    if key in _DIGITS:
+        return _DIGITS[key]
+    img_p, lab_p = d / "train-images-idx3-ubyte.gz", d / "train-labels-idx1-ubyte.gz"
+    if not img_p.exists() or not lab_p.exists():
+        raise DataError(d, "no MNIST idx files (train-images-idx3-ubyte.gz, "
+                           "train-labels-idx1-ubyte.gz)")
+    try:
+        with gzip.open(img_p) as fh:
+            raw = fh.read()
+        n, r, c = (int(v) for v in np.frombuffer(raw, ">i4", 3, 4))
+        images = np.frombuffer(raw, np.uint8, n * r * c, 16).reshape(n, r, c)
+        with gzip.open(lab_p) as fh:
+            rawl = fh.read()
+        labels = np.frombuffer(rawl, np.uint8, n, 8)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(img_p, f"cannot read MNIST: {e}") from e
+    _DIGITS[key] = (images, labels)
+    return images, labels
+
+
+def _digit(rng: np.random.Generator, label: int | None, mnist_dir: Any) -> tuple[np.ndarray, int]:
+    try:
+        images, labels = load_digits(mnist_dir)
+    except DataError:
+        # No MNIST here: draw the numeral with PIL's font so the slide is still labelled.
+        from PIL import Image, ImageDraw
+
+        label = int(rng.integers(10)) if label is None else int(label)
+        im = Image.new("L", (28, 28), 0)
+        ImageDraw.Draw(im).text((9, 7), str(label), fill=255)
+        return np.asarray(im), label
+    if label is None:
+        idx = int(rng.integers(len(labels)))
+    else:
+        cand = np.flatnonzero(labels == int(label))
+        if cand.size == 0:
+            raise DataError(mnist_dir or _default_mnist_dir(), f"no digit with label {label}")
+        idx = int(cand[rng.integers(cand.size)])
+    return images[idx], int(labels[idx])
+
+
+# ----------------------------------------------------------------------------- the scene
+def _bilinear(grid: np.ndarray, gy: np.ndarray, gx: np.ndarray, cval: float | None) -> np.ndarray:
+    """Separable bilinear sample of ``grid`` at row coords ``gy`` (h,) x col coords ``gx`` (w,)
+    (grid index units); outside: ``cval`` (None: clamp to the edge)."""
+    def weights(c: np.ndarray, n: int) -> np.ndarray:
+        i0 = np.floor(c).astype(np.int64)
+        t = c - i0
+        m = np.zeros((c.shape[0], n), dtype=np.float32)
+        for idx, wgt in ((i0, 1 - t), (i0 + 1, t)):
+            ok = (idx >= 0) & (idx < n)
+            if cval is None:
+                idx = np.clip(idx, 0, n - 1)
+                ok = np.ones_like(ok)
+            np.add.at(m, (np.flatnonzero(ok), idx[ok]), wgt[ok])
+        return m
+    wy = weights(gy, grid.shape[0])
+    wx = weights(gx, grid.shape[1])
+    out = wy @ grid.astype(np.float32) @ wx.T
+    if cval:
+        out += cval * (1.0 - wy.sum(1)[:, None] * wx.sum(1)[None, :])
+    return out
+
+
+class _Scene:
+    """A deterministic synthetic slide, drawn at any level and tile."""
+
+    GRID = 256  # coarse field resolution along the longer side
+    VARIANTS = 4
+
+    def __init__(self, width: int, height: int, *, seed: int, label: int | None, tile: int,
+                 target_size: int | None, mnist_dir: Any, tissue_blobs: int | None):
+        from scipy import ndimage
+
+        self.w, self.h, self.tile = int(width), int(height), int(tile)
+        rng = np.random.default_rng(seed)
+        self.cell = max(self.w, self.h) / self.GRID
+        gw, gh = int(np.ceil(self.w / self.cell)), int(np.ceil(self.h / self.cell))
+        yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float64) + 0.5
+        field = np.zeros((gh, gw))
+        nb = int(tissue_blobs or rng.integers(2, 5))
+        for _ in range(nb):
+            cx, cy = rng.uniform(0.22, 0.78) * gw, rng.uniform(0.22, 0.78) * gh
+            sx, sy = rng.uniform(0.08, 0.16) * gw, rng.uniform(0.08, 0.16) * gh
+            th = rng.uniform(0, np.pi)
+            u = ((xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)) / sx
+            v = (-(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)) / sy
+            field += np.exp(-0.5 * (u * u + v * v))
+        noise = ndimage.gaussian_filter(rng.standard_normal((gh, gw)), 6, mode="wrap")
+        field += 0.25 * noise / (np.abs(noise).max() + 1e-9)
+        self.field = field.astype(np.float32)
+        self.thr = 0.5
+        # Largest change of the bilinear field within one cell: margin for tile classification.
+        self.slack = float(max(np.abs(np.diff(field, axis=0)).max(initial=0),
+                               np.abs(np.diff(field, axis=1)).max(initial=0))) + 0.02
+        self.textures = [self._texture(rng) for _ in range(self.VARIANTS)]
+        self._tex_levels: dict[int, list[np.ndarray]] = {}
+        # The target: a digit fully inside tissue.
+        self.digit, self.label = _digit(rng, label, mnist_dir)
+        self.tsize = int(target_size or max(64, min(320, min(self.w, self.h) // 8)))
+        margin = int(np.ceil(0.75 * self.tsize / self.cell)) + 1
+        inside = ndimage.minimum_filter(field, size=2 * margin + 1, mode="constant", cval=-1)
+        ok = np.argwhere(inside > self.thr + self.slack)
+        if ok.size == 0:
+            ok = np.argwhere(inside >= inside.max())
+        gy, gx = ok[rng.integers(len(ok))]
+        self.tx = float((gx + rng.uniform(0.25, 0.75)) * self.cell)
+        self.ty = float((gy + rng.uniform(0.25, 0.75)) * self.cell)
+        self.tx = float(np.clip(self.tx, self.tsize, self.w - self.tsize))
+        self.ty = float(np.clip(self.ty, self.tsize, self.h - self.tsize))
+
+    def _texture(self, rng: np.random.Generator) -> np.ndarray:
+        from scipy import ndimage
+
+        t = self.tile
+        base = np.array([236, 178, 206], dtype=np.float32)
+        low = ndimage.gaussian_filter(rng.standard_normal((t, t)), t / 24, mode="wrap")
+        low = low / (np.abs(low).max() + 1e-9)
+        img = base[None, None] + low[..., None] * np.array([10, 18, 12], np.float32)
+        nuclei = np.zeros((t, t), np.float32)
+        n = int(rng.integers(t * t // 1200, t * t // 700 + 2))
+        ys, xs = rng.integers(0, t, n), rng.integers(0, t, n)
+        nuclei[ys, xs] = 1.0
+        nuclei = ndimage.gaussian_filter(nuclei, 2.2, mode="wrap")
+        nuclei = np.clip(nuclei / (nuclei.max() + 1e-9) * 1.6, 0, 1)
+        img = img * (1 - 0.55 * nuclei[..., None]) + \
+            np.array([110, 50, 140], np.float32) * 0.55 * nuclei[..., None]
+        return np.clip(img, 0, 255).astype(np.float32)
+
+    def texture(self, level: int, variant: int) -> np.ndarray:
+        """Texture tile of ``level``: variant 2x2-mean-pooled ``level`` times, tiled back."""
+        if level not in self._tex_levels:
+            t, out = self.tile, []
+            for tex in self.textures:
+                f = 2**level
+                if f >= t:
+                    small = tex.reshape(-1, 3).mean(0)[None, None]
+                else:
+                    small = tex.reshape(t // f, f, t // f, f, 3).mean((1, 3))
+                reps = t // small.shape[0]
+                out.append(np.tile(small, (reps, reps, 1)))
+            self._tex_levels[level] = out
+        return self._tex_levels[level][variant]
+
+    def variant(self, level: int, tx: np.ndarray, ty: np.ndarray) -> np.ndarray:
+        return ((tx * 73856093) ^ (ty * 19349663) ^ (level * 83492791)) % self.VARIANTS
+
+    def level_shape(self, level: int) -> tuple[int, int]:
+        return -(-self.w // 2**level), -(-self.h // 2**level)
+
+    def classify(self, level: int) -> np.ndarray:
+        """Per tile of ``level``: 0 all white, 1 all tissue (and not on the target), 2 compose."""
+        lw, lh = self.level_shape(level)
+        t, f = self.tile, 2**level
+        nx, ny = -(-lw // t), -(-lh // t)
+        span = t * f / self.cell  # tile width in cells
+        if span > 8:
+            return np.full((ny, nx), 2, np.int8)
+        s = 9
+        off = (np.arange(s) / (s - 1)) * t * f  # level-0 offsets of samples inside a tile
+        gx = ((np.arange(nx)[:, None] * t * f + off[None]) / self.cell - 0.5).reshape(-1)
+        gy = ((np.arange(ny)[:, None] * t * f + off[None]) / self.cell - 0.5).reshape(-1)
+        vals = _bilinear(self.field, gy, gx, None).reshape(ny, s, nx, s)
+        lo, hi = vals.min((1, 3)), vals.max((1, 3))
+        cls = np.full((ny, nx), 2, np.int8)
+        cls[hi < self.thr - self.slack] = 0
+        cls[lo > self.thr + self.slack] = 1
+        # Tiles cut by the level border, and tiles on the target, are composed.
+        if lw % t:
+            cls[:, -1] = np.where(cls[:, -1] == 0, 0, 2)
+        if lh % t:
+            cls[-1, :] = np.where(cls[-1, :] == 0, 0, 2)
+        half = 0.5 * self.tsize
+        x0, x1 = (self.tx - half) / f // t, (self.tx + half) / f // t
+        y0, y1 = (self.ty - half) / f // t, (self.ty + half) / f // t
+        cls[int(max(y0, 0)):int(y1) + 1, int(max(x0, 0)):int(x1) + 1] = 2
+        return cls
+
+    def draw(self, level: int, tx: int, ty: int) -> np.ndarray:
+        """The ``(tile, tile, 3)`` uint8 tile ``(tx, ty)`` of ``level`` (white outside)."""
+        t, f = self.tile, 2**level
+        lw, lh = self.level_shape(level)
+        px = (tx * t + np.arange(t) + 0.5) * f  # level-0 centres of the tile's pixels
+        py = (ty * t + np.arange(t) + 0.5) * f
+        field = _bilinear(self.field, py / self.cell - 0.5, px / self.cell - 0.5, None)
+        # A ramp one level pixel wide (in field units) keeps borders smooth at every level.
+        ramp = max(0.01, 0.05 * f / max(self.cell, 1.0))
+        alpha = np.clip((field - self.thr) / ramp + 0.5, 0, 1)[..., None]
+        tex = self.texture(level, int(self.variant(level, np.int64(tx), np.int64(ty))))
+        img = 255.0 * (1 - alpha) + tex * alpha
+        dsc = self.digit.shape[0] / self.tsize
+        dy = (py - self.ty) * dsc + self.digit.shape[0] / 2 - 0.5
+        dx = (px - self.tx) * dsc + self.digit.shape[1] / 2 - 0.5
+        if (dy.max() > -1 and dy.min() < self.digit.shape[0] and dx.max() > -1
+                and dx.min() < self.digit.shape[1]):
+            if f * dsc > 1:  # a coarse level: pool the digit so it is not aliased
+                from scipy import ndimage
+
+                dig = ndimage.uniform_filter(self.digit.astype(np.float32), size=int(f * dsc))
+            else:
+                dig = self.digit.astype(np.float32)
+            d = _bilinear(dig / 255.0, dy, dx, 0.0)[..., None] * 0.9
+            img = img * (1 - d) + _DARK * d
+        out = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        if (tx + 1) * t > lw:
+            out[:, lw - tx * t:] = _WHITE
+        if (ty + 1) * t > lh:
+            out[lh - ty * t:, :] = _WHITE
+        return out
+
+    def levels(self) -> int:
+        n = 1
+        while max(self.level_shape(n - 1)) > self.tile:
+            n += 1
+        return n
+
+
+def _tile_stream(scene: _Scene, level: int, enc, stats: dict[str, int]) -> Iterator[bytes]:
+    cls = scene.classify(level)
+    ny, nx = cls.shape
+    t = scene.tile
+    white = enc(np.full((t, t, 3), _WHITE, np.uint8))
+    full: dict[int, bytes] = {}
+    for ty in range(ny):
+        row = cls[ty]
+        var = scene.variant(level, np.arange(nx, dtype=np.int64), np.int64(ty))
+        for tx in range(nx):
+            c = row[tx]
+            if c == 0:
+                stats["white"] += 1
+                yield white
+            elif c == 1:
+                v = int(var[tx])
+                b = full.get(v)
+                if b is None:
+                    b = full[v] = enc(np.clip(scene.texture(level, v) + 0.5, 0, 255)
+                                      .astype(np.uint8))
+                stats["tissue"] += 1
+                yield b
+            else:
+                stats["composed"] += 1
+                yield enc(scene.draw(level, tx, ty))
+
+
+def _write_tiff(scene: _Scene, path: Path, compression: str, quality: int,
+                mpp: float | None, stats: dict[str, int]) -> None:
+    import tifffile
+
+    enc = _encoder(compression, quality)
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        for lvl in range(scene.levels()):
+            lw, lh = scene.level_shape(lvl)
+            tw.write(_tile_stream(scene, lvl, enc, stats), shape=(lh, lw, 3), dtype=np.uint8,
+                     **_tiff_writer_kwargs(compression, quality, scene.tile, mpp, lvl))
+
+
+def _write_zarr(scene: _Scene, path: Path, mpp: float | None, stats: dict[str, int]) -> None:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    t = scene.tile
+    nlev = scene.levels()
+    for lvl in range(nlev):
+        lw, lh = scene.level_shape(lvl)
+        arr = create_level_array(group, lvl, lw, lh, t)
+        cls = scene.classify(lvl)
+        first_full: dict[int, Path] = {}
+        for ty, tx in zip(*np.nonzero(cls)):
+            ty, tx = int(ty), int(tx)
+            chunk_file = path / str(lvl) / "c" / "0" / str(ty) / str(tx)
+            if cls[ty, tx] == 1:
+                v = int(scene.variant(lvl, np.int64(tx), np.int64(ty)))
+                src = first_full.get(v)
+                if src is not None:
+                    # Identical chunk: a hard link costs no encoding and no disk.
+                    chunk_file.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        os.link(src, chunk_file)
+                        stats["tissue"] += 1
+                        continue
+                    except OSError:
+                        pass
+                tile = np.clip(scene.texture(lvl, v) + 0.5, 0, 255).astype(np.uint8)
+                arr[:, ty * t:(ty + 1) * t, tx * t:(tx + 1) * t] = tile.transpose(2, 0, 1)
+                if chunk_file.exists():
+                    first_full[v] = chunk_file
+                stats["tissue"] += 1
+            else:
+                tile = scene.draw(lvl, tx, ty)
+                h, w = min(t, lh - ty * t), min(t, lw - tx * t)
+                arr[:, ty * t:ty * t + h, tx * t:tx * t + w] = tile[:h, :w].transpose(2, 0, 1)
+                stats["composed"] += 1
+        stats["white"] += int((cls == 0).sum())
+    group.attrs.update(ngff_attributes(nlev, mpp, name=path.name,
+                                       extra={"synthetic": True}))
+
+
+def write_synthetic_slide(path: str | os.PathLike, size: int | tuple[int, int], *, seed: int = 0,
+                          label: int | None = None, fmt: str = "tiff", tile: int = 256,
+                          mpp: float | None = 0.25, compression: str = "jpeg", quality: int = 85,
+                          target_size: int | None = None, tissue_blobs: int | None = None,
+                          mnist_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Write a synthetic slide of ``size`` (``S`` or ``(W, H)``) level-0 pixels.
+
+    Args:
+        path: output file (``fmt="tiff"``) or store directory (``fmt="zarr"``).
+        seed: everything (tissue, texture, target position, which digit) follows from it.
+        label: the digit class (0-9) of the target; random when None.
+        tile: TIFF tile / zarr chunk size (a multiple of 16).
+        mpp: micrometres per level-0 pixel written to the file (None: no physical units).
+        compression: TIFF tiles: ``"jpeg"`` or ``"none"`` (zarr always uses blosc-zstd).
+        target_size: width of the target in level-0 pixels (default ``min(320, S / 8)``).
+        mnist_dir: where the MNIST idx files are (default ``../shared/data/mnist``).
+
+    Returns:
+        The sidecar dict also written to ``<path>.json``: ``label``, ``target_center_px``,
+        ``target_center_loc`` (``[-1, 1]``), ``target_size_px``, ``size``, ``mpp``, ``levels``,
+        ``seed``, ``fmt``, ``tiles`` (how many were white / tissue / composed).
+    """
+    w, h = (size, size) if np.isscalar(size) else size
+    if fmt not in ("tiff", "zarr"):
+        raise ValueError(f"fmt must be 'tiff' or 'zarr', got {fmt!r}")
+    if tile % 16:
+        raise ValueError(f"tile must be a multiple of 16, got {tile}")
+    scene = _Scene(int(w), int(h), seed=seed, label=label, tile=tile, target_size=target_size,
+                   mnist_dir=mnist_dir, tissue_blobs=tissue_blobs)
+    path = Path(path)
+    stats = {"white": 0, "tissue": 0, "composed": 0}
+    with atomic_path(path, is_dir=(fmt == "zarr")) as tmp:
+        if fmt == "tiff":
+            _write_tiff(scene, tmp, compression, quality, mpp, stats)
+        else:
+            _write_zarr(scene, tmp, mpp, stats)
+    meta = {
+        "path": str(path), "fmt": fmt, "seed": seed, "label": scene.label,
+        "size": [scene.w, scene.h], "mpp": mpp, "levels": scene.levels(), "tile": tile,
+        "target_center_px": [scene.tx, scene.ty],
+        "target_center_loc": [scene.tx / scene.w * 2 - 1, scene.ty / scene.h * 2 - 1],
+        "target_size_px": scene.tsize,
+        "compression": compression if fmt == "tiff" else "blosc-zstd",
+        "tiles": stats,
+    }
+    from ..io_utils import write_json
+
+    write_json(str(path) + ".json", meta)
+    return meta

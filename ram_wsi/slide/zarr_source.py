@@ -1,0 +1,182 @@
+"""Glimpses from an OME-Zarr store (NGFF 0.5 multiscales on a zarr v3 group; 0.4-style
+top-level ``multiscales`` attributes are read too).
+
+Levels are ``multiscales[0].datasets[*].path``; downsamples and the pixel size come from each
+dataset's ``scale`` transformation (times the multiscale-level one, if any): downsample of level
+``l`` along an axis = ``scale_l / scale_0``, and the mpp is ``scale_0`` when the axis unit is a
+length. Blocks are the arrays' chunks, read lazily through zarr and kept in the process's
+bounded block cache; missing chunks read as the array's fill value (white for stores this
+package writes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SlideError
+from .base import GlimpseSource, SlideInfo
+from .cache import handle_pool
+
+__all__ = ["ZarrSource", "read_multiscales"]
+
+_UNIT_TO_UM = {"micrometer": 1.0, "micron": 1.0, "um": 1.0, "nanometer": 1e-3, "nm": 1e-3,
+               "millimeter": 1e3, "mm": 1e3, "centimeter": 1e4, "meter": 1e6, "angstrom": 1e-4}
+
+
+def _scale_of(transforms: list[dict] | None, ndim: int) -> np.ndarray:
+    s = np.ones(ndim)
+    for t in transforms or []:
+        if t.get("type") == "scale" and "scale" in t:
+            s = s * np.asarray(t["scale"], dtype=np.float64)
+    return s
+
+
+def read_multiscales(path: str) -> dict[str, Any]:
+    """Parse a store's NGFF multiscales metadata without opening arrays. Raises SlideError."""
+    p = Path(path)
+    if not p.exists():
+        raise SlideError(path, "no such file or directory")
+    if not p.is_dir():
+        raise SlideError(path, "not a zarr store (not a directory)")
+    zj = p / "zarr.json"
+    if not zj.exists():
+        raise SlideError(path, "not a zarr v3 store (no zarr.json)")
+    try:
+        meta = json.loads(zj.read_text())
+    except (OSError, ValueError) as e:
+        raise SlideError(path, f"zarr.json is not valid JSON: {e}") from e
+    if meta.get("node_type") != "group":
+        raise SlideError(path, "zarr.json does not describe a group (OME-Zarr needs a group)")
+    attrs = meta.get("attributes") or {}
+    ms = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
+    if not ms or not isinstance(ms, list) or not ms[0].get("datasets"):
+        raise SlideError(path, "the zarr group has no OME-NGFF 'multiscales' metadata "
+                               "(not an OME-Zarr image)")
+    return ms[0]
+
+
+def _open(path: str) -> dict[str, Any]:
+    import zarr
+
+    ms = read_multiscales(path)
+    axes = ms.get("axes") or [{"name": n} for n in ("c", "y", "x")]
+    axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
+    names = [str(a.get("name", "")).lower() for a in axes]
+    if "x" not in names or "y" not in names:
+        raise SlideError(path, f"multiscales axes {names} have no 'x' and 'y'")
+    ndim = len(names)
+    ix, iy = names.index("x"), names.index("y")
+    ic = next((i for i, a in enumerate(axes) if a.get("type") == "channel"
+               or str(a.get("name", "")).lower() in ("c", "channel")), None)
+    try:
+        group = zarr.open_group(path, mode="r")
+        arrays = [group[str(d["path"])] for d in ms["datasets"]]
+    except Exception as e:  # zarr raises many types for broken stores
+        raise SlideError(path, f"cannot open the multiscale arrays: {type(e).__name__}: {e}") from e
+    glob = _scale_of(ms.get("coordinateTransformations"), ndim)
+    scales = [_scale_of(d.get("coordinateTransformations"), ndim) * glob
+              for d in ms["datasets"]]
+    for i, a in enumerate(arrays):
+        if a.ndim != ndim:
+            raise SlideError(path, f"level {i} has {a.ndim} dimensions, axes say {ndim}")
+    unit = axes[ix].get("unit")
+    return {"group": group, "arrays": arrays, "scales": scales, "ix": ix, "iy": iy, "ic": ic,
+            "unit": unit, "names": names, "name": ms.get("name")}
+
+
+class ZarrSource(GlimpseSource):
+    """An OME-Zarr image (``(c, y, x)`` or any NGFF axis order; 1, 3 or 4 channels; uint8,
+    uint16 or float in [0, 1]).
+
+    Raises:
+        SlideError: missing path, a directory that is not a zarr store, a group without
+            multiscales metadata, arrays that do not match it, a zero-sized level, or a chunk
+            that cannot be decoded -- naming the store and the cause.
+    """
+
+    backend = "zarr"
+
+    def __init__(self, path: str | os.PathLike, *, _validate: bool = True, **settings: Any):
+        super().__init__(os.fspath(path), **settings)
+        if _validate:
+            _ = self.info
+
+    def _handle(self):
+        return handle_pool().use(self._cache_key(), lambda: _open(self._path), None)
+
+    def _open_info(self) -> SlideInfo:
+        with self._handle() as h:
+            ix, iy = h["ix"], h["iy"]
+            dims = [(int(a.shape[ix]), int(a.shape[iy])) for a in h["arrays"]]
+            blocks = [(int(a.chunks[ix]), int(a.chunks[iy])) for a in h["arrays"]]
+            s0 = h["scales"][0]
+            axis = [(float(s[ix] / s0[ix]), float(s[iy] / s0[iy])) for s in h["scales"]]
+            unit = h["unit"]
+            mpp = None
+            if isinstance(unit, str) and unit.lower() in _UNIT_TO_UM:
+                k = _UNIT_TO_UM[unit.lower()]
+                mpp = (float(s0[ix]) * k, float(s0[iy]) * k)
+            dtype = str(h["arrays"][0].dtype)
+            nch = 1 if h["ic"] is None else int(h["arrays"][0].shape[h["ic"]])
+        for i, (dx, dy) in enumerate(axis):
+            if not (dx > 0 and dy > 0 and np.isfinite(dx) and np.isfinite(dy)):
+                raise SlideError(self._path, f"level {i} has an invalid scale transformation")
+        return SlideInfo(dimensions=dims[0], level_dimensions=dims, block_sizes=blocks, mpp=mpp,
+                         axis_downsamples=axis,
+                         properties={"ngff.name": h["name"], "dtype": dtype, "channels": nch,
+                                     "axes": h["names"], "unit": unit})
+
+    def _read_block(self, level: int, bx: int, by: int) -> np.ndarray:
+        info = self.info
+        bw, bh = info.block_sizes[level]
+        lw, lh = info.level_dimensions[level]
+        out = np.full((3, bh, bw), 255, dtype=np.uint8)
+        w, h = min(bw, lw - bx * bw), min(bh, lh - by * bh)
+        if w <= 0 or h <= 0:
+            return out
+        try:
+            with self._handle() as hd:
+                arr = hd["arrays"][level]
+                sel: list[Any] = [0] * arr.ndim
+                sel[hd["ix"]] = slice(bx * bw, bx * bw + w)
+                sel[hd["iy"]] = slice(by * bh, by * bh + h)
+                keep = [hd["iy"], hd["ix"]]
+                if hd["ic"] is not None:
+                    sel[hd["ic"]] = slice(None)
+                    keep = [hd["ic"]] + keep
+                data = np.asarray(arr[tuple(sel)])
+        except SlideError:
+            raise
+        except Exception as e:
+            raise SlideError(self._path, f"cannot read level {level} chunk ({by}, {bx}): "
+                                         f"{type(e).__name__}: {e}") from e
+        # Remaining axes are in their original order; bring them to (c, y, x).
+        order = sorted(keep)
+        data = np.transpose(data, [order.index(a) for a in keep]) if len(keep) == 3 else data
+        if data.ndim == 2:
+            data = data[None]
+        data = _to_uint8(data)
+        c = data.shape[0]
+        if c == 1:
+            data = np.repeat(data, 3, axis=0)
+        elif c >= 4:
+            a = data[3:4].astype(np.uint16)
+            data = ((data[:3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+                    ).astype(np.uint8)
+        out[:, :h, :w] = data[:3]
+        return out
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype == np.uint16:
+        return ((x.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if np.issubdtype(x.dtype, np.floating):
+        return (np.clip(np.nan_to_num(x, nan=1.0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return np.clip(x, 0, 255).astype(np.uint8)
