@@ -171,6 +171,10 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     rl_weight: float = 1.0
     baseline_weight: float = 1.0
+    # The location net's learning rate relative to ``lr``. Adam normalises the noisy REINFORCE
+    # gradient to unit-size steps, so at the supervised rate the policy mean random-walks into
+    # tanh saturation (glimpses parked in a corner); a smaller rate lets the signal accumulate.
+    policy_lr_scale: float = 0.1
     patience: int = 20  # early stopping: epochs without validation improvement
     eval_samples: int = 10  # M, for the M-averaged error
     max_minutes: float | None = None  # wall-clock cap (the run still evaluates and saves)
@@ -219,8 +223,14 @@ class DistributedConfig:
     rho_clip: float = 1.0  # async: importance ratio clip (V-trace style)
     max_restarts: int = 3
     learner_device: str = "auto"
+    # How glimpses travel from actors to the learner: float32 (exact), float16 or uint8 (the
+    # actor's own policy sees the quantised values, so the learner's replay stays exact).
+    glimpse_dtype: str = "float32"
 
     def validate(self, src: str | None) -> None:
+        if self.glimpse_dtype not in ("float32", "float16", "uint8"):
+            raise ConfigError(f"must be float32, float16 or uint8, got {self.glimpse_dtype!r}",
+                              key="distributed.glimpse_dtype", source=src)
         if self.actors < 1:
             raise ConfigError(f"must be >= 1, got {self.actors}", key="distributed.actors",
                               source=src)

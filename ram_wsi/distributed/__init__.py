@@ -1,0 +1,52 @@
+"""Distributed REINFORCE with Ray: rollout actors on CPUs, one learner (CUDA when present).
+
+    from ram_wsi.config import load_config
+    from ram_wsi.distributed import train_distributed
+
+    summary = train_distributed(load_config("configs/demo.yaml"))
+
+The same config drives single-process training (``ram-wsi train``) and this; the
+``distributed`` section sets actors, CPUs per actor, episodes per call, sync/async, staleness,
+the importance-ratio clip, restarts and the learner device. See :mod:`.runner`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .batch import EpisodeBatch
+from .learner import Learner
+from .runner import DistributedRunner, actor_config, init_ray
+
+__all__ = ["train_distributed", "EpisodeBatch", "Learner", "DistributedRunner", "init_ray",
+           "actor_config"]
+
+
+def train_distributed(cfg, *, resume: bool = True, log: Callable[[str], None] = print,
+                      callback: Callable[[DistributedRunner], None] | None = None,
+                      data=None, shutdown: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` with Ray actors; returns the run summary (also in ``summary.json``).
+
+    Joins ``cfg.distributed.address`` / ``RAY_ADDRESS`` or starts a local Ray instance (and
+    shuts it down at the end when it started it and ``shutdown``). Resumes from the run's
+    ``last.pt`` unless ``resume`` is False.
+    """
+    import ray
+
+    from ..train.trainer import Trainer
+
+    if cfg.distributed.learner_device != "auto":
+        cfg.train.device = cfg.distributed.learner_device
+    started = init_ray(cfg.distributed.address, log=log)
+    runner = None
+    try:
+        trainer = Trainer(cfg, data, log=log)
+        if resume:
+            trainer.resume()
+        runner = DistributedRunner(cfg, trainer, log=log, callback=callback)
+        return runner.fit()
+    finally:
+        if runner is not None:
+            runner.close()
+        if started and shutdown:
+            ray.shutdown()

@@ -178,7 +178,8 @@ class RecurrentAttentionModel(nn.Module):
     def unroll(self, sensor: Sensor, batch: int, *, policy: str = "sample",
                locations: torch.Tensor | None = None, generator: torch.Generator | None = None,
                keep_glimpses: bool = False, device: torch.device | None = None,
-               dtype: torch.dtype = torch.float32) -> Trajectory:
+               dtype: torch.dtype = torch.float32, start: torch.Tensor | None = None
+               ) -> Trajectory:
         """Run ``T`` glimpses.
 
         Args:
@@ -190,6 +191,8 @@ class RecurrentAttentionModel(nn.Module):
             locations: ``(B, T, 2)`` recorded raw locations to replay instead of sampling.
             generator: RNG for sampling (actors and tests pass their own; nothing global).
             keep_glimpses: keep the glimpse tensors in the trajectory.
+            start: ``(B, 2)`` first locations to use instead of the first-location rule (a
+                slide episode starts inside tissue); ignored when ``locations`` is given.
         """
         if device is None:
             device = next(self.parameters()).device
@@ -201,7 +204,10 @@ class RecurrentAttentionModel(nn.Module):
         mask = torch.zeros(steps, device=device)
         for t in range(steps):
             if t == 0:
-                mean, _ = self._first_location(batch, device, dtype, generator)
+                if start is not None:
+                    mean = start.to(device=device, dtype=dtype)
+                else:
+                    mean, _ = self._first_location(batch, device, dtype, generator)
                 loc = mean if locations is None else locations[:, 0]
                 logp = torch.zeros(batch, device=device, dtype=dtype)
                 base = torch.zeros(batch, device=device, dtype=dtype)

@@ -1,0 +1,136 @@
+"""Rollout actors: each owns an environment and a CPU copy of the policy.
+
+One call = one whole batch of ``episodes_per_call`` episodes, run through the same
+:meth:`~ram_wsi.models.ram.RecurrentAttentionModel.unroll` as the single-process trainer, under
+``torch.no_grad()``, with ``torch.set_num_threads(cpus_per_actor)`` (Ray sets OMP_NUM_THREADS but
+torch's intra-op pool needs telling). Weights arrive as an ``ObjectRef`` inside a list, so the
+actor only fetches and loads them when the version changed.
+
+:class:`RolloutWorker` is a plain class (tests can call it directly); :func:`actor_class` wraps it
+with ``ray.remote`` and the fault-tolerance options from ``cfg.distributed``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ExperimentConfig, _build
+from ..errors import ConfigError
+from ..models import build_model, is_attention
+from ..train.losses import rewards_from_logits
+from .batch import EpisodeBatch, QuantizingSensor, quantize
+from .envs import build_env
+
+__all__ = ["RolloutWorker", "actor_class", "config_from_dict", "actor_seed"]
+
+
+def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
+    """Rebuild (and validate) a config sent as ``cfg.to_dict()``."""
+    return _build(ExperimentConfig, dict(d), "", None).validate()
+
+
+def actor_seed(seed: int, index: int, incarnation: int = 0) -> int:
+    """A seed per (run seed, actor, incarnation): actors never share a random stream, and a
+    restarted actor does not replay its predecessor's episodes."""
+    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 7_919, int(index), int(incarnation)])
+    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(2))
+
+
+def _incarnation() -> int:
+    """0 for a fresh actor; the pid for one Ray reconstructed after a crash."""
+    try:
+        import warnings
+
+        import ray
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the property warns about an internal call
+            if ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed:
+                return os.getpid()
+    except Exception:  # noqa: BLE001 - outside an actor
+        pass
+    return 0
+
+
+class RolloutWorker:
+    """Acts with the latest weights it was given; returns :class:`EpisodeBatch` es."""
+
+    def __init__(self, cfg: dict[str, Any] | ExperimentConfig, index: int = 0,
+                 threads: int | None = None):
+        self.cfg = cfg if isinstance(cfg, ExperimentConfig) else config_from_dict(cfg)
+        if not is_attention(self.cfg.model):
+            raise ConfigError("distributed training needs an attention model (ram, ram_random)",
+                              key="model.arch", source=self.cfg.source)
+        d = self.cfg.distributed
+        torch.set_num_threads(max(1, int(threads or d.cpus_per_actor)))
+        self.index = int(index)
+        self.incarnation = _incarnation()
+        seed = actor_seed(self.cfg.train.seed, self.index, self.incarnation)
+        self.env = build_env(self.cfg, seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = build_model(self.cfg.model, self.cfg.data.canvas_size,
+                                     self.env.channels, self.env.classes)
+        self.model.requires_grad_(False)
+        self.gen = torch.Generator().manual_seed(seed + 1)
+        self.version = -1
+        self.episodes = 0
+        self.calls = 0
+
+    def set_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
+        self.model.load_state_dict(state)
+        self.version = int(version)
+
+    def rollout(self, weights: list | dict | None, version: int,
+                episodes: int | None = None) -> EpisodeBatch:
+        """``episodes`` (default ``episodes_per_call``) episodes with weights ``version``.
+
+        Args:
+            weights: ``[ObjectRef]`` (fetched only when ``version`` is new), a state dict, or
+                None (keep the current weights).
+        """
+        t0 = time.perf_counter()
+        if weights is not None and int(version) != self.version:
+            if isinstance(weights, list):
+                import ray
+
+                weights = ray.get(weights[0])
+            self.set_weights(weights, version)
+        b = int(episodes or self.cfg.distributed.episodes_per_call)
+        dtype = self.cfg.distributed.glimpse_dtype
+        sensor, labels, start = self.env.episodes(b)
+        with torch.no_grad():
+            traj = self.model.unroll(QuantizingSensor(sensor, dtype), b, generator=self.gen,
+                                     keep_glimpses=True, start=start)
+        rewards = rewards_from_logits(traj.logits, labels)
+        self.episodes += b
+        self.calls += 1
+        return EpisodeBatch(glimpses=quantize(traj.glimpses, dtype),
+                            locations=traj.locations.contiguous(),
+                            behaviour_log_probs=traj.log_probs.contiguous(),
+                            labels=labels.long(), rewards=rewards, version=self.version,
+                            actor=self.index, seconds=time.perf_counter() - t0,
+                            info={"pid": os.getpid(), "incarnation": self.incarnation})
+
+    def info(self) -> dict[str, Any]:
+        return {"index": self.index, "pid": os.getpid(), "incarnation": self.incarnation,
+                "version": self.version, "episodes": self.episodes, "calls": self.calls,
+                "threads": torch.get_num_threads()}
+
+
+def actor_class(cfg: ExperimentConfig):
+    """``RolloutWorker`` as a Ray actor class with the config's CPUs and restart policy.
+
+    ``max_task_retries`` equals ``max_restarts``: a call in flight when its actor dies is run
+    again on the restarted actor, so the learner does not lose the batch.
+    """
+    import ray
+
+    d = cfg.distributed
+    return ray.remote(num_cpus=d.cpus_per_actor, max_restarts=d.max_restarts,
+                      max_task_retries=d.max_restarts)(RolloutWorker)

@@ -1,0 +1,224 @@
+"""Episode environments that live inside a rollout actor.
+
+An environment turns "give me ``B`` episodes" into a live sensor, the labels, and optionally the
+first locations. It is built *inside* the actor from the config (a plain dict) -- the digits are
+loaded, or the slides opened, by the process that reads them; only paths travel.
+
+* :class:`MnistEnv`: the paper's tasks, from the same digit pool and train split as the
+  single-process trainer (:func:`ram_wsi.train.datasets.build_task_data`), with its own seed.
+* :class:`SlideEnv`: a CSV manifest ``path,label`` (paths relative to the manifest). An episode
+  picks a slide uniformly, starts inside tissue (or uniformly), and every glimpse is read lazily
+  through ``source.glimpse``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..config import ExperimentConfig
+from ..errors import ConfigError, DataError
+from ..models import RetinaSensor
+from ..retina import RetinaSpec
+
+__all__ = ["Env", "MnistEnv", "SlideEnv", "SlideSensor", "build_env", "read_manifest",
+           "env_shape"]
+
+
+class Env(Protocol):
+    channels: int
+    classes: int
+    spec: RetinaSpec
+
+    def episodes(self, batch: int) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+        """``(sensor, labels (B,), start (B, 2) or None)``."""
+        ...
+
+
+class MnistEnv:
+    """Fresh canvases of the config's digit task from the training digits only."""
+
+    channels = 1
+    classes = 10
+
+    def __init__(self, cfg: ExperimentConfig, seed: int, log=lambda *_: None):
+        from ..data.mnist import split_indices
+        from ..data.tasks import EpisodeSampler
+        from ..train.datasets import _load_digits, task_spec
+
+        images, labels, self.description = _load_digits(cfg, log)
+        tr, _, _ = split_indices(labels, cfg.data.val_fraction, cfg.data.test_fraction,
+                                 seed=cfg.train.seed)
+        self.sampler = EpisodeSampler(torch.from_numpy(images[tr]), torch.from_numpy(labels[tr]),
+                                      task_spec(cfg), seed=seed, device="cpu")
+        self.spec = cfg.model.retina()
+
+    def episodes(self, batch: int):
+        x, y, _ = self.sampler.sample(batch)
+        return RetinaSensor(x, self.spec), y, None
+
+
+def read_manifest(path: str | Path) -> tuple[list[str], list[int], list[str]]:
+    """``(paths, label indices, class names)`` from a ``path,label`` CSV.
+
+    Paths are resolved against the manifest's folder. Labels that are all integers are used as
+    class indices; otherwise the sorted distinct labels are the classes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "slide manifest not found")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "path" not in rows[0] or "label" not in rows[0]:
+        raise DataError(path, "manifest needs a header with columns path,label and >= 1 row")
+    paths = [str((path.parent / r["path"]).resolve()) if not Path(r["path"]).is_absolute()
+             else r["path"] for r in rows]
+    raw = [r["label"].strip() for r in rows]
+    if all(v.lstrip("-").isdigit() for v in raw):
+        labels = [int(v) for v in raw]
+        names = [str(i) for i in range(max(labels) + 1)]
+    else:
+        names = sorted(set(raw))
+        labels = [names.index(v) for v in raw]
+    return paths, labels, names
+
+
+def _open_source(path: str):
+    try:  # the package's opener, when present
+        from ..slide import open_source  # type: ignore[attr-defined]
+    except ImportError:
+        open_source = None
+    if open_source is not None:
+        return open_source(path)
+    if path.rstrip("/").endswith(".zarr"):
+        from ..slide.zarr_source import ZarrSource
+
+        return ZarrSource(path)
+    from ..slide.openslide_source import OpenSlideSource
+
+    return OpenSlideSource(path)
+
+
+class _ThumbTissue:
+    """Fallback tissue sampler: not-white, saturated pixels of a small thumbnail."""
+
+    def __init__(self, source: Any, size: int = 256):
+        thumb = source.thumbnail(size).astype(np.float32)  # (h, w, 3) uint8
+        mx, mn = thumb.max(-1), thumb.min(-1)
+        sat = (mx - mn) / np.maximum(mx, 1.0)
+        mask = (sat > 0.07) & (mx < 235)
+        self.shape = mask.shape
+        self.ys, self.xs = np.nonzero(mask)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        h, w = self.shape
+        if len(self.xs) == 0:
+            return rng.uniform(-1, 1, size=(n, 2))
+        i = rng.integers(0, len(self.xs), size=n)
+        x = (self.xs[i] + rng.uniform(size=n)) / w * 2 - 1
+        y = (self.ys[i] + rng.uniform(size=n)) / h * 2 - 1
+        return np.stack([x, y], 1)
+
+
+def _tissue_sampler(source: Any):
+    """The package's tissue mask when it offers a location sampler, else the fallback."""
+    try:
+        from ..slide import tissue_mask  # type: ignore[attr-defined]
+
+        mask = tissue_mask(source)
+        for name in ("sample_locations", "sample", "random_locations"):
+            fn = getattr(mask, name, None)
+            if callable(fn):
+                class _Wrap:
+                    def sample(self, n, rng, _fn=fn):
+                        out = _fn(n, rng=rng)
+                        return np.asarray(out.cpu() if isinstance(out, torch.Tensor) else out,
+                                          dtype=np.float64).reshape(n, 2)
+                return _Wrap()
+    except Exception:  # noqa: BLE001 - any mismatch: the simple fallback below
+        pass
+    return _ThumbTissue(source)
+
+
+class SlideSensor:
+    """Reads each step's glimpses lazily from the episode's slide."""
+
+    def __init__(self, sources: list[Any], slide_idx: np.ndarray, spec: RetinaSpec, units: str):
+        self.sources = sources
+        self.slide_idx = slide_idx
+        self.spec = spec
+        self.units = units
+        self.groups = {int(s): np.nonzero(slide_idx == s)[0] for s in np.unique(slide_idx)}
+
+    def __call__(self, t: int, loc: torch.Tensor) -> torch.Tensor:
+        k, g = self.spec.scales, self.spec.patch
+        out = torch.empty((loc.shape[0], k, 3, g, g), dtype=torch.float32)
+        loc = loc.detach().cpu()
+        for s, rows in self.groups.items():
+            idx = torch.from_numpy(rows)
+            out[idx] = self.sources[s].glimpse(loc[idx], self.spec, units=self.units)
+        return out.to(loc.dtype)
+
+
+class SlideEnv:
+    """Episodes over a manifest of slides, opened lazily in this process."""
+
+    channels = 3
+
+    def __init__(self, cfg: ExperimentConfig, seed: int, log=lambda *_: None):
+        d = cfg.data
+        if not d.manifest:
+            raise ConfigError("slides need data.manifest", key="data.manifest")
+        self.paths, self.labels, self.class_names = read_manifest(d.manifest)
+        self.classes = max(2, len(self.class_names))
+        import dataclasses
+
+        self.spec = dataclasses.replace(cfg.model.retina(), base=float(d.retina_base))
+        self.units = d.retina_units
+        self.start_rule = d.start
+        self.rng = np.random.default_rng(seed)
+        self._sources: dict[int, Any] = {}
+        self._tissue: dict[int, Any] = {}
+
+    def source(self, i: int):
+        if i not in self._sources:
+            self._sources[i] = _open_source(self.paths[i])
+        return self._sources[i]
+
+    def _start(self, i: int, n: int) -> np.ndarray:
+        if self.start_rule == "uniform":
+            return self.rng.uniform(-1, 1, size=(n, 2))
+        if i not in self._tissue:
+            self._tissue[i] = _tissue_sampler(self.source(i))
+        return self._tissue[i].sample(n, self.rng)
+
+    def episodes(self, batch: int):
+        idx = self.rng.integers(0, len(self.paths), size=batch)
+        start = np.zeros((batch, 2))
+        for s in np.unique(idx):
+            rows = np.nonzero(idx == s)[0]
+            start[rows] = self._start(int(s), len(rows))
+        sources = [self.source(i) if i in set(idx.tolist()) else None
+                   for i in range(len(self.paths))]
+        labels = torch.as_tensor([self.labels[i] for i in idx], dtype=torch.long)
+        return (SlideSensor(sources, idx, self.spec, self.units), labels,
+                torch.from_numpy(start).float().clamp_(-1.0, 1.0))
+
+
+def env_shape(cfg: ExperimentConfig) -> tuple[int, int]:
+    """``(channels, classes)`` of the model the config's environment needs."""
+    if cfg.data.source == "slides":
+        _, _, names = read_manifest(cfg.data.manifest)
+        return 3, max(2, len(names))
+    return 1, 10
+
+
+def build_env(cfg: ExperimentConfig, seed: int, log=lambda *_: None):
+    """The environment a config names (slides or digits)."""
+    if cfg.data.source == "slides":
+        return SlideEnv(cfg, seed, log)
+    return MnistEnv(cfg, seed, log)

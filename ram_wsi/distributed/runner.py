@@ -1,0 +1,280 @@
+"""The distributed training loop: Ray rollout actors feed a learner built on the Trainer.
+
+Sync mode: every update sends the newest weights to every actor, gathers one batch from each and
+concatenates them (``actors * episodes_per_call`` episodes per update, all on-policy).
+
+Async mode: every actor always has one call in flight; the learner takes batches as they arrive
+(``ray.wait``), drops those more than ``max_staleness`` versions old, corrects the rest with the
+clipped trajectory importance ratio (``hybrid_loss(..., behaviour_log_probs=, rho_clip=)``), and
+re-submits the actor at once with the newest weights reference.
+
+Epochs, validation, early stopping, the time cap, ``best.pt``/``last.pt``, ``metrics.jsonl`` and
+the final test (:meth:`Trainer.finish`) follow :meth:`Trainer.fit`; a resubmitted job resumes from
+``last.pt``. Actors that die are restarted by Ray (``max_restarts``) and their in-flight call is
+retried (``max_task_retries``); a call that still fails is re-submitted and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import ExperimentConfig
+from ..errors import ConfigError
+from ..io_utils import append_jsonl, write_json
+from ..train.trainer import Trainer
+from .actors import actor_class
+from .batch import EpisodeBatch
+from .learner import Learner
+
+__all__ = ["DistributedRunner", "init_ray", "actor_config"]
+
+MAX_CALL_FAILURES = 20  # per run: beyond this an actor failure is fatal
+
+
+def init_ray(address: str | None = None, *, log: Callable[[str], None] = print,
+             **kwargs: Any) -> bool:
+    """Connect to a cluster (``address``, else ``RAY_ADDRESS``) or start a local instance.
+
+    Returns True when this call started Ray (the caller then shuts it down). When the package
+    is importable only because the repo root was put on ``sys.path`` (a plain checkout), a local
+    instance gets that root on its workers' ``PYTHONPATH``; a job submitted with
+    ``--working-dir`` already has it.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        root = str(Path(__file__).resolve().parents[2])
+        env = kwargs.pop("runtime_env", None) or {}
+        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if root not in paths:
+            env.setdefault("env_vars", {})["PYTHONPATH"] = os.pathsep.join([root, *paths])
+        kwargs.setdefault("include_dashboard", False)
+        ray.init(runtime_env=env or None, **kwargs)
+        log(f"ray: started a local instance ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
+    else:
+        ray.init(address=address, **kwargs)
+        log(f"ray: joined {address} ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
+    return True
+
+
+def actor_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config as a dict for the actors, with local paths made absolute (an actor's working
+    directory need not be the driver's)."""
+    d = cfg.to_dict()
+    for key in ("dir", "manifest"):
+        v = d["data"].get(key)
+        if v and Path(v).exists():
+            d["data"][key] = str(Path(v).resolve())
+    return d
+
+
+class DistributedRunner:
+    """Owns the actors and the learner for one run."""
+
+    def __init__(self, cfg: ExperimentConfig, trainer: Trainer | None = None, *,
+                 log: Callable[[str], None] = print,
+                 callback: Callable[["DistributedRunner"], None] | None = None):
+        import ray
+
+        if cfg.data.source == "slides" and trainer is None:
+            raise ConfigError("distributed training on slides needs a learner with slide "
+                              "evaluation, which the Trainer does not have yet; slide episodes "
+                              "are available to RolloutWorker / bench_scaling", key="data.source",
+                              source=cfg.source)
+        self.cfg = cfg
+        self.log = log
+        self.callback = callback
+        self.trainer = trainer if trainer is not None else Trainer(cfg, log=log)
+        self.learner = Learner(self.trainer, cfg.distributed.rho_clip)
+        d = cfg.distributed
+        self.mode = d.mode
+        cls = actor_class(cfg)
+        conf = actor_config(cfg)
+        self.actors = [cls.remote(conf, i) for i in range(d.actors)]
+        self.weights_ref = None
+        self.weights_version = -1
+        self.publish()
+        self.pending: dict[Any, int] = {}
+        self.stats = {"episodes": 0, "batches": 0, "dropped_batches": 0, "call_failures": 0,
+                      "staleness_sum": 0, "skipped_updates": 0}
+        self._ray = ray
+
+    # -- weights ----------------------------------------------------------------------------
+    def publish(self) -> None:
+        """One ``ray.put`` of the newest weights per version."""
+        if self.weights_version != self.learner.version:
+            self.weights_ref = self._ray_put(self.learner.weights())
+            self.weights_version = self.learner.version
+
+    @staticmethod
+    def _ray_put(obj: Any):
+        import ray
+
+        return ray.put(obj)
+
+    def _submit(self, i: int):
+        ref = self.actors[i].rollout.remote([self.weights_ref], self.weights_version)
+        self.pending[ref] = i
+        return ref
+
+    def _failed(self, i: int, exc: BaseException) -> None:
+        self.stats["call_failures"] += 1
+        self.log(f"actor {i}: call failed ({type(exc).__name__}); re-submitting")
+        if self.stats["call_failures"] > MAX_CALL_FAILURES:
+            raise RuntimeError(f"{self.stats['call_failures']} failed actor calls; giving up"
+                               ) from exc
+
+    # -- batches ----------------------------------------------------------------------------
+    def _sync_batch(self) -> tuple[EpisodeBatch, bool]:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        self.publish()
+        refs = {i: self._submit(i) for i in range(len(self.actors))}
+        batches: dict[int, EpisodeBatch] = {}
+        while refs:
+            for i, ref in list(refs.items()):
+                self.pending.pop(ref, None)
+                try:
+                    batches[i] = self._ray.get(ref)
+                    del refs[i]
+                except (RayActorError, RayTaskError) as exc:
+                    self._failed(i, exc)
+                    refs[i] = self._submit(i)
+        batch = EpisodeBatch.concat([batches[i] for i in sorted(batches)])
+        self.stats["episodes"] += len(batch)
+        self.stats["batches"] += len(batches)
+        return batch, False
+
+    def _async_batch(self) -> tuple[EpisodeBatch, bool]:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        for i in range(len(self.actors)):
+            if i not in self.pending.values():
+                self._submit(i)
+        max_stale = self.cfg.distributed.max_staleness
+        while True:
+            ready, _ = self._ray.wait(list(self.pending), num_returns=1)
+            ref = ready[0]
+            i = self.pending.pop(ref)
+            try:
+                batch = self._ray.get(ref)
+            except (RayActorError, RayTaskError) as exc:
+                self._failed(i, exc)
+                self._submit(i)
+                continue
+            self.publish()
+            self._submit(i)  # keep the actor busy, with the newest weights
+            self.stats["episodes"] += len(batch)
+            self.stats["batches"] += 1
+            stale = self.learner.version - batch.version
+            if stale > max_stale:
+                self.stats["dropped_batches"] += 1
+                continue
+            self.stats["staleness_sum"] += stale
+            return batch, stale > 0
+
+    def next_batch(self) -> tuple[EpisodeBatch, bool]:
+        """``(batch, off_policy)``."""
+        return self._async_batch() if self.mode == "async" else self._sync_batch()
+
+    def step(self) -> tuple[bool, dict[str, float]]:
+        batch, off = self.next_batch()
+        applied, loss = self.learner.update(batch, off_policy=off)
+        if not applied:
+            self.stats["skipped_updates"] += 1
+        return applied, loss
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Like :meth:`Trainer.fit`, with batches from the actors."""
+        tr, t = self.trainer, self.cfg.train
+        tr.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(tr.out_dir / "config.json", self.cfg.to_dict())
+        metrics_path = tr.out_dir / "metrics.jsonl"
+        start = time.time()
+        stop_reason = "epochs"
+        tr.model.train()
+        d = self.cfg.distributed
+        self.log(f"distributed {d.mode}: {d.actors} actors x {d.cpus_per_actor:g} CPU, "
+                 f"{d.episodes_per_call} episodes per call, learner on {tr.device}; "
+                 f"{tr.steps_per_epoch} updates per epoch, epochs {tr.epoch + 1}..{t.epochs}")
+        while tr.epoch < t.epochs:
+            t0 = time.time()
+            ep0 = self.stats["episodes"]
+            sums: dict[str, float] = {}
+            for _ in range(tr.steps_per_epoch):
+                _, loss = self.step()
+                for k, v in loss.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if self.callback is not None:
+                    self.callback(self)
+            train_time = time.time() - t0
+            tr.epoch += 1
+            errors = tr.evaluate("val")
+            sel = tr.selection_error(errors)
+            improved = sel < tr.best_error - 1e-9
+            if improved:
+                tr.best_error, tr.bad_epochs = sel, 0
+            else:
+                tr.bad_epochs += 1
+            episodes = self.stats["episodes"] - ep0
+            row = {"epoch": tr.epoch, "step": tr.step,
+                   "lr": tr.optimizer.param_groups[0]["lr"],
+                   **{f"train_{k}": v / tr.steps_per_epoch for k, v in sums.items()},
+                   **{f"val_{k}": v for k, v in errors.items()},
+                   "episodes_per_s": episodes / max(train_time, 1e-9),
+                   "images_per_s": episodes / max(train_time, 1e-9),
+                   "skipped_steps": tr.skipped_steps, "elapsed_s": time.time() - start,
+                   **{k: v for k, v in self.stats.items() if k != "staleness_sum"}}
+            tr.history.append(row)
+            append_jsonl(metrics_path, row)
+            self.log(f"epoch {tr.epoch}: loss {row['train_total']:.3f} train-acc "
+                     f"{row['train_reward']:.3f} val err (mean policy) {errors['error_mean']:.2f}%"
+                     f" stoch {errors['error_stochastic']:.2f}% {row['episodes_per_s']:.0f} "
+                     f"episodes/s dropped {self.stats['dropped_batches']}")
+            if improved:
+                tr.save("best.pt")
+            tr.save("last.pt")
+            if tr.bad_epochs >= t.patience:
+                stop_reason = "early_stopping"
+                break
+            if t.max_minutes is not None and time.time() - start > 60 * t.max_minutes:
+                stop_reason = "time_cap"
+                break
+        self.drain()
+        summary = tr.finish(stop_reason, time.time() - start)
+        summary.update(self.summary())
+        write_json(tr.out_dir / "summary.json", summary)
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        d = self.cfg.distributed
+        used = max(1, self.stats["batches"] - self.stats["dropped_batches"])
+        return {"distributed": {**dataclasses.asdict(d), **self.stats,
+                                "mean_staleness": self.stats["staleness_sum"] / used,
+                                "updates": self.trainer.step}}
+
+    def actor_info(self) -> list[dict[str, Any]]:
+        return self._ray.get([a.info.remote() for a in self.actors])
+
+    def drain(self) -> None:
+        """Wait out (and discard) calls still in flight."""
+        if self.pending:
+            try:
+                self._ray.wait(list(self.pending), num_returns=len(self.pending), timeout=30)
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                pass
+            self.pending.clear()
+
+    def close(self) -> None:
+        self.drain()
+        for a in self.actors:
+            self._ray.kill(a, no_restart=True)
+        self.actors = []
