@@ -155,6 +155,8 @@ def _axis_weights(left: torch.Tensor, factor: torch.Tensor | float, g: int, coun
     clamped, so reads stay in bounds and the outside contributes nothing (i.e. the fill value).
     """
     dev, dt = left.device, left.dtype
+    # A non-finite centre (a diverged policy) sees only fill instead of indexing garbage.
+    left = torch.nan_to_num(left, nan=-1e7, posinf=1e7, neginf=-1e7)
     if isinstance(factor, torch.Tensor):
         factor = factor.to(dev, dt)[:, None]
     bw = _support(factor)

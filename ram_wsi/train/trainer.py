@@ -48,11 +48,23 @@ def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    """One optimiser; the location net is its own group with ``lr * policy_lr_scale``."""
     t = cfg.train
+    if isinstance(model, RecurrentAttentionModel):
+        g = model.parameter_groups()
+        groups = [{"params": g["supervised"] + g["baseline"], "lr_scale": 1.0},
+                  {"params": g["policy"], "lr_scale": t.policy_lr_scale}]
+    else:
+        groups = [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    for group in groups:
+        group["lr"] = t.lr * group["lr_scale"]
     if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                               weight_decay=t.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)  # flushed: training logs are read while the run goes on
 
 
 @dataclass
@@ -65,9 +77,9 @@ class Trainer:
     """Trains one experiment. ``fit()`` runs to the epoch budget, early stop or time cap."""
 
     def __init__(self, cfg: ExperimentConfig, data: TaskData | None = None, *,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] | None = None):
         self.cfg = cfg
-        self.log = log
+        self.log = log or _log
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -100,7 +112,7 @@ class Trainer:
         t = self.cfg.train
         lr = t.lr * lr_factor(self.step, self.total_steps, t.schedule, t.warmup_steps)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def rollout(self, images: torch.Tensor, *, keep_glimpses: bool = False) -> Trajectory:
@@ -197,8 +209,11 @@ class Trainer:
         return True
 
     # -- the loop ---------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
-        """Train until the epoch budget, early stopping, or ``max_minutes``; then test."""
+    def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
+        """Train until the epoch budget, early stopping, or ``max_minutes``; then test.
+
+        ``until_epoch`` stops early at that epoch (an interruption, as far as the schedule and
+        the checkpoint are concerned: a later ``resume()`` + ``fit()`` continues exactly)."""
         from tqdm.auto import tqdm
 
         t = self.cfg.train
@@ -208,7 +223,8 @@ class Trainer:
         start = time.time()
         stop_reason = "epochs"
         self.model.train()
-        while self.epoch < t.epochs:
+        last = min(t.epochs, until_epoch) if until_epoch else t.epochs
+        while self.epoch < last:
             t0 = time.time()
             sums: dict[str, float] = {}
             bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{t.epochs}",

@@ -1,0 +1,77 @@
+"""Trainer: resumable to the same state, atomic checkpoints, typed errors, outputs written."""
+
+import json
+
+import pytest
+import torch
+
+from ram_wsi.config import load_config
+from ram_wsi.errors import CheckpointError
+from ram_wsi.train.checkpoint import load_checkpoint, save_checkpoint
+from ram_wsi.train.trainer import Trainer, lr_factor
+
+SMALL = ["data.source=synthetic", "data.synthetic_count=300", "data.task=translated60",
+         "data.eval_size=64", "model.glimpses=3", "model.glimpse_hidden=16",
+         "model.loc_hidden=16", "model.glimpse_out=32", "model.hidden=32", "train.batch_size=16",
+         "train.epochs=2", "train.steps_per_epoch=3", "train.eval_samples=2",
+         "train.progress=false"]
+
+
+def _trainer(tmp_path, name, extra=()):
+    cfg = load_config(None, SMALL + [f"train.out_dir={tmp_path / name}", *extra])
+    return Trainer(cfg, log=lambda *_: None)
+
+
+def test_resume_continues_to_the_identical_state(tmp_path):
+    straight = _trainer(tmp_path, "a")
+    straight.fit()
+    first = _trainer(tmp_path, "b")
+    first.fit(until_epoch=1)
+    resumed = _trainer(tmp_path, "b")
+    assert resumed.resume()
+    assert resumed.epoch == 1 and resumed.step == 3
+    resumed.fit()
+    for p, q in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert a[-1]["val_error_mean"] == b[-1]["val_error_mean"]
+    for f in ("summary.json", "curve.png", "glimpses.png", "best.pt", "last.pt"):
+        assert (tmp_path / "b" / f).stat().st_size > 0
+
+
+def test_non_finite_loss_is_skipped_not_applied(tmp_path):
+    tr = _trainer(tmp_path, "nan")
+    before = [p.clone() for p in tr.model.parameters()]
+    x, y = tr.data.sampler.sample(8)[:2]
+    x[0, 0, 0, 0] = float("nan")  # a NaN pixel poisons the glimpse of a sample at that corner
+    res = tr.train_step(torch.full_like(x, float("nan")), y)
+    assert res.skipped and tr.skipped_steps == 1 and tr.step == 0
+    for p, q in zip(before, tr.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_checkpoint(bad)
+    good = save_checkpoint(tmp_path / "ok.pt", {"w": torch.ones(2)})
+    assert torch.equal(load_checkpoint(good)["w"], torch.ones(2))
+    assert not list(tmp_path.glob(".tmp-*"))  # nothing half-written left behind
+
+
+def test_lr_schedules():
+    assert lr_factor(0, 100, "linear", 0) == 1.0
+    assert lr_factor(100, 100, "linear", 0) == 0.0
+    assert lr_factor(50, 100, "cosine", 0) == pytest.approx(0.5)
+    assert lr_factor(4, 100, "constant", 10) == pytest.approx(0.5)
+
+
+def test_policy_has_its_own_learning_rate(tmp_path):
+    tr = _trainer(tmp_path, "lr", ["train.policy_lr_scale=0.25", "train.lr=0.004"])
+    tr._set_lr()
+    lrs = sorted(g["lr"] for g in tr.optimizer.param_groups)
+    assert lrs == pytest.approx([0.001, 0.004])
