@@ -84,8 +84,8 @@ def convert_to_ome_zarr(src_path: str | os.PathLike, dst_path: str | os.PathLike
 
     with atomic_path(dst, is_dir=True) as tmp, \
             dask.config.set(scheduler="threads", num_workers=workers):
-        (tmp / ".writer-pid").write_text(str(os.getpid()))
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        (tmp / ".writer-pid").write_text(str(os.getpid()))  # lets a rerun tell we are alive
         arrays = [create_level_array(group, i, lw, lh, chunk, comp)
                   for i, (lw, lh) in enumerate(shapes)]
         ych = tuple(min(chunk, h - y) for y in range(0, h, chunk))
@@ -106,7 +106,7 @@ def convert_to_ome_zarr(src_path: str | os.PathLike, dst_path: str | os.PathLike
         group.attrs.update(ngff_attributes(
             nlev, mpp, name=dst.stem,
             extra={"source": os.path.abspath(os.fspath(src_path)), "converted_by": "ram_wsi"}))
-        (tmp / ".writer-pid").unlink()
+        (tmp / ".writer-pid").unlink(missing_ok=True)
     nbytes = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
     return {"src": str(src_path), "dst": str(dst), "dimensions": [w, h], "levels": nlev,
             "level_dimensions": [list(s) for s in shapes], "mpp": mpp, "chunk": chunk,
