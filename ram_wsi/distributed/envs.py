@@ -88,60 +88,16 @@ def read_manifest(path: str | Path) -> tuple[list[str], list[int], list[str]]:
 
 
 def _open_source(path: str):
-    try:  # the package's opener, when present
-        from ..slide import open_source  # type: ignore[attr-defined]
-    except ImportError:
-        open_source = None
-    if open_source is not None:
-        return open_source(path)
-    if path.rstrip("/").endswith(".zarr"):
-        from ..slide.zarr_source import ZarrSource
+    from ..slide import open_source
 
-        return ZarrSource(path)
-    from ..slide.openslide_source import OpenSlideSource
-
-    return OpenSlideSource(path)
-
-
-class _ThumbTissue:
-    """Fallback tissue sampler: not-white, saturated pixels of a small thumbnail."""
-
-    def __init__(self, source: Any, size: int = 256):
-        thumb = source.thumbnail(size).astype(np.float32)  # (h, w, 3) uint8
-        mx, mn = thumb.max(-1), thumb.min(-1)
-        sat = (mx - mn) / np.maximum(mx, 1.0)
-        mask = (sat > 0.07) & (mx < 235)
-        self.shape = mask.shape
-        self.ys, self.xs = np.nonzero(mask)
-
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        h, w = self.shape
-        if len(self.xs) == 0:
-            return rng.uniform(-1, 1, size=(n, 2))
-        i = rng.integers(0, len(self.xs), size=n)
-        x = (self.xs[i] + rng.uniform(size=n)) / w * 2 - 1
-        y = (self.ys[i] + rng.uniform(size=n)) / h * 2 - 1
-        return np.stack([x, y], 1)
+    return open_source(path)
 
 
 def _tissue_sampler(source: Any):
-    """The package's tissue mask when it offers a location sampler, else the fallback."""
-    try:
-        from ..slide import tissue_mask  # type: ignore[attr-defined]
+    """Draws first locations uniformly over the slide's tissue (thumbnail mask)."""
+    from ..slide import tissue_mask
 
-        mask = tissue_mask(source)
-        for name in ("sample_locations", "sample", "random_locations"):
-            fn = getattr(mask, name, None)
-            if callable(fn):
-                class _Wrap:
-                    def sample(self, n, rng, _fn=fn):
-                        out = _fn(n, rng=rng)
-                        return np.asarray(out.cpu() if isinstance(out, torch.Tensor) else out,
-                                          dtype=np.float64).reshape(n, 2)
-                return _Wrap()
-    except Exception:  # noqa: BLE001 - any mismatch: the simple fallback below
-        pass
-    return _ThumbTissue(source)
+    return tissue_mask(source)
 
 
 class SlideSensor:
@@ -194,7 +150,7 @@ class SlideEnv:
             return self.rng.uniform(-1, 1, size=(n, 2))
         if i not in self._tissue:
             self._tissue[i] = _tissue_sampler(self.source(i))
-        return self._tissue[i].sample(n, self.rng)
+        return np.asarray(self._tissue[i].sample(n, self.rng), dtype=np.float64)
 
     def episodes(self, batch: int):
         idx = self.rng.integers(0, len(self.paths), size=batch)
