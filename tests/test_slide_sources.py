@@ -302,3 +302,41 @@ def test_metadata_is_plain_json(pyr):
         md = open_source(paths[k]).metadata
         json.dumps(md)
         assert md["dimensions"] == [W, H] and md["mpp"] == pytest.approx(0.5)
+
+
+def test_non_integer_downsamples_openslide(tmp_path):
+    """Levels 3.0002x and 9.88x (odd sizes): blocks away from the origin too. OpenSlide places
+    non-integer levels to within a sub-pixel (a block at level pixel X is requested at level-0
+    round(X * d)), so the tolerance is a few grey levels on sharp edges."""
+    import tifffile
+    from PIL import Image
+
+    img = _image(h=800, w=1000)
+    dims = [(333, 266), (101, 81)]
+    levels = [img] + [np.asarray(Image.fromarray(img).resize(d, Image.Resampling.BOX))
+                      for d in dims]
+    p = tmp_path / "odd.tiff"
+    with tifffile.TiffWriter(p, bigtiff=True) as tw:
+        for i, lv in enumerate(levels):
+            tw.write(lv, tile=(64, 64), photometric="rgb", metadata=None,
+                     subfiletype=0 if i == 0 else 1)
+    src = open_source(p)
+    assert src.level_downsamples[1] == pytest.approx(0.5 * (1000 / 333 + 800 / 266))
+    loc = _locs(60, seed=4, lim=0.9)
+    px = (loc.double() + 1) / 2 * torch.tensor([1000.0, 800.0], dtype=torch.float64)
+    for lvl, f in ((1, 3.01), (2, 10.0)):
+        spec = RetinaSpec(16, 1, 2.0, f)
+        assert choose_level(f, src.level_downsamples) == lvl
+        got = src.glimpse(loc, spec)[:, 0]
+        lv = levels[lvl]
+        dx, dy = 1000 / lv.shape[1], 800 / lv.shape[0]
+        half = 0.5 * spec.window(0)
+        full = torch.from_numpy(np.array(lv)).permute(2, 0, 1)[None].float() / 255
+        idx = torch.zeros(len(loc), dtype=torch.long)
+        ref = resample(full, (px[:, 0] - half) / dx, (px[:, 1] - half) / dy, f / dx, f / dy, 16,
+                       fill=1.0, index=idx)
+        err = (got - ref).abs()
+        off = resample(full, (px[:, 0] - half) / dx + 0.5, (px[:, 1] - half) / dy, f / dx,
+                       f / dy, 16, fill=1.0, index=idx)
+        assert float(err.max()) < 0.05 and float(err.mean()) < 4e-3
+        assert float((got - off).abs().mean()) > 5 * float(err.mean()) + 2e-3
