@@ -106,7 +106,7 @@ def test_mask_from_rgb_and_otsu():
     rgb = np.full((200, 200, 3), 250, np.uint8)
     rgb[50:150, 40:160] = [220, 140, 190]  # a pink block
     rgb[5, 5] = [200, 20, 20]  # a speck: removed
-    m, thr = mask_from_rgb(rgb)
+    m, _thr = mask_from_rgb(rgb)
     assert m[60:140, 50:150].all() and not m[:40].any() and not m[5, 5]
     assert abs(m.mean() - 100 * 120 / 200**2) < 0.01
     blank, _ = mask_from_rgb(np.full((64, 64, 3), 255, np.uint8))

@@ -32,18 +32,18 @@ from .tissue import TissueMask, tissue_mask
 from .zarr_source import ZarrSource
 
 __all__ = [
-    "GlimpseSource",
     "ArraySource",
+    "GlimpseSource",
     "OpenSlideSource",
-    "ZarrSource",
-    "open_source",
-    "tissue_mask",
     "TissueMask",
+    "ZarrSource",
+    "clear_caches",
     "convert_to_ome_zarr",
-    "write_synthetic_slide",
+    "open_source",
     "set_cache_bytes",
     "set_max_open",
-    "clear_caches",
+    "tissue_mask",
+    "write_synthetic_slide",
 ]
 
 

@@ -20,7 +20,7 @@ __all__ = ["ArraySource"]
 
 
 def _top_level(spec: RetinaSpec) -> int:
-    return max(max(0, int(math.floor(math.log2(spec.pixel_factor(j)) + 1e-9)))
+    return max(max(0, math.floor(math.log2(spec.pixel_factor(j)) + 1e-9))
                for j in range(spec.scales))
 
 

@@ -290,7 +290,7 @@ class GlimpseSource(abc.ABC):
         if scale < 1.0:
             from PIL import Image
 
-            tw, th = max(1, int(round(lw * scale))), max(1, int(round(lh * scale)))
+            tw, th = max(1, round(lw * scale)), max(1, round(lh * scale))
             img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize(
                 (tw, th), Image.Resampling.BOX))
         return np.ascontiguousarray(img)

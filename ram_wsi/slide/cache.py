@@ -24,11 +24,13 @@ never reads through a handle its parent opened; handles are opened lazily where 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Hashable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -36,15 +38,16 @@ __all__ = [
     "BlockCache",
     "HandlePool",
     "block_cache",
+    "cache_settings",
+    "clear_caches",
     "handle_pool",
     "openslide_cache",
     "set_cache_bytes",
     "set_max_open",
-    "clear_caches",
-    "cache_settings",
 ]
 
 _MIB = 1 << 20
+_log = logging.getLogger(__name__)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -117,7 +120,7 @@ class BlockCache:
 
 
 class _Entry:
-    __slots__ = ("handle", "users", "evicted", "close")
+    __slots__ = ("close", "evicted", "handle", "users")
 
     def __init__(self, handle: Any, close: Callable[[Any], None] | None):
         self.handle = handle
@@ -229,8 +232,8 @@ def _close(entry: _Entry) -> None:
     if entry.close is not None:
         try:
             entry.close(entry.handle)
-        except Exception:  # closing must never take a reader down
-            pass
+        except Exception as e:  # noqa: BLE001 -- closing must never take a reader down
+            _log.debug("closing a slide handle failed: %s", e)
     entry.handle = None
 
 
@@ -308,9 +311,13 @@ def set_max_open(n: int) -> None:
 
 
 def clear_caches() -> None:
-    """Drop every cached block and close every idle handle (benchmarks: a cold start)."""
+    """Drop every cached block, OpenSlide's shared tile cache, and every idle handle
+    (benchmarks: a cold start; the operating system's page cache is not touched)."""
+    global _os_cache
     if _block_cache is not None:
         _block_cache.clear()
+    with _state_lock:
+        _os_cache = None
     if _handle_pool is not None:
         _handle_pool.clear()
 

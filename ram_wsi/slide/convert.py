@@ -21,17 +21,23 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import SlideError
 from ..io_utils import atomic_path
-from .ngff import clean_stale_tmp, create_level_array, default_compressor, level_shapes, \
-    ngff_attributes
+from .ngff import (
+    clean_stale_tmp,
+    create_level_array,
+    default_compressor,
+    level_shapes,
+    ngff_attributes,
+)
 
-__all__ = ["convert_to_ome_zarr", "cli"]
+__all__ = ["cli", "convert_to_ome_zarr"]
 
 
 def _default_levels(width: int, height: int, chunk: int) -> int:

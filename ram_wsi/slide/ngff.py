@@ -16,8 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ngff_attributes", "create_level_array", "default_compressor", "clean_stale_tmp",
-           "level_shapes"]
+__all__ = [
+    "clean_stale_tmp",
+    "create_level_array",
+    "default_compressor",
+    "level_shapes",
+    "ngff_attributes",
+]
 
 
 def default_compressor(cname: str = "zstd", clevel: int = 5) -> Any:

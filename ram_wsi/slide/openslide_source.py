@@ -69,7 +69,7 @@ def _open(path: str) -> Any:
         raise SlideError(path, f"cannot read the file: {e}") from e
     try:
         slide.set_cache(openslide_cache())
-    except Exception:  # OpenSlide < 4.0: private caches, still correct
+    except (AttributeError, openslide.OpenSlideError):  # OpenSlide < 4.0: private caches
         pass
     return slide
 
@@ -138,7 +138,7 @@ class OpenSlideSource(GlimpseSource):
         out = np.full((3, bh, bw), 255, dtype=np.uint8)
         if w <= 0 or h <= 0:
             return out
-        x0, y0 = int(round(bx * bw * d)), int(round(by * bh * d))
+        x0, y0 = round(bx * bw * d), round(by * bh * d)
         try:
             with self._handle() as s:
                 img = s.read_region((x0, y0), level, (w, h))

@@ -22,10 +22,10 @@ multi-level slide with ``openslide.mpp-x``; ``fmt="zarr"``: OME-Zarr NGFF 0.5 (z
 from __future__ import annotations
 
 import gzip
-import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +33,13 @@ from ..errors import DataError
 from ..io_utils import atomic_path
 from .ngff import create_level_array, ngff_attributes
 
-__all__ = ["write_synthetic_slide", "write_pyramid_tiff", "write_pyramid_zarr",
-           "pyramid_levels", "load_digits"]
+__all__ = [
+    "load_digits",
+    "pyramid_levels",
+    "write_pyramid_tiff",
+    "write_pyramid_zarr",
+    "write_synthetic_slide",
+]
 
 _WHITE = 255
 _DARK = np.array([60, 20, 95], dtype=np.float32)
@@ -73,8 +78,8 @@ def _encoder(compression: str, quality: int):
 
 def _tiff_writer_kwargs(compression: str, quality: int, tile: int, mpp: float | None,
                         level: int) -> dict[str, Any]:
-    kw: dict[str, Any] = dict(tile=(tile, tile), photometric="rgb", metadata=None,
-                              subfiletype=0 if level == 0 else 1)
+    kw: dict[str, Any] = {"tile": (tile, tile), "photometric": "rgb", "metadata": None,
+                          "subfiletype": 0 if level == 0 else 1}
     if compression == "jpeg":
         kw.update(compression="jpeg", compressionargs={"level": quality}, subsampling=(2, 2))
     if mpp:

@@ -20,9 +20,9 @@ import numpy as np
 
 from .base import GlimpseSource, as_locations
 
-__all__ = ["TissueMask", "tissue_mask", "otsu_threshold", "mask_from_rgb"]
+__all__ = ["TissueMask", "mask_from_rgb", "otsu_threshold", "tissue_mask"]
 
-_MEMO: dict[tuple, "TissueMask"] = {}
+_MEMO: dict[tuple, TissueMask] = {}
 _MEMO_LOCK = threading.Lock()
 _MEMO_MAX = 512
 
@@ -150,9 +150,8 @@ def tissue_mask(source: GlimpseSource | str | os.PathLike, max_size: int = 2048,
         from ..io_utils import atomic_path
 
         disk.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(disk) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, mask=mask, dims=np.array(tm.slide_dimensions), thr=thr)
+        with atomic_path(disk) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, mask=mask, dims=np.array(tm.slide_dimensions), thr=thr)
     _remember(key, tm)
     return tm
 
