@@ -102,17 +102,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print_table(rows, ["device", "batch", "sensor", "threads", "images_per_s",
                            "speedup_vs_naive"])
         return 0
-    if args.what == "glimpse":
-        from .slide.bench import main as bench_glimpse
-
-        return bench_glimpse(args.rest)
     raise SystemExit(f"unknown benchmark {args.what}")
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    from .slide.convert import cli
+def _passthrough(argv: list[str]) -> int | None:
+    """Subcommands that own their argument parsing (slide tools): hand them the rest."""
+    if argv[:1] == ["convert"]:
+        from .slide.convert import cli
 
-    return cli(args.rest) or 0
+        return int(cli(argv[1:]) or 0)
+    if argv[:2] == ["bench", "glimpse"]:
+        from .slide.bench import main as bench_glimpse
+
+        return int(bench_glimpse(argv[2:]) or 0)
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,28 +136,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="benchmarks: mnist (paper table), throughput, glimpse")
-    b.add_argument("what", choices=["mnist", "throughput", "glimpse"])
-    _add_config_args(b)
-    b.add_argument("--archs", default="ram,ram_random,conv,fc", help="rows of the mnist table")
-    b.add_argument("--batches", type=int, nargs="*", help="throughput: batch sizes")
-    b.add_argument("--steps", type=int, default=20, help="throughput: timed steps")
-    b.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
-    b.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
-    b.add_argument("--compile", action="store_true", help="torch.compile the unroll")
-    b.add_argument("--skip-naive", action="store_true", help="no per-sample-loop reference")
-    b.add_argument("rest", nargs=argparse.REMAINDER, help="glimpse: its own arguments")
+    bsub = b.add_subparsers(dest="what", required=True)
+    bm = bsub.add_parser("mnist", help="train the paper's rows; our errors beside the paper's")
+    _add_config_args(bm)
+    bm.add_argument("--archs", default="ram,ram_random,conv,fc", help="rows of the table")
+    bt = bsub.add_parser("throughput", help="training images/s: batched retina vs crop loop")
+    _add_config_args(bt)
+    bt.add_argument("--batches", type=int, nargs="*", help="batch sizes")
+    bt.add_argument("--steps", type=int, default=20, help="timed steps")
+    bt.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
+    bt.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    bt.add_argument("--compile", action="store_true", help="torch.compile the unroll")
+    bt.add_argument("--skip-naive", action="store_true", help="no per-sample-loop reference")
+    bsub.add_parser("glimpse", help="slide glimpse benchmark (`ram-wsi bench glimpse -h`)")
     b.set_defaults(func=cmd_bench)
 
-    c = sub.add_parser("convert", help="slide -> OME-Zarr pyramid (see `ram-wsi convert -h`)",
-                       add_help=False)
-    c.add_argument("rest", nargs=argparse.REMAINDER)
-    c.set_defaults(func=cmd_convert)
+    sub.add_parser("convert", help="slide -> OME-Zarr pyramid (`ram-wsi convert -h`)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        direct = _passthrough(argv)
+        if direct is not None:
+            return direct
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except RamWsiError as exc:
         print(f"ram-wsi: error: {exc}", file=sys.stderr)
