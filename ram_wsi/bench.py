@@ -137,3 +137,36 @@ def mnist_table(cfg: ExperimentConfig, archs: list[str], log=print) -> list[dict
     print_table(rows, ["task", "model", "ours_stochastic", "ours_mean", "ours_m_avg",
                        "paper_nips", "test_size", "epochs", "minutes"])
     return rows
+
+
+def synthetic_benchmark(out_dir: str, *, steps: int = 1500, batch: int = 128, seed: int = 0,
+                        eval_size: int = 1000, log=None) -> dict[str, dict[str, Any]]:
+    """The synthetic MNIST benchmark (in pytest): RAM vs the random-glimpse agent, trained the
+    same way on generated digits, 60x60 cluttered, fixed seeds, CPU, a few minutes at most.
+
+    Returns ``{arch: summary}``; prints one JSON line per agent and a table.
+    """
+    from .config import load_config
+    from .train.trainer import Trainer
+
+    per_epoch = min(steps, 250)
+    base = ["data.source=synthetic", "data.synthetic_count=6000", "data.task=cluttered60",
+            f"data.eval_size={eval_size}", f"train.batch_size={batch}",
+            f"train.steps_per_epoch={per_epoch}", f"train.epochs={max(1, steps // per_epoch)}",
+            "train.lr=0.002", "train.warmup_steps=100", "train.eval_samples=4",
+            "train.patience=1000", f"train.seed={seed}", "train.progress=false"]
+    rows, out = [], {}
+    for arch in ("ram", "ram_random"):
+        cfg = load_config(None, base + [f"model.arch={arch}", f"name=synthetic-{arch}",
+                                        f"train.out_dir={out_dir}/{arch}"])
+        s = Trainer(cfg, log=log or (lambda *_: None)).fit()
+        row = {"bench": "synthetic_mnist", "task": "cluttered60", "model": arch,
+               "steps": s["steps"], "error_stochastic": s["test_error_stochastic"],
+               "error_mean": s["test_error_mean"], "error_m_avg": s["test_error_m_avg"],
+               "on_target": s.get("test_on_target"), "seconds": s["elapsed_s"]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        out[arch] = s
+    print_table(rows, ["model", "steps", "error_stochastic", "error_mean", "error_m_avg",
+                       "on_target", "seconds"])
+    return out

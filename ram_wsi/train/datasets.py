@@ -34,6 +34,7 @@ class TaskData:
     canvas: int
     train_size: int
     description: str
+    test_centers: torch.Tensor | None = None  # (N, 2) digit centres of the test canvases
     channels: int = 1
     classes: int = 10
 
@@ -89,14 +90,14 @@ def build_task_data(cfg: ExperimentConfig, device: torch.device | str = "cpu",
         return EpisodeSampler(torch.from_numpy(images[idx]), torch.from_numpy(labels[idx]),
                               spec, seed=seed, device=dev)
 
-    def fixed(idx: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def fixed(idx: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = cfg.data.eval_size or len(idx)
-        x, y, _ = sampler(idx, seed).fixed_set(n, seed=seed)
-        return x, y
+        return sampler(idx, seed).fixed_set(n, seed=seed)
 
     train = sampler(tr, cfg.train.seed + 100)
     # Fixed seeds: the same eval canvases in every run of this config.
     val = fixed(va, 10_001) if len(va) else fixed(tr, 10_001)
     test = fixed(te, 20_002) if len(te) else val
     desc += f"; split {len(tr)}/{len(va)}/{len(te)} train/val/test digits"
-    return TaskData(cfg.data.task, train, val, test, spec.canvas, len(tr), desc)
+    return TaskData(cfg.data.task, train, val[:2], test[:2], spec.canvas, len(tr), desc,
+                    test_centers=test[2])

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..models import RecurrentAttentionModel, RetinaSensor
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "on_target_fraction"]
 
 
 @torch.no_grad()
@@ -47,3 +47,24 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, sa
                 wrong[k] += err
     model.train(was_training)
     return {f"error_{k}": 100.0 * v / max(n, 1) for k, v in wrong.items()}
+
+
+@torch.no_grad()
+def on_target_fraction(model: RecurrentAttentionModel, images: torch.Tensor,
+                       centers: torch.Tensor, half_width: float, *, policy: str = "sample",
+                       batch_size: int = 1000, seed: int = 4321) -> float:
+    """Fraction of the policy's glimpses (steps 2..T) centred within ``half_width`` (in [-1, 1]
+    units, per axis) of the target's centre: did the agent learn *where* to look?"""
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    hits, total = 0, 0
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i:i + batch_size].to(dev)
+        c = centers[i:i + batch_size].to(dev)
+        traj = model.unroll(RetinaSensor(x, model.spec), x.shape[0], policy=policy,
+                            generator=gen)
+        locs = traj.locations[:, 1:].clamp(-1, 1)
+        inside = ((locs - c[:, None]).abs() <= half_width).all(-1)
+        hits += int(inside.sum())
+        total += inside.numel()
+    return hits / max(total, 1)

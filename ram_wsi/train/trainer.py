@@ -22,7 +22,7 @@ from ..models import RecurrentAttentionModel, RetinaSensor, build_model
 from ..models.ram import Trajectory
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import TaskData, build_task_data
-from .evaluate import evaluate
+from .evaluate import evaluate, on_target_fraction
 from .losses import LossTerms, hybrid_loss
 
 __all__ = ["Trainer", "resolve_device", "build_optimizer", "lr_factor"]
@@ -282,6 +282,11 @@ class Trainer:
                    "best_val_error_mean": self.best_error,
                    **{f"test_{k}": v for k, v in test.items()},
                    "test_size": int(self.data.test[1].shape[0])}
+        if self.attention and self.data.test_centers is not None:
+            # The digit's 28x28 box, in [-1, 1] units of the canvas.
+            x, _ = self.data.test
+            summary["test_on_target"] = on_target_fraction(
+                self.model, x, self.data.test_centers, 14.0 / (self.data.canvas / 2))
         write_json(self.out_dir / "summary.json", summary)
         if self.history:
             plot_curves(self.history, self.out_dir / "curve.png", title=self.cfg.name)
