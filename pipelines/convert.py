@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ram_wsi.slide.convert import cli  # noqa: E402
+from ram_wsi.slide.convert import cli
 
 if __name__ == "__main__":
     raise SystemExit(cli())

@@ -124,3 +124,23 @@ def test_tissue_mask_sampling_and_fraction():
     assert np.array_equal(s, tm.sample(500, seed=0))
     assert tm.fraction_on_tissue([[-0.5, 0.0], [0.5, 0.0], [-0.5, 3.0]]) == pytest.approx(1 / 3)
     assert tm.fraction == pytest.approx(0.5)
+
+
+def test_make_slides_pipeline_writes_manifest(tmp_path):
+    import csv
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "pipelines" / "make_slides.py"
+    spec = importlib.util.spec_from_file_location("make_slides_cli", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "slides"
+    assert mod.main([str(out), "--count", "3", "--size", "512", "--fmt", "zarr"]) == 0
+    with open(out / "manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["label"] for r in rows] == ["0", "1", "2"]
+    for r in rows:
+        src = open_source(out / r["path"])
+        side = json.loads((out / (r["path"] + ".json")).read_text())
+        assert side["label"] == int(r["label"]) and src.dimensions == (512, 512)

@@ -35,6 +35,7 @@ from .ngff import (
     default_compressor,
     level_shapes,
     ngff_attributes,
+    publish_mode,
 )
 
 __all__ = ["cli", "convert_to_ome_zarr"]
@@ -113,6 +114,7 @@ def convert_to_ome_zarr(src_path: str | os.PathLike, dst_path: str | os.PathLike
             nlev, mpp, name=dst.stem,
             extra={"source": os.path.abspath(os.fspath(src_path)), "converted_by": "ram_wsi"}))
         (tmp / ".writer-pid").unlink(missing_ok=True)
+    publish_mode(dst)
     nbytes = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
     return {"src": str(src_path), "dst": str(dst), "dimensions": [w, h], "levels": nlev,
             "level_dimensions": [list(s) for s in shapes], "mpp": mpp, "chunk": chunk,

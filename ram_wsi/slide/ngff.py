@@ -22,6 +22,7 @@ __all__ = [
     "default_compressor",
     "level_shapes",
     "ngff_attributes",
+    "publish_mode",
 ]
 
 
@@ -69,6 +70,21 @@ def create_level_array(group: Any, level: int, width: int, height: int, chunk: i
         str(level), shape=(3, int(height), int(width)), chunks=(3, chunk, chunk), dtype="uint8",
         compressors=[compressor if compressor is not None else default_compressor()],
         fill_value=255, dimension_names=["c", "y", "x"])
+
+
+def publish_mode(path: str | Path) -> None:
+    """Give a finished file or store the usual ``0o666 & ~umask`` permissions (temporary files
+    are created private, ``0o600`` / ``0o700``), so other processes of the job can read it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    p = Path(path)
+    if p.is_dir():
+        os.chmod(p, 0o777 & ~mask)
+        for root, dirs, _ in os.walk(p):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o777 & ~mask)
+    else:
+        os.chmod(p, 0o666 & ~mask)
 
 
 def clean_stale_tmp(dst: str | Path, max_age_s: float = 0.0) -> list[str]:

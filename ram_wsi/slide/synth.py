@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..io_utils import atomic_path
-from .ngff import create_level_array, ngff_attributes
+from .ngff import create_level_array, ngff_attributes, publish_mode
 
 __all__ = [
     "load_digits",
@@ -113,6 +113,7 @@ def write_pyramid_tiff(path: str | os.PathLike, image: np.ndarray, *, levels: in
         for i, lv in enumerate(pyramid_levels(image, levels)):
             tw.write((enc(t) for t in _tiles_of(lv, tile)), shape=lv.shape, dtype=np.uint8,
                      **_tiff_writer_kwargs(compression, quality, tile, mpp, i))
+    publish_mode(path)
     return path
 
 
@@ -128,6 +129,7 @@ def write_pyramid_zarr(path: str | os.PathLike, image: np.ndarray, *, levels: in
             arr = create_level_array(group, i, lv.shape[1], lv.shape[0], chunk)
             arr[:] = lv.transpose(2, 0, 1)
         group.attrs.update(ngff_attributes(levels, mpp, name=path.stem))
+    publish_mode(path)
     return path
 
 
@@ -479,6 +481,7 @@ def write_synthetic_slide(path: str | os.PathLike, size: int | tuple[int, int], 
             _write_tiff(scene, tmp, compression, quality, mpp, stats)
         else:
             _write_zarr(scene, tmp, mpp, stats)
+    publish_mode(path)
     meta = {
         "path": str(path), "fmt": fmt, "seed": seed, "label": scene.label,
         "size": [scene.w, scene.h], "mpp": mpp, "levels": scene.levels(), "tile": tile,
@@ -491,4 +494,5 @@ def write_synthetic_slide(path: str | os.PathLike, size: int | tuple[int, int], 
     from ..io_utils import write_json
 
     write_json(str(path) + ".json", meta)
+    publish_mode(str(path) + ".json")
     return meta
