@@ -85,8 +85,45 @@ def _open(path: str) -> dict[str, Any]:
         if a.ndim != ndim:
             raise SlideError(path, f"level {i} has {a.ndim} dimensions, axes say {ndim}")
     unit = axes[ix].get("unit")
+    fast = [_fast_reader(a, Path(path) / str(d["path"]), ic) for a, d in
+            zip(arrays, ms["datasets"])]
     return {"group": group, "arrays": arrays, "scales": scales, "ix": ix, "iy": iy, "ic": ic,
-            "unit": unit, "names": names, "name": ms.get("name")}
+            "unit": unit, "names": names, "name": ms.get("name"), "fast": fast}
+
+
+def _fast_reader(arr: Any, root: Path, ic: int | None) -> dict[str, Any] | None:
+    """How to decode a chunk of ``arr`` without zarr's machinery (4x cheaper per chunk): only
+    for the common case -- a local zarr v3 uint8 array, regular chunks, ``bytes`` + blosc or
+    zstd (or nothing), no sharding, all channels in one chunk. None otherwise (zarr reads)."""
+    try:
+        import numcodecs
+        from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+
+        md = arr.metadata
+        if md.zarr_format != 3 or np.dtype(arr.dtype) != np.uint8 or not root.is_dir():
+            return None
+        codecs = list(md.codecs)
+        if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
+            return None
+        if len(codecs) == 1:
+            decode = bytes
+        elif isinstance(codecs[1], BloscCodec):
+            decode = numcodecs.Blosc().decode
+        elif isinstance(codecs[1], ZstdCodec):
+            decode = numcodecs.Zstd().decode
+        else:
+            return None
+        chunks = tuple(int(c) for c in md.chunk_grid.chunk_shape)
+        if ic is not None and chunks[ic] < arr.shape[ic]:
+            return None
+        cke = md.chunk_key_encoding
+        sep = getattr(cke, "separator", "/")
+        prefix = "c" + sep if getattr(cke, "name", "default") == "default" else ""
+        fill = int(md.fill_value) if md.fill_value is not None else 0
+        return {"root": root, "sep": sep, "prefix": prefix, "chunks": chunks, "decode": decode,
+                "fill": fill}
+    except Exception:  # noqa: BLE001 -- anything unusual: let zarr read it
+        return None
 
 
 class ZarrSource(GlimpseSource):
@@ -141,6 +178,12 @@ class ZarrSource(GlimpseSource):
             return out
         try:
             with self._handle() as hd:
+                fast = hd["fast"][level]
+                if fast is not None:
+                    data = self._read_fast(fast, hd, level, bx, by)
+                    if data is not None:
+                        out[:, :h, :w] = data[:, :h, :w]
+                        return out
                 arr = hd["arrays"][level]
                 sel: list[Any] = [0] * arr.ndim
                 sel[hd["ix"]] = slice(bx * bw, bx * bw + w)
@@ -170,6 +213,46 @@ class ZarrSource(GlimpseSource):
                     ).astype(np.uint8)
         out[:, :h, :w] = data[:3]
         return out
+
+
+    def _read_fast(self, fast: dict[str, Any], hd: dict[str, Any], level: int, bx: int,
+                   by: int) -> np.ndarray | None:
+        """The decoded chunk ``(by, bx)`` as ``(3, bh, bw)`` uint8, or None to fall back."""
+        chunks = fast["chunks"]
+        idx = [0] * len(chunks)
+        idx[hd["ix"]], idx[hd["iy"]] = bx, by
+        f = fast["root"] / (fast["prefix"] + fast["sep"].join(str(i) for i in idx))
+        try:
+            raw = f.read_bytes()
+        except FileNotFoundError:
+            data = np.full(chunks, fast["fill"], dtype=np.uint8)
+        else:
+            try:
+                data = np.frombuffer(fast["decode"](raw), dtype=np.uint8)
+                data = data.reshape(chunks)
+            except Exception as e:
+                raise SlideError(self._path, f"cannot decode level {level} chunk ({by}, {bx}) "
+                                             f"({f.name}): {type(e).__name__}: {e}") from e
+        sel: list[Any] = [0] * len(chunks)
+        sel[hd["ix"]] = slice(None)
+        sel[hd["iy"]] = slice(None)
+        keep = [hd["iy"], hd["ix"]]
+        if hd["ic"] is not None:
+            sel[hd["ic"]] = slice(None)
+            keep = [hd["ic"]] + keep
+        data = data[tuple(sel)]
+        order = sorted(keep)
+        data = np.transpose(data, [order.index(a) for a in keep]) if len(keep) == 3 else data[None]
+        if data.shape[0] == 3:
+            return data
+        return None if data.shape[0] not in (1, 4) else _channels3(data)
+
+
+def _channels3(data: np.ndarray) -> np.ndarray:
+    if data.shape[0] == 1:
+        return np.repeat(data, 3, axis=0)
+    a = data[3:4].astype(np.uint16)
+    return ((data[:3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
