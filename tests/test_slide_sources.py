@@ -377,3 +377,15 @@ def test_zarr_fast_chunk_path_equals_zarr_reads(tmp_path, monkeypatch):
     assert torch.equal(fast[0], fast[1])
     assert (fast[0] - ArraySource(img).glimpse(loc, spec)).abs().max() <= 2 / 255
     slide_cache.clear_caches()
+
+
+def test_rewritten_file_is_not_served_from_stale_cache(tmp_path):
+    import os
+
+    p = tmp_path / "r.zarr"
+    write_pyramid_zarr(p, np.zeros((64, 64, 3), np.uint8), levels=1, chunk=32)
+    loc, spec = torch.zeros(1, 2), RetinaSpec(8, 1, 2.0, 1.0)
+    assert float(open_source(p).glimpse(loc, spec).max()) == 0.0
+    write_pyramid_zarr(p, np.full((64, 64, 3), 200, np.uint8), levels=1, chunk=32)
+    os.utime(p / "zarr.json", (1e9, 1e9))  # a different mtime even on coarse clocks
+    assert float(open_source(p).glimpse(loc, spec).min()) == pytest.approx(200 / 255)

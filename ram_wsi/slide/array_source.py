@@ -7,6 +7,7 @@ slide written from the same pixels with 2x2-mean levels must serve the same glim
 from __future__ import annotations
 
 import math
+import uuid
 from typing import Any
 
 import numpy as np
@@ -60,12 +61,13 @@ class ArraySource(GlimpseSource):
         self._block_size = int(block)
         self._pyramids: dict[int, Pyramid] = {}
         self._levels: list[np.ndarray] | None = None
+        self._uid = uuid.uuid4().hex  # cache key: never reused, unlike id()
 
     def __reduce__(self):
         return (_rebuild_array, (self._image.permute(1, 2, 0).contiguous().numpy(), self._mpp, self._block_size, self._path))
 
     def _cache_key(self) -> tuple:
-        return (self.backend, id(self))
+        return (self.backend, self._uid)
 
     def _level_arrays(self) -> list[np.ndarray]:
         if self._levels is None:

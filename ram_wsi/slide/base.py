@@ -79,6 +79,7 @@ class GlimpseSource(abc.ABC):
         self._path = None if path is None else str(path)
         self._settings = dict(settings)
         self._info: SlideInfo | None = None
+        self._stamp: float | None = None
 
     # ----------------------------------------------------------------------- to implement
     @abc.abstractmethod
@@ -104,6 +105,9 @@ class GlimpseSource(abc.ABC):
     @property
     def info(self) -> SlideInfo:
         if self._info is None:
+            # The file's mtime is part of every cache key: a rewritten slide is never served
+            # from blocks (or a handle) of its previous version.
+            self._stamp = self.mtime()
             info = self._open_info()
             for i, (w, h) in enumerate(info.level_dimensions):
                 if w <= 0 or h <= 0:
@@ -184,7 +188,9 @@ class GlimpseSource(abc.ABC):
 
     # ----------------------------------------------------------------------- reading
     def _cache_key(self) -> tuple:
-        return (self.backend, self._path)
+        if self._stamp is None:
+            self._stamp = self.mtime()
+        return (self.backend, self._path, self._stamp)
 
     def _block(self, level: int, bx: int, by: int, use_cache: bool = True) -> np.ndarray:
         if not use_cache:
