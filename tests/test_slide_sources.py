@@ -389,3 +389,22 @@ def test_rewritten_file_is_not_served_from_stale_cache(tmp_path):
     write_pyramid_zarr(p, np.full((64, 64, 3), 200, np.uint8), levels=1, chunk=32)
     os.utime(p / "zarr.json", (1e9, 1e9))  # a different mtime even on coarse clocks
     assert float(open_source(p).glimpse(loc, spec).min()) == pytest.approx(200 / 255)
+
+
+def test_window_larger_than_slide_reads_only_the_slide(tmp_path, monkeypatch):
+    img = _image(h=24, w=20)
+    p = write_pyramid_zarr(tmp_path / "tiny.zarr", img, levels=1, chunk=16)
+    src = open_source(p)
+    seen = []
+    orig = type(src).read_regions
+
+    def spy(self, level, x0, y0, w, h, use_cache=True):
+        seen.append((w, h))
+        return orig(self, level, x0, y0, w, h, use_cache)
+
+    monkeypatch.setattr(type(src), "read_regions", spy)
+    spec = RetinaSpec(16, 3, 4.0, 1.0)  # windows of 16, 64 and 256 px over a 20x24 slide
+    loc = torch.tensor([[0.0, 0.0], [0.9, -0.7]])
+    got = src.glimpse(loc, spec)
+    assert all(w <= 20 and h <= 24 for w, h in seen)
+    assert (got - ArraySource(img).glimpse(loc, spec)).abs().max() < 1e-5

@@ -277,6 +277,12 @@ class GlimpseSource(abc.ABC):
             fx, fy = f / dx, f / dy
             x0, cx = window_span(left, fx, g)
             y0, cy = window_span(top, fy, g)
+            # Read only what lies inside the level: a window larger than the level (or partly
+            # outside it) needs no more than the level's pixels; resample fills the rest white.
+            lw, lh = self.info.level_dimensions[lvl]
+            cx, cy = min(cx, lw), min(cy, lh)
+            x0 = np.clip(x0, 0, lw - cx)
+            y0 = np.clip(y0, 0, lh - cy)
             regions = self.read_regions(lvl, x0, y0, cx, cy)
             ox, oy = self._block_offsets(lvl)
             src = torch.from_numpy(regions).to(torch.float32).div_(255.0)
