@@ -13,9 +13,14 @@ Measured per (backend, slide size), at random tissue locations, one torch thread
 * ``naive``: read each scale's whole extent at level 0 (no pyramid), area-downscale it -- cold as
   above. ``speedup_vs_naive`` = naive time / lazy cold time.
 
-Then ``size_ratio`` = p50 cold latency on the largest slide / on the smallest (goal <= 1.2), and a
-memory check in a fresh process: ``--mem-glimpses`` glimpses over ``--mem-slides`` slides with a
-configured cache, peak RSS reported against it.
+Every figure comes as wall time and as CPU time of this process (``time.process_time``, all
+threads): on a shared machine the CPU time is what a glimpse costs a core ("per core" figures),
+the wall time adds waiting for one. Disk waits are in wall time only.
+
+Then ``size_ratio``: the largest slide vs the smallest, measured in alternating rounds so that
+drifting load hits both alike (goal <= 1.2), and a memory check in a fresh process:
+``--mem-glimpses`` glimpses over ``--mem-slides`` slides with a configured cache, peak RSS
+reported against it.
 
 Output: one JSON object per line on stdout, a short table on stderr; ``--out DIR`` also writes
 ``DIR/results.jsonl``.
@@ -88,64 +93,114 @@ def naive_glimpse(src, loc: np.ndarray, spec: RetinaSpec) -> torch.Tensor:
     return torch.stack(outs, 1)
 
 
+class Clock:
+    """Wall and CPU time (all threads of this process) of a block: on a shared machine the CPU
+    time is what a glimpse costs a core; the wall time includes waiting for one."""
+
+    def __enter__(self):
+        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.w0
+        self.cpu = time.process_time() - self.c0
+
+
+def cold_run(src, locs: np.ndarray, spec: RetinaSpec, fn=None) -> tuple[list, list]:
+    wall, cpu = [], []
+    for i in range(len(locs)):
+        make_cold()
+        with Clock() as c:
+            if fn is None:
+                src.glimpse(locs[i:i + 1], spec)
+            else:
+                fn(src, locs[i], spec)
+        wall.append(c.wall)
+        cpu.append(c.cpu)
+    return wall, cpu
+
+
+def warm_run(src, locs: np.ndarray, spec: RetinaSpec, reps: int) -> tuple[list, list]:
+    src.glimpse(locs, spec)  # fill the cache
+    misses = slide_cache.block_cache().misses
+    wall, cpu = [], []
+    for _ in range(reps):
+        with Clock() as c:
+            src.glimpse(locs, spec)
+        wall.append(c.wall)
+        cpu.append(c.cpu)
+    assert slide_cache.block_cache().misses == misses, "warm pass missed the cache"
+    return wall, cpu
+
+
 def bench_one(backend: str, path: Path, size: int, spec: RetinaSpec, args) -> dict:
     slide_cache.clear_caches()
     src = open_source(path)
     mask = tissue_mask(src, 1024)
     locs = mask.sample(args.n_cold, seed=1).astype(np.float64)
-    rec = {"backend": backend, "size": size, "spec": vars(spec), "tissue": mask.fraction}
-
+    rec = {"backend": backend, "size": size, "spec": vars(spec), "tissue": mask.fraction,
+           "load_avg_1m": os.getloadavg()[0]}
     # cold: nothing decoded is cached (OpenSlide's cache is 0 bytes for this run)
-    lat = []
-    t_all = time.perf_counter()
-    for i in range(len(locs)):
-        make_cold()
-        t0 = time.perf_counter()
-        src.glimpse(locs[i:i + 1], spec)
-        lat.append(time.perf_counter() - t0)
-    t_all = time.perf_counter() - t_all
-    rec.update(cold_glimpses_per_s=len(locs) / sum(lat), cold_p50_ms=pct(lat, 50) * 1e3,
-               cold_p99_ms=pct(lat, 99) * 1e3)
-
-    # naive: same locations, same cold rule
-    nl = []
-    for i in range(min(len(locs), args.n_naive)):
-        make_cold()
-        t0 = time.perf_counter()
-        naive_glimpse(src, locs[i], spec)
-        nl.append(time.perf_counter() - t0)
-    rec.update(naive_glimpses_per_s=len(nl) / sum(nl), naive_p50_ms=pct(nl, 50) * 1e3,
-               speedup_vs_naive=(sum(nl) / len(nl)) / (sum(lat) / len(lat)))
-
+    w, c = cold_run(src, locs, spec)
+    rec.update(cold_glimpses_per_s=len(w) / sum(w), cold_glimpses_per_cpu_s=len(c) / sum(c),
+               cold_p50_ms=pct(w, 50) * 1e3, cold_p99_ms=pct(w, 99) * 1e3,
+               cold_cpu_p50_ms=pct(c, 50) * 1e3, cold_cpu_p99_ms=pct(c, 99) * 1e3)
+    # naive: each scale's whole extent at level 0, same locations, same cold rule
+    nw, nc = cold_run(src, locs[:args.n_naive], spec, naive_glimpse)
+    rec.update(naive_glimpses_per_s=len(nw) / sum(nw), naive_cpu_p50_ms=pct(nc, 50) * 1e3,
+               speedup_vs_naive_cpu=(sum(nc) / len(nc)) / (sum(c[:len(nc)]) / len(nc)),
+               speedup_vs_naive_wall=(sum(nw) / len(nw)) / (sum(w[:len(nw)]) / len(nw)))
     # warm: a batch whose blocks are all in the cache
-    wl = torch.from_numpy(mask.sample(args.batch, seed=2).astype(np.float64))
-    src.glimpse(wl, spec)  # fill the cache
-    hits0 = slide_cache.block_cache().misses
-    bl = []
-    for _ in range(args.warm_reps):
-        t0 = time.perf_counter()
-        src.glimpse(wl, spec)
-        bl.append(time.perf_counter() - t0)
-    assert slide_cache.block_cache().misses == hits0, "warm pass missed the cache"
-    rec.update(warm_glimpses_per_s=args.batch / pct(bl, 50),
-               warm_batch=args.batch, warm_batch_p50_ms=pct(bl, 50) * 1e3,
-               warm_batch_p99_ms=pct(bl, 99) * 1e3)
-    # warm single glimpses (latency of one glimpse when its blocks are cached)
-    sl = []
+    wl = mask.sample(args.batch, seed=2).astype(np.float64)
+    bw, bc = warm_run(src, wl, spec, args.warm_reps)
+    rec.update(warm_batch=args.batch, warm_glimpses_per_s=args.batch / pct(bw, 50),
+               warm_glimpses_per_cpu_s=args.batch / pct(bc, 50),
+               warm_batch_p50_ms=pct(bw, 50) * 1e3, warm_batch_p99_ms=pct(bw, 99) * 1e3)
+    # warm single glimpses (the latency of one glimpse whose blocks are cached)
+    sw, sc = [], []
     for i in range(min(args.batch, 200)):
-        t0 = time.perf_counter()
-        src.glimpse(wl[i:i + 1], spec)
-        sl.append(time.perf_counter() - t0)
-    rec.update(warm_single_p50_ms=pct(sl, 50) * 1e3, warm_single_p99_ms=pct(sl, 99) * 1e3,
-               warm_single_glimpses_per_s=len(sl) / sum(sl))
+        with Clock() as k:
+            src.glimpse(wl[i:i + 1], spec)
+        sw.append(k.wall)
+        sc.append(k.cpu)
+    rec.update(warm_single_p50_ms=pct(sw, 50) * 1e3, warm_single_p99_ms=pct(sw, 99) * 1e3,
+               warm_single_cpu_p50_ms=pct(sc, 50) * 1e3)
     emit(rec)
     return rec
 
 
-def memory_check(args) -> None:
-    """Runs in a fresh process: many slides, bounded caches, peak RSS."""
-    cache_dir = Path(args.cache_dir)
-    d = cache_dir / f"mem_{args.mem_size}"
+def size_ratio(backend: str, small: Path, large: Path, spec: RetinaSpec, args) -> None:
+    """Small and large slide measured in alternation (load on a shared machine drifts)."""
+    slide_cache.clear_caches()
+    srcs = [open_source(small), open_source(large)]
+    locs = [tissue_mask(s, 1024).sample(args.n_cold, seed=3).astype(np.float64) for s in srcs]
+    cw, cc = [[], []], [[], []]
+    k = max(1, args.n_cold // args.rounds)
+    for r in range(args.rounds):
+        for i in (0, 1):
+            w, c = cold_run(srcs[i], locs[i][r * k:(r + 1) * k], spec)
+            cw[i] += w
+            cc[i] += c
+    ww, wc = [[], []], [[], []]
+    for r in range(args.rounds):
+        for i in (0, 1):
+            slide_cache.block_cache().clear()
+            w, c = warm_run(srcs[i], locs[i][:args.batch], spec, 2)
+            ww[i] += w
+            wc[i] += c
+    emit({"event": "size_ratio", "backend": backend, "small": str(small.name),
+          "large": str(large.name), "rounds": args.rounds,
+          "cold_cpu_p50_ratio": pct(cc[1], 50) / pct(cc[0], 50),
+          "cold_cpu_mean_ratio": float(np.mean(cc[1]) / np.mean(cc[0])),
+          "cold_wall_p50_ratio": pct(cw[1], 50) / pct(cw[0], 50),
+          "warm_cpu_ratio": pct(wc[1], 50) / pct(wc[0], 50),
+          "warm_wall_ratio": pct(ww[1], 50) / pct(ww[0], 50),
+          "cold_cpu_p50_ms": [pct(cc[0], 50) * 1e3, pct(cc[1], 50) * 1e3],
+          "warm_cpu_batch_ms": [pct(wc[0], 50) * 1e3, pct(wc[1], 50) * 1e3]})
+
+
+def memory_slides(args) -> list[Path]:
+    d = Path(args.cache_dir) / f"mem_{args.mem_size}"
     d.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(args.mem_slides):
@@ -153,6 +208,22 @@ def memory_check(args) -> None:
         if not (p.exists() and Path(str(p) + ".json").exists()):
             write_synthetic_slide(p, args.mem_size, seed=100 + i, fmt=p.suffix[1:])
         paths.append(p)
+    return paths
+
+
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc), MiB."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def memory_check(args) -> None:
+    """Runs in a fresh process (slides generated beforehand by the parent): many slides,
+    bounded caches, peak RSS."""
+    paths = memory_slides(args)
     import gc
 
     gc.collect()
@@ -161,22 +232,26 @@ def memory_check(args) -> None:
     slide_cache.set_cache_bytes(block_bytes=block, openslide_bytes=osl)
     slide_cache.set_max_open(args.mem_max_open)
     spec = RetinaSpec(args.patch, args.scales, args.scale_factor, args.base)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     srcs = [open_source(p) for p in paths]
+    srcs[0].glimpse(np.zeros((1, 2)), spec)  # imports and first allocations done
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cur0 = rss_mb()
     rng = np.random.default_rng(0)
     per = args.mem_glimpses // len(srcs)
-    t0 = time.perf_counter()
     done = 0
-    for r in range(per // 20):
-        for s in srcs:
-            s.glimpse(rng.uniform(-0.6, 0.6, (20, 2)), spec)
-            done += 20
-    dt = time.perf_counter() - t0
+    with Clock() as clk:
+        for _ in range(per // 20):
+            for s in srcs:
+                s.glimpse(rng.uniform(-0.6, 0.6, (20, 2)), spec)
+                done += 20
+    dt = clk.wall
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     emit({"event": "memory", "slides": len(srcs), "glimpses": done, "seconds": round(dt, 2),
+          "cpu_seconds": round(clk.cpu, 2),
           "block_cache_mb": args.mem_cache_mb, "openslide_cache_mb": args.mem_openslide_mb,
           "max_open": args.mem_max_open, "peak_rss_mb_before": round(rss0, 1),
           "peak_rss_mb_after": round(rss1, 1), "rss_growth_mb": round(rss1 - rss0, 1),
+          "rss_mb_before": round(cur0, 1), "rss_mb_after": round(rss_mb(), 1),
           "block_cache_mb_used": round(slide_cache.block_cache().nbytes / 2**20, 1),
           "open_handles": len(slide_cache.handle_pool()),
           "handles_opened_total": slide_cache.handle_pool().opened})
@@ -198,6 +273,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--warm-reps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=6, help="alternations for the size ratio")
     ap.add_argument("--mem-slides", type=int, default=50)
     ap.add_argument("--mem-glimpses", type=int, default=10000)
     ap.add_argument("--mem-size", type=int, default=4096)
@@ -224,15 +300,14 @@ def main(argv=None) -> int:
         for b in args.backends:
             recs.append(bench_one(b, paths["tiff" if b == "openslide" else "zarr"], size, spec,
                                   args))
-    for b in args.backends:
-        rs = sorted((r for r in recs if r["backend"] == b), key=lambda r: r["size"])
-        if len(rs) >= 2:
-            emit({"event": "size_ratio", "backend": b, "small": rs[0]["size"],
-                  "large": rs[-1]["size"],
-                  "cold_p50_ratio": rs[-1]["cold_p50_ms"] / rs[0]["cold_p50_ms"],
-                  "cold_mean_ratio": rs[0]["cold_glimpses_per_s"] / rs[-1]["cold_glimpses_per_s"],
-                  "warm_ratio": rs[0]["warm_glimpses_per_s"] / rs[-1]["warm_glimpses_per_s"]})
+    if len(args.sizes) >= 2:
+        small = slide_paths(Path(args.cache_dir), min(args.sizes))
+        large = slide_paths(Path(args.cache_dir), max(args.sizes))
+        for b in args.backends:
+            k = "tiff" if b == "openslide" else "zarr"
+            size_ratio(b, small[k], large[k], spec, args)
     if not args.no_memory:
+        memory_slides(args)  # generated here, so the measuring process only reads
         cmd = [sys.executable, __file__, "--memory-only", "--cache-dir", args.cache_dir,
                "--patch", str(args.patch), "--scales", str(args.scales),
                "--scale-factor", str(args.scale_factor), "--base", str(args.base),
@@ -261,9 +336,9 @@ def _finish(args) -> int:
 
 
 def table(recs: list[dict]) -> None:
-    cols = ["backend", "size", "cold_glimpses_per_s", "cold_p50_ms", "cold_p99_ms",
-            "warm_glimpses_per_s", "warm_single_p50_ms", "naive_glimpses_per_s",
-            "speedup_vs_naive"]
+    cols = ["backend", "size", "cold_glimpses_per_cpu_s", "cold_cpu_p50_ms", "cold_cpu_p99_ms",
+            "cold_p50_ms", "warm_glimpses_per_cpu_s", "warm_single_cpu_p50_ms",
+            "speedup_vs_naive_cpu"]
     print(" | ".join(cols), file=sys.stderr)
     for r in recs:
         print(" | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols),
