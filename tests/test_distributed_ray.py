@@ -9,8 +9,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from ram_wsi.config import load_config  # noqa: E402
-from ram_wsi.distributed import train_distributed  # noqa: E402
+from ram_wsi.config import load_config
+from ram_wsi.distributed import train_distributed
 
 pytestmark = pytest.mark.slow
 

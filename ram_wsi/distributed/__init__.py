@@ -12,14 +12,21 @@ the importance-ratio clip, restarts and the learner device. See :mod:`.runner`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .batch import EpisodeBatch
 from .learner import Learner
 from .runner import DistributedRunner, actor_config, init_ray
 
-__all__ = ["train_distributed", "EpisodeBatch", "Learner", "DistributedRunner", "init_ray",
-           "actor_config"]
+__all__ = [
+    "DistributedRunner",
+    "EpisodeBatch",
+    "Learner",
+    "actor_config",
+    "init_ray",
+    "train_distributed",
+]
 
 
 def train_distributed(cfg, *, resume: bool = True, log: Callable[[str], None] = print,

@@ -26,7 +26,7 @@ from ..train.losses import rewards_from_logits
 from .batch import EpisodeBatch, QuantizingSensor, quantize
 from .envs import build_env
 
-__all__ = ["RolloutWorker", "actor_class", "config_from_dict", "actor_seed"]
+__all__ = ["RolloutWorker", "actor_class", "actor_seed", "config_from_dict"]
 
 
 def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
@@ -52,7 +52,7 @@ def _incarnation() -> int:
             warnings.simplefilter("ignore")  # the property warns about an internal call
             if ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed:
                 return os.getpid()
-    except Exception:  # noqa: BLE001 - outside an actor
+    except Exception:  # noqa: BLE001, S110 - outside an actor
         pass
     return 0
 

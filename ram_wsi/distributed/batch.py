@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["EpisodeBatch", "QuantizingSensor", "quantize", "dequantize"]
+__all__ = ["EpisodeBatch", "QuantizingSensor", "dequantize", "quantize"]
 
 _UINT8_SCALE = 255.0
 
@@ -85,14 +85,14 @@ class EpisodeBatch:
     def float_glimpses(self) -> torch.Tensor:
         return dequantize(self.glimpses)
 
-    def to(self, device: torch.device | str) -> "EpisodeBatch":
+    def to(self, device: torch.device | str) -> EpisodeBatch:
         return replace(self, glimpses=self.glimpses.to(device),
                        locations=self.locations.to(device),
                        behaviour_log_probs=self.behaviour_log_probs.to(device),
                        labels=self.labels.to(device), rewards=self.rewards.to(device))
 
     @staticmethod
-    def concat(batches: list["EpisodeBatch"]) -> "EpisodeBatch":
+    def concat(batches: list[EpisodeBatch]) -> EpisodeBatch:
         """One batch from several (sync mode: all from the same weights version)."""
         if len(batches) == 1:
             return batches[0]

@@ -25,8 +25,15 @@ from ..errors import ConfigError, DataError
 from ..models import RetinaSensor
 from ..retina import RetinaSpec
 
-__all__ = ["Env", "MnistEnv", "SlideEnv", "SlideSensor", "build_env", "read_manifest",
-           "env_shape"]
+__all__ = [
+    "Env",
+    "MnistEnv",
+    "SlideEnv",
+    "SlideSensor",
+    "build_env",
+    "env_shape",
+    "read_manifest",
+]
 
 
 class Env(Protocol):

@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import ExperimentConfig
 from ..errors import ConfigError
@@ -30,7 +31,7 @@ from .actors import actor_class
 from .batch import EpisodeBatch
 from .learner import Learner
 
-__all__ = ["DistributedRunner", "init_ray", "actor_config"]
+__all__ = ["DistributedRunner", "actor_config", "init_ray"]
 
 MAX_CALL_FAILURES = 20  # per run: beyond this an actor failure is fatal
 
@@ -80,7 +81,7 @@ class DistributedRunner:
 
     def __init__(self, cfg: ExperimentConfig, trainer: Trainer | None = None, *,
                  log: Callable[[str], None] = print,
-                 callback: Callable[["DistributedRunner"], None] | None = None):
+                 callback: Callable[[DistributedRunner], None] | None = None):
         import ray
 
         if cfg.data.source == "slides" and trainer is None:
@@ -269,7 +270,7 @@ class DistributedRunner:
         if self.pending:
             try:
                 self._ray.wait(list(self.pending), num_returns=len(self.pending), timeout=30)
-            except Exception:  # noqa: BLE001 - shutting down anyway
+            except Exception:  # noqa: BLE001, S110 - shutting down anyway
                 pass
             self.pending.clear()
 
