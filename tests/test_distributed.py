@@ -189,3 +189,27 @@ def test_sync_batches_concatenate():
         EpisodeBatch.concat([b(1, 0), EpisodeBatch(**{**b(1, 0).__dict__,
                                                      "glimpses": torch.zeros(1, 2, 1, 1, 4, 4,
                                                                              dtype=torch.uint8)})])
+
+
+def _pipeline():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "train.py"
+    spec = importlib.util.spec_from_file_location("pipeline_train", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pipeline_single_mode_and_bad_config(tmp_path, capsys):
+    train = _pipeline()
+    assert train.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "file not found" in capsys.readouterr().err
+    sets = [a for o in OVERRIDES + ["train.epochs=1", "train.steps_per_epoch=2"]
+            for a in ("--set", o)]
+    rc = train.main(["--config", "configs/cluttered60_8g.yaml", "--single", "--out-dir",
+                     str(tmp_path / "run"), *sets])
+    assert rc == 0
+    assert (tmp_path / "run" / "summary.json").is_file()
+    assert '"steps": 2' in capsys.readouterr().out
