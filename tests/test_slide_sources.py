@@ -416,3 +416,29 @@ def test_window_larger_than_slide_reads_only_the_slide(tmp_path, monkeypatch):
                        index=torch.zeros(2, dtype=torch.long))
         assert (got[:, j] - ref).abs().max() < 1e-5
     assert float(got[:, 2].mean()) > 0.9  # mostly white: the slide is a speck in that window
+
+
+def _child_glimpse(args):
+    src, loc, spec = args
+    from ram_wsi.slide import cache as c
+
+    # The child starts with empty caches and no handles of its parent.
+    assert len(c.handle_pool()) == 0 and c.block_cache().nbytes == 0
+    return src.glimpse(loc, spec).numpy()
+
+
+def test_sources_work_after_fork(pyr):
+    import multiprocessing as mp
+
+    _, paths = pyr
+    loc, spec = _locs(6), SPECS[0]
+    srcs = [open_source(paths["tiff"]), open_source(paths["zarr"])]
+    want = [s.glimpse(loc, spec).numpy() for s in srcs]  # parent has open handles, warm cache
+    pool = mp.get_context("fork").Pool(1, maxtasksperchild=1)  # a fresh child per task
+    try:
+        got = pool.map_async(_child_glimpse, [(s, loc, spec) for s in srcs]).get(timeout=60)
+    finally:
+        pool.terminate()
+        pool.join()
+    for a, b in zip(want, got):
+        assert np.array_equal(a, b)

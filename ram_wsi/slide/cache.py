@@ -20,6 +20,8 @@ at run time.
 
 Fork safety: everything here is reset in a forked child (``os.register_at_fork``), so a child
 never reads through a handle its parent opened; handles are opened lazily where they are used.
+A forked child also sets ``torch.set_num_threads(1)`` (torch's OpenMP pool hangs after a fork;
+``RAM_WSI_KEEP_THREADS_AFTER_FORK=1`` opts out).
 """
 
 from __future__ import annotations
@@ -329,6 +331,17 @@ def _after_fork_in_child() -> None:
     _block_cache = None
     _handle_pool = None
     _os_cache = None
+    # torch's OpenMP pool does not survive a fork: the first multi-threaded op of the child
+    # (resample's matmul) would hang. A forked child glimpses single-threaded, as torch's own
+    # DataLoader workers do. (Spawned processes -- Ray, spawn pools -- are not affected.)
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and os.environ.get("RAM_WSI_KEEP_THREADS_AFTER_FORK") != "1":
+        try:
+            torch.set_num_threads(1)
+        except Exception as e:  # noqa: BLE001 -- never fail a fork over this
+            _log.debug("torch.set_num_threads(1) after fork failed: %s", e)
 
 
 if hasattr(os, "register_at_fork"):
