@@ -74,6 +74,9 @@ class GlimpseSource(abc.ABC):
 
     backend = "abstract"
     fill = 1.0  # white: what a glimpse sees outside the slide
+    #: how :meth:`_read_block` lays out a block: ``"chw"`` ``(3, bh, bw)`` or ``"hwc"``
+    #: ``(bh, bw, 3)`` (whatever the decoder gives without a copy)
+    block_layout = "chw"
 
     def __init__(self, path: str | os.PathLike | None, **settings: Any):
         self._path = None if path is None else str(path)
@@ -88,8 +91,8 @@ class GlimpseSource(abc.ABC):
 
     @abc.abstractmethod
     def _read_block(self, level: int, bx: int, by: int) -> np.ndarray:
-        """Decode block ``(bx, by)`` of ``level`` as ``(3, bh, bw)`` uint8, white outside the
-        level. Raises :class:`SlideError` if the file cannot be read."""
+        """Decode block ``(bx, by)`` of ``level`` as ``(3, bh, bw)`` uint8 (``(bh, bw, 3)`` when
+        :attr:`block_layout` is ``"hwc"``), white outside the level. Raises :class:`SlideError` if the file cannot be read."""
 
     def _block_offsets(self, level: int) -> tuple[float, float]:
         """Sub-pixel offset of what :meth:`_read_block` returns (OpenSlide, non-integer
@@ -205,14 +208,16 @@ class GlimpseSource(abc.ABC):
     def read_regions(self, level: int, x0: np.ndarray, y0: np.ndarray, w: int, h: int,
                      use_cache: bool = True) -> np.ndarray:
         """``(N, 3, h, w)`` uint8 regions of ``level`` with top-left corners ``(x0, y0)`` (level
-        pixels, integers, may lie partly or wholly outside: the outside is white).
+        pixels, integers, may lie partly or wholly outside: the outside is white). A view of an
+        ``(N, h, w, 3)`` array for ``"hwc"`` backends.
 
         Blocks are fetched once per call however many regions share them, and only the
         intersections are copied (no per-pixel Python)."""
         x0 = np.asarray(x0, dtype=np.int64).reshape(-1)
         y0 = np.asarray(y0, dtype=np.int64).reshape(-1)
         n = x0.shape[0]
-        out = np.full((n, 3, h, w), 255, dtype=np.uint8)
+        hwc = self.block_layout == "hwc"
+        out = np.full((n, h, w, 3) if hwc else (n, 3, h, w), 255, dtype=np.uint8)
         lw, lh = self.info.level_dimensions[level]
         bw, bh = self.info.block_sizes[level]
         xa, xb = np.clip(x0, 0, lw), np.clip(x0 + w, 0, lw)
@@ -228,9 +233,13 @@ class GlimpseSource(abc.ABC):
                     if blk is None:
                         blk = blocks[(bx, by)] = self._block(level, bx, by, use_cache)
                     xs, xe = max(int(xa[i]), bx * bw), min(int(xb[i]), (bx + 1) * bw)
-                    out[i, :, ys - y0[i]:ye - y0[i], xs - x0[i]:xe - x0[i]] = \
-                        blk[:, ys - by * bh:ye - by * bh, xs - bx * bw:xe - bx * bw]
-        return out
+                    if hwc:
+                        out[i, ys - y0[i]:ye - y0[i], xs - x0[i]:xe - x0[i]] = \
+                            blk[ys - by * bh:ye - by * bh, xs - bx * bw:xe - bx * bw]
+                    else:
+                        out[i, :, ys - y0[i]:ye - y0[i], xs - x0[i]:xe - x0[i]] = \
+                            blk[:, ys - by * bh:ye - by * bh, xs - bx * bw:xe - bx * bw]
+        return out.transpose(0, 3, 1, 2) if hwc else out
 
     def read_region(self, level: int, x: int, y: int, w: int, h: int,
                     use_cache: bool = True) -> np.ndarray:
