@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -357,13 +356,3 @@ class GlimpseSource(abc.ABC):
 
 def _rebuild(cls, path, settings):
     return cls(path, _validate=False, **settings)
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _check_finite(name: str, value: float, path: str) -> float:
-    if not math.isfinite(value) or value <= 0:
-        raise SlideError(path, f"{name} is not a positive number ({value!r})")
-    return value
