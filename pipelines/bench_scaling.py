@@ -39,7 +39,7 @@ def make_slides(folder: Path, count: int, size: int) -> Path:
     return folder / "manifest.csv"
 
 
-def measure(cfg, n: int, cpus: float, calls: int) -> dict:
+def measure(cfg, n: int, cpus: float, calls: int, repeats: int = 1) -> dict:
     import dataclasses
 
     import ray
@@ -54,23 +54,27 @@ def measure(cfg, n: int, cpus: float, calls: int) -> dict:
     actors = [cls.remote(conf, i, threads=max(1, int(cpus))) for i in range(n)]
     try:
         ray.get([a.rollout.remote(None, 0) for a in actors])  # warm-up: imports, env, caches
-        t0 = time.perf_counter()
-        pending = {a.rollout.remote(None, 0): i for i, a in enumerate(actors)}
-        left = [calls - 1] * n
-        episodes = 0
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(ready[0])
-            episodes += len(ray.get(ready[0]))
-            if left[i] > 0:
-                left[i] -= 1
-                pending[actors[i].rollout.remote(None, 0)] = i
-        seconds = time.perf_counter() - t0
+        rates = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            pending = {a.rollout.remote(None, 0): i for i, a in enumerate(actors)}
+            left = [calls - 1] * n
+            episodes = 0
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(ready[0])
+                episodes += len(ray.get(ready[0]))
+                if left[i] > 0:
+                    left[i] -= 1
+                    pending[actors[i].rollout.remote(None, 0)] = i
+            rates.append(episodes / (time.perf_counter() - t0))
     finally:
         for a in actors:
             ray.kill(a)
-    return {"actors": n, "cpus_per_actor": cpus, "episodes": episodes, "seconds": seconds,
-            "episodes_per_s": episodes / seconds}
+    rates.sort()
+    return {"actors": n, "cpus_per_actor": cpus, "episodes_per_call": cfg.distributed.
+            episodes_per_call, "calls_per_actor": calls, "repeats": repeats,
+            "episodes_per_s": rates[len(rates) // 2], "min": rates[0], "max": rates[-1]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--envs", nargs="+", default=["mnist", "slides"], choices=["mnist", "slides"])
     p.add_argument("--episodes", type=int, default=64, help="episodes per actor call")
-    p.add_argument("--calls", type=int, default=8, help="timed calls per actor")
+    p.add_argument("--calls", type=int, default=40, help="timed calls per actor (MNIST)")
+    p.add_argument("--slide-calls", type=int, default=10, help="timed calls per actor (slides)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats (the median is kept)")
     p.add_argument("--slides", type=int, default=4, help="generated slides")
     p.add_argument("--slide-size", type=int, default=8192, help="level-0 side of each slide")
     p.add_argument("--data-dir", help="MNIST idx directory")
@@ -115,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                 for n in args.actors:
                     over = n > cpus_total
                     cpus = 1.0 if not over else cpus_total / n
-                    r = measure(cfg, n, cpus, args.calls)
+                    calls = args.slide_calls if env == "slides" else args.calls
+                    r = measure(cfg, n, cpus, calls, args.repeats)
                     base = base if base is not None else r["episodes_per_s"] / n
-                    r.update(env=env, cpus_total=cpus_total, oversubscribed=over,
+                    r.update(env=env, cpus_total=cpus_total, load_avg=os.getloadavg()[0], oversubscribed=over,
                              linear=base * n, efficiency=r["episodes_per_s"] / (base * n))
                     rows.append(r)
                     print(json.dumps(r), flush=True)
