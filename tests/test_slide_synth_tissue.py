@@ -157,3 +157,21 @@ def test_synthetic_zarr_chunks_read_back_through_zarr(slides):
     via_zarr = np.asarray(g["2"][:])
     assert np.array_equal(via_zarr, src.read_region(2, 0, 0, lw, lh, use_cache=False))
     assert (via_zarr < 200).any() and (via_zarr == 255).any()  # tissue and white background
+
+
+def test_glimpse_benchmark_smoke(tmp_path, capsys):
+    from ram_wsi.slide.bench import main
+
+    assert main(["--sizes", "512", "1024", "--patch", "16", "--n-cold", "4", "--n-naive", "2",
+                 "--batch", "8", "--warm-reps", "1", "--rounds", "2", "--no-memory",
+                 "--cache-dir", str(tmp_path / "slides"), "--out", str(tmp_path / "out")]) == 0
+    recs = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text()
+            .splitlines()]
+    per = [r for r in recs if "backend" in r and "size" in r]
+    assert {(r["backend"], r["size"]) for r in per} == {
+        (b, s) for b in ("openslide", "zarr") for s in (512, 1024)}
+    for r in per:
+        assert r["cold_glimpses_per_cpu_s"] > 0 and r["warm_glimpses_per_cpu_s"] > 0
+        assert r["speedup_vs_naive_cpu"] > 0
+    assert sum(r.get("event") == "size_ratio" for r in recs) == 2
+    assert "speedup_vs_naive_cpu" in capsys.readouterr().err  # the table

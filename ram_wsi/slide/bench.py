@@ -1,0 +1,352 @@
+"""Benchmark lazy glimpses on generated slides: OpenSlide (JPEG TIFF) vs OME-Zarr, 8k^2 vs 131k^2.
+
+    python pipelines/bench_glimpse.py                       # the full run (slides cached)
+    python pipelines/bench_glimpse.py --sizes 8192 --n-cold 100 --no-memory   # a short one
+    ram-wsi bench glimpse --patch 32 --out bench-results/glimpse
+
+Measured per (backend, slide size), at random tissue locations, one torch thread:
+
+* ``cold``: OpenSlide's tile cache off and this package's block cache emptied before every
+  single glimpse (the handle stays open; the OS page cache is NOT dropped -- the files were just
+  written or read, so this is "cold decode", not "cold disk").
+* ``warm``: every block already decoded in the block cache; batches of ``--batch`` glimpses.
+* ``naive``: read each scale's whole extent at level 0 (no pyramid), area-downscale it -- cold as
+  above. ``speedup_vs_naive`` = naive time / lazy cold time.
+
+Every figure comes as wall time and as CPU time of this process (``time.process_time``, all
+threads): on a shared machine the CPU time is what a glimpse costs a core ("per core" figures),
+the wall time adds waiting for one. Disk waits are in wall time only.
+
+Then ``size_ratio``: the largest slide vs the smallest, measured in alternating rounds so that
+drifting load hits both alike (goal <= 1.2), and a memory check in a fresh process:
+``--mem-glimpses`` glimpses over ``--mem-slides`` slides with a configured cache, peak RSS
+reported against it.
+
+Output: one JSON object per line on stdout, a short table on stderr; ``--out DIR`` also writes
+``DIR/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..retina import RetinaSpec, resample
+from . import cache as slide_cache
+from . import open_source, tissue_mask, write_synthetic_slide
+
+RESULTS: list[dict] = []
+
+
+def emit(rec: dict) -> None:
+    RESULTS.append(rec)
+    print(json.dumps(rec), flush=True)
+
+
+def slide_paths(cache_dir: Path, size: int, seed: int = 0) -> dict[str, Path]:
+    out = {}
+    for fmt in ("tiff", "zarr"):
+        p = cache_dir / f"synth_{size}_s{seed}.{fmt}"
+        if not (p.exists() and Path(str(p) + ".json").exists()):
+            t0 = time.perf_counter()
+            meta = write_synthetic_slide(p, size, seed=seed, fmt=fmt)
+            emit({"event": "generated", "path": str(p), "size": size, "fmt": fmt,
+                  "seconds": round(time.perf_counter() - t0, 2), "tiles": meta["tiles"]})
+        out[fmt] = p
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def make_cold() -> None:
+    slide_cache.block_cache().clear()
+
+
+def naive_glimpse(src, loc: np.ndarray, spec: RetinaSpec) -> torch.Tensor:
+    """Each scale's full extent read at level 0 and area-downscaled (no pyramid)."""
+    w0, h0 = src.dimensions
+    px = (loc + 1) * 0.5 * np.array([w0, h0])
+    outs = []
+    for j in range(spec.scales):
+        win = spec.window(j)
+        x0 = int(np.floor(px[0] - win / 2))
+        y0 = int(np.floor(px[1] - win / 2))
+        n = int(np.ceil(win)) + 1
+        reg = src.read_region(0, x0, y0, n, n, use_cache=False)
+        t = torch.from_numpy(reg)[None].float().div_(255)
+        outs.append(resample(t, torch.tensor([px[0] - win / 2 - x0]),
+                             torch.tensor([px[1] - win / 2 - y0]), spec.pixel_factor(j),
+                             spec.pixel_factor(j), spec.patch, fill=1.0))
+    return torch.stack(outs, 1)
+
+
+class Clock:
+    """Wall and CPU time (all threads of this process) of a block: on a shared machine the CPU
+    time is what a glimpse costs a core; the wall time includes waiting for one."""
+
+    def __enter__(self):
+        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.w0
+        self.cpu = time.process_time() - self.c0
+
+
+def cold_run(src, locs: np.ndarray, spec: RetinaSpec, fn=None) -> tuple[list, list]:
+    wall, cpu = [], []
+    for i in range(len(locs)):
+        make_cold()
+        with Clock() as c:
+            if fn is None:
+                src.glimpse(locs[i:i + 1], spec)
+            else:
+                fn(src, locs[i], spec)
+        wall.append(c.wall)
+        cpu.append(c.cpu)
+    return wall, cpu
+
+
+def warm_run(src, locs: np.ndarray, spec: RetinaSpec, reps: int) -> tuple[list, list]:
+    src.glimpse(locs, spec)  # fill the cache
+    misses = slide_cache.block_cache().misses
+    wall, cpu = [], []
+    for _ in range(reps):
+        with Clock() as c:
+            src.glimpse(locs, spec)
+        wall.append(c.wall)
+        cpu.append(c.cpu)
+    assert slide_cache.block_cache().misses == misses, "warm pass missed the cache"
+    return wall, cpu
+
+
+def bench_one(backend: str, path: Path, size: int, spec: RetinaSpec, args) -> dict:
+    slide_cache.clear_caches()
+    src = open_source(path)
+    mask = tissue_mask(src, 1024)
+    locs = mask.sample(args.n_cold, seed=1).astype(np.float64)
+    rec = {"backend": backend, "size": size, "spec": vars(spec), "tissue": mask.fraction,
+           "load_avg_1m": os.getloadavg()[0]}
+    # cold: nothing decoded is cached (OpenSlide's cache is 0 bytes for this run)
+    w, c = cold_run(src, locs, spec)
+    rec.update(cold_glimpses_per_s=len(w) / sum(w), cold_glimpses_per_cpu_s=len(c) / sum(c),
+               cold_p50_ms=pct(w, 50) * 1e3, cold_p99_ms=pct(w, 99) * 1e3,
+               cold_cpu_p50_ms=pct(c, 50) * 1e3, cold_cpu_p99_ms=pct(c, 99) * 1e3)
+    # naive: each scale's whole extent at level 0, same locations, same cold rule
+    nw, nc = cold_run(src, locs[:args.n_naive], spec, naive_glimpse)
+    rec.update(naive_glimpses_per_s=len(nw) / sum(nw), naive_cpu_p50_ms=pct(nc, 50) * 1e3,
+               speedup_vs_naive_cpu=(sum(nc) / len(nc)) / (sum(c[:len(nc)]) / len(nc)),
+               speedup_vs_naive_wall=(sum(nw) / len(nw)) / (sum(w[:len(nw)]) / len(nw)))
+    # warm: a batch whose blocks are all in the cache
+    wl = mask.sample(args.batch, seed=2).astype(np.float64)
+    bw, bc = warm_run(src, wl, spec, args.warm_reps)
+    rec.update(warm_batch=args.batch, warm_glimpses_per_s=args.batch / pct(bw, 50),
+               warm_glimpses_per_cpu_s=args.batch / pct(bc, 50),
+               warm_batch_p50_ms=pct(bw, 50) * 1e3, warm_batch_p99_ms=pct(bw, 99) * 1e3)
+    # warm single glimpses (the latency of one glimpse whose blocks are cached)
+    sw, sc = [], []
+    for i in range(min(args.batch, 200)):
+        with Clock() as k:
+            src.glimpse(wl[i:i + 1], spec)
+        sw.append(k.wall)
+        sc.append(k.cpu)
+    rec.update(warm_single_p50_ms=pct(sw, 50) * 1e3, warm_single_p99_ms=pct(sw, 99) * 1e3,
+               warm_single_cpu_p50_ms=pct(sc, 50) * 1e3)
+    emit(rec)
+    return rec
+
+
+def size_ratio(backend: str, small: Path, large: Path, spec: RetinaSpec, args) -> None:
+    """Small and large slide measured in alternation (load on a shared machine drifts)."""
+    slide_cache.clear_caches()
+    srcs = [open_source(small), open_source(large)]
+    locs = [tissue_mask(s, 1024).sample(args.n_cold, seed=3).astype(np.float64) for s in srcs]
+    cw, cc = [[], []], [[], []]
+    k = max(1, args.n_cold // args.rounds)
+    for r in range(args.rounds):
+        for i in (0, 1):
+            w, c = cold_run(srcs[i], locs[i][r * k:(r + 1) * k], spec)
+            cw[i] += w
+            cc[i] += c
+    ww, wc = [[], []], [[], []]
+    for r in range(args.rounds):
+        for i in (0, 1):
+            slide_cache.block_cache().clear()
+            w, c = warm_run(srcs[i], locs[i][:args.batch], spec, 2)
+            ww[i] += w
+            wc[i] += c
+    emit({"event": "size_ratio", "backend": backend, "small": str(small.name),
+          "large": str(large.name), "rounds": args.rounds,
+          "cold_cpu_p50_ratio": pct(cc[1], 50) / pct(cc[0], 50),
+          "cold_cpu_mean_ratio": float(np.mean(cc[1]) / np.mean(cc[0])),
+          "cold_wall_p50_ratio": pct(cw[1], 50) / pct(cw[0], 50),
+          "warm_cpu_ratio": pct(wc[1], 50) / pct(wc[0], 50),
+          "warm_wall_ratio": pct(ww[1], 50) / pct(ww[0], 50),
+          "cold_cpu_p50_ms": [pct(cc[0], 50) * 1e3, pct(cc[1], 50) * 1e3],
+          "warm_cpu_batch_ms": [pct(wc[0], 50) * 1e3, pct(wc[1], 50) * 1e3]})
+
+
+def memory_slides(args) -> list[Path]:
+    d = Path(args.cache_dir) / f"mem_{args.mem_size}"
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(args.mem_slides):
+        p = d / f"s{i:03d}.{'zarr' if i % 2 else 'tiff'}"
+        if not (p.exists() and Path(str(p) + ".json").exists()):
+            write_synthetic_slide(p, args.mem_size, seed=100 + i, fmt=p.suffix[1:])
+        paths.append(p)
+    return paths
+
+
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc), MiB."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def memory_check(args) -> None:
+    """Runs in a fresh process (slides generated beforehand by the parent): many slides,
+    bounded caches, peak RSS."""
+    paths = memory_slides(args)
+    import gc
+
+    gc.collect()
+    block = args.mem_cache_mb << 20
+    osl = args.mem_openslide_mb << 20
+    slide_cache.set_cache_bytes(block_bytes=block, openslide_bytes=osl)
+    slide_cache.set_max_open(args.mem_max_open)
+    spec = RetinaSpec(args.patch, args.scales, args.scale_factor, args.base)
+    srcs = [open_source(p) for p in paths]
+    srcs[0].glimpse(np.zeros((1, 2)), spec)  # imports and first allocations done
+    # ru_maxrss survives exec on Linux (it may hold the parent's peak): sample RSS ourselves.
+    cur0 = rss_mb()
+    peak = cur0
+    rng = np.random.default_rng(0)
+    per = args.mem_glimpses // len(srcs)
+    done = 0
+    with Clock() as clk:
+        for _ in range(per // 20):
+            for s in srcs:
+                s.glimpse(rng.uniform(-0.6, 0.6, (20, 2)), spec)
+                done += 20
+                peak = max(peak, rss_mb())
+    dt = clk.wall
+    emit({"event": "memory", "slides": len(srcs), "glimpses": done, "seconds": round(dt, 2),
+          "cpu_seconds": round(clk.cpu, 2),
+          "block_cache_mb": args.mem_cache_mb, "openslide_cache_mb": args.mem_openslide_mb,
+          "max_open": args.mem_max_open, "rss_mb_before": round(cur0, 1),
+          "rss_mb_peak": round(peak, 1), "rss_mb_after": round(rss_mb(), 1),
+          "rss_growth_peak_mb": round(peak - cur0, 1),
+          "configured_cache_mb": args.mem_cache_mb + args.mem_openslide_mb,
+          "block_cache_mb_used": round(slide_cache.block_cache().nbytes / 2**20, 1),
+          "open_handles": len(slide_cache.handle_pool()),
+          "handles_opened_total": slide_cache.handle_pool().opened})
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="ram-wsi bench glimpse",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 131072])
+    ap.add_argument("--cache-dir", default=os.environ.get("RAM_WSI_BENCH_DIR",
+                                                          "/tmp/ram_wsi_bench"))
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--backends", nargs="+", default=["openslide", "zarr"])
+    ap.add_argument("--patch", type=int, default=64)
+    ap.add_argument("--scales", type=int, default=3)
+    ap.add_argument("--scale-factor", type=float, default=4.0)
+    ap.add_argument("--base", type=float, default=1.0)
+    ap.add_argument("--n-cold", type=int, default=300)
+    ap.add_argument("--n-naive", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--warm-reps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=6, help="alternations for the size ratio")
+    ap.add_argument("--mem-slides", type=int, default=50)
+    ap.add_argument("--mem-glimpses", type=int, default=10000)
+    ap.add_argument("--mem-size", type=int, default=4096)
+    ap.add_argument("--mem-cache-mb", type=int, default=128)
+    ap.add_argument("--mem-openslide-mb", type=int, default=32)
+    ap.add_argument("--mem-max-open", type=int, default=16)
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
+    emit({"event": "config", "argv": sys.argv, "torch_threads": args.threads,
+          "cpus": os.cpu_count(), "load_avg": os.getloadavg()})
+    if args.memory_only:
+        memory_check(args)
+        return _finish(args)
+
+    spec = RetinaSpec(args.patch, args.scales, args.scale_factor, args.base)
+    # Cold means no decoded tile survives between glimpses: OpenSlide's own cache is off.
+    slide_cache.set_cache_bytes(block_bytes=1 << 30, openslide_bytes=0)
+    recs = []
+    for size in args.sizes:
+        paths = slide_paths(Path(args.cache_dir), size)
+        for b in args.backends:
+            recs.append(bench_one(b, paths["tiff" if b == "openslide" else "zarr"], size, spec,
+                                  args))
+    if len(args.sizes) >= 2:
+        small = slide_paths(Path(args.cache_dir), min(args.sizes))
+        large = slide_paths(Path(args.cache_dir), max(args.sizes))
+        for b in args.backends:
+            k = "tiff" if b == "openslide" else "zarr"
+            size_ratio(b, small[k], large[k], spec, args)
+    if not args.no_memory:
+        memory_slides(args)  # generated here, so the measuring process only reads
+        cmd = [sys.executable, "-m", "ram_wsi.slide.bench", "--memory-only", "--cache-dir", args.cache_dir,
+               "--patch", str(args.patch), "--scales", str(args.scales),
+               "--scale-factor", str(args.scale_factor), "--base", str(args.base),
+               "--mem-slides", str(args.mem_slides), "--mem-glimpses", str(args.mem_glimpses),
+               "--mem-size", str(args.mem_size), "--mem-cache-mb", str(args.mem_cache_mb),
+               "--mem-openslide-mb", str(args.mem_openslide_mb),
+               "--mem-max-open", str(args.mem_max_open), "--threads", str(args.threads)]
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+        for line in out.stdout.splitlines():
+            rec = json.loads(line)
+            if rec.get("event") == "memory":
+                emit(rec)
+        if out.returncode:
+            print(out.stderr, file=sys.stderr)
+    table(recs)
+    return _finish(args)
+
+
+def _finish(args) -> int:
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "results.jsonl", "a") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in RESULTS)
+    return 0
+
+
+def table(recs: list[dict]) -> None:
+    cols = ["backend", "size", "cold_glimpses_per_cpu_s", "cold_cpu_p50_ms", "cold_cpu_p99_ms",
+            "cold_p50_ms", "warm_glimpses_per_cpu_s", "warm_single_cpu_p50_ms",
+            "speedup_vs_naive_cpu"]
+    print(" | ".join(cols), file=sys.stderr)
+    for r in recs:
+        print(" | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols),
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
