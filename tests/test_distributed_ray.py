@@ -75,5 +75,30 @@ def test_async_run_survives_a_killed_actor(tmp_path):
     assert after[0]["pid"] != before[0]["pid"], "actor 0 was restarted in a new process"
     assert after[0]["incarnation"] != 0 and after[1]["incarnation"] == 0
     assert after[1]["pid"] == before[1]["pid"]
-    assert after[0]["calls"] >= 1, "the restarted actor went back to work"
     assert d["batches"] >= 12 and d["mean_staleness"] >= 0
+    assert sum(d["episodes_by_actor_pid"].values()) == d["episodes"]
+
+
+def test_sync_run_uses_the_restarted_actor(tmp_path):
+    """Sync mode needs a batch from every actor for every update, so finishing the run with
+    all its updates means the restarted actor (a new process) went back to work."""
+    import os
+    import signal
+
+    seen: dict = {}
+
+    def chaos(runner):
+        if runner.trainer.step == 2 and "before" not in seen:
+            seen["before"] = runner.actor_info()
+            os.kill(seen["before"][1]["pid"], signal.SIGKILL)  # the process dies, not a task
+
+    cfg = _cfg(tmp_path / "run", "train.epochs=1", "train.steps_per_epoch=5")
+    s = train_distributed(cfg, log=_quiet, callback=chaos, resume=False)
+    d = s["distributed"]
+    assert s["steps"] == 5 and d["updates"] == 5
+    old = seen["before"][1]["pid"]
+    by = d["episodes_by_actor_pid"]
+    assert by[f"1:{old}"] == 2 * 8, "two updates before the kill"
+    new = [k for k in by if k.startswith("1:") and k != f"1:{old}"]
+    assert len(new) == 1 and by[new[0]] == 3 * 8, by
+    assert by[f"0:{seen['before'][0]['pid']}"] == 5 * 8

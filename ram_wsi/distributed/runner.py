@@ -105,6 +105,7 @@ class DistributedRunner:
         self.pending: dict[Any, int] = {}
         self.stats = {"episodes": 0, "batches": 0, "dropped_batches": 0, "call_failures": 0,
                       "staleness_sum": 0, "skipped_updates": 0}
+        self.contributions: dict[str, int] = {}  # "actor:pid" -> episodes received
         self._ray = ray
 
     # -- weights ----------------------------------------------------------------------------
@@ -125,6 +126,10 @@ class DistributedRunner:
         self.pending[ref] = i
         return ref
 
+    def _received(self, batch: EpisodeBatch) -> None:
+        key = f"{batch.actor}:{batch.info.get('pid', '?')}"
+        self.contributions[key] = self.contributions.get(key, 0) + len(batch)
+
     def _failed(self, i: int, exc: BaseException) -> None:
         self.stats["call_failures"] += 1
         self.log(f"actor {i}: call failed ({type(exc).__name__}); re-submitting")
@@ -144,6 +149,7 @@ class DistributedRunner:
                 self.pending.pop(ref, None)
                 try:
                     batches[i] = self._ray.get(ref)
+                    self._received(batches[i])
                     del refs[i]
                 except (RayActorError, RayTaskError) as exc:
                     self._failed(i, exc)
@@ -170,6 +176,7 @@ class DistributedRunner:
                 self._failed(i, exc)
                 self._submit(i)
                 continue
+            self._received(batch)
             self.publish()
             self._submit(i)  # keep the actor busy, with the newest weights
             self.stats["episodes"] += len(batch)
@@ -260,6 +267,7 @@ class DistributedRunner:
         used = max(1, self.stats["batches"] - self.stats["dropped_batches"])
         return {"distributed": {**dataclasses.asdict(d), **self.stats,
                                 "mean_staleness": self.stats["staleness_sum"] / used,
+                                "episodes_by_actor_pid": dict(self.contributions),
                                 "updates": self.trainer.step}}
 
     def actor_info(self) -> list[dict[str, Any]]:
