@@ -213,3 +213,16 @@ def test_pipeline_single_mode_and_bad_config(tmp_path, capsys):
     assert rc == 0
     assert (tmp_path / "run" / "summary.json").is_file()
     assert '"steps": 2' in capsys.readouterr().out
+
+
+def test_slides_training_is_refused_before_starting_ray(tmp_path):
+    from ram_wsi.distributed import train_distributed
+    from ram_wsi.errors import ConfigError
+
+    (tmp_path / "m.csv").write_text("path,label\nx.tiff,0\n")
+    cfg = load_config(None, ["data.source=slides", f"data.manifest={tmp_path}/m.csv"])
+    with pytest.raises(ConfigError, match="slide"):
+        train_distributed(cfg)
+    import ray
+
+    assert not ray.is_initialized()

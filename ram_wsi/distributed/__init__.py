@@ -40,8 +40,14 @@ def train_distributed(cfg, *, resume: bool = True, log: Callable[[str], None] = 
     """
     import ray
 
+    from ..errors import ConfigError
     from ..train.trainer import Trainer
 
+    if cfg.data.source == "slides":  # fail before starting anything
+        raise ConfigError("distributed training on slides needs a learner with slide "
+                          "evaluation, which the Trainer does not have yet; slide episodes are "
+                          "available to RolloutWorker and pipelines/bench_scaling.py",
+                          key="data.source", source=cfg.source)
     if cfg.distributed.learner_device != "auto":
         cfg.train.device = cfg.distributed.learner_device
     started = init_ray(cfg.distributed.address, log=log)

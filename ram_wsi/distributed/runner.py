@@ -84,7 +84,7 @@ class DistributedRunner:
                  callback: Callable[[DistributedRunner], None] | None = None):
         import ray
 
-        if cfg.data.source == "slides" and trainer is None:
+        if cfg.data.source == "slides":
             raise ConfigError("distributed training on slides needs a learner with slide "
                               "evaluation, which the Trainer does not have yet; slide episodes "
                               "are available to RolloutWorker / bench_scaling", key="data.source",
