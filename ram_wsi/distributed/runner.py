@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig
 from ..errors import ConfigError
-from ..io_utils import append_jsonl, write_json
 from ..train.trainer import Trainer
 from .actors import actor_class
 from .batch import EpisodeBatch
@@ -200,67 +198,34 @@ class DistributedRunner:
         return applied, loss
 
     # -- the loop ---------------------------------------------------------------------------
+    def _update(self) -> dict[str, float]:
+        _, loss = self.step()
+        if self.callback is not None:
+            self.callback(self)
+        return loss
+
+    def _epoch_stats(self, train_time: float) -> dict[str, Any]:
+        episodes = self.stats["episodes"] - self._episodes_at_epoch
+        self._episodes_at_epoch = self.stats["episodes"]
+        rate = episodes / max(train_time, 1e-9)
+        return {"episodes_per_s": rate, "images_per_s": rate,
+                **{k: v for k, v in self.stats.items() if k != "staleness_sum"}}
+
+    def _summary_extra(self) -> dict[str, Any]:
+        self.drain()
+        return self.summary()
+
     def fit(self) -> dict[str, Any]:
-        """Like :meth:`Trainer.fit`, with batches from the actors."""
-        tr, t = self.trainer, self.cfg.train
-        tr.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(tr.out_dir / "config.json", self.cfg.to_dict())
-        metrics_path = tr.out_dir / "metrics.jsonl"
-        start = time.time()
-        stop_reason = "epochs"
-        tr.model.train()
-        d = self.cfg.distributed
+        """:meth:`Trainer.fit` (epochs, validation, early stopping, time cap, checkpoints,
+        metrics, final test), with each update's batch taken from the actors."""
+        tr, d = self.trainer, self.cfg.distributed
         self.log(f"distributed {d.mode}: {d.actors} actors x {d.cpus_per_actor:g} CPU, "
                  f"{d.episodes_per_call} episodes per call, learner on {tr.device}; "
-                 f"{tr.steps_per_epoch} updates per epoch, epochs {tr.epoch + 1}..{t.epochs}")
-        while tr.epoch < t.epochs:
-            t0 = time.time()
-            ep0 = self.stats["episodes"]
-            sums: dict[str, float] = {}
-            for _ in range(tr.steps_per_epoch):
-                _, loss = self.step()
-                for k, v in loss.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                if self.callback is not None:
-                    self.callback(self)
-            train_time = time.time() - t0
-            tr.epoch += 1
-            errors = tr.evaluate("val")
-            sel = tr.selection_error(errors)
-            improved = sel < tr.best_error - 1e-9
-            if improved:
-                tr.best_error, tr.bad_epochs = sel, 0
-            else:
-                tr.bad_epochs += 1
-            episodes = self.stats["episodes"] - ep0
-            row = {"epoch": tr.epoch, "step": tr.step,
-                   "lr": tr.optimizer.param_groups[0]["lr"],
-                   **{f"train_{k}": v / tr.steps_per_epoch for k, v in sums.items()},
-                   **{f"val_{k}": v for k, v in errors.items()},
-                   "episodes_per_s": episodes / max(train_time, 1e-9),
-                   "images_per_s": episodes / max(train_time, 1e-9),
-                   "skipped_steps": tr.skipped_steps, "elapsed_s": time.time() - start,
-                   **{k: v for k, v in self.stats.items() if k != "staleness_sum"}}
-            tr.history.append(row)
-            append_jsonl(metrics_path, row)
-            self.log(f"epoch {tr.epoch}: loss {row['train_total']:.3f} train-acc "
-                     f"{row['train_reward']:.3f} val err (mean policy) {errors['error_mean']:.2f}%"
-                     f" stoch {errors['error_stochastic']:.2f}% {row['episodes_per_s']:.0f} "
-                     f"episodes/s dropped {self.stats['dropped_batches']}")
-            if improved:
-                tr.save("best.pt")
-            tr.save("last.pt")
-            if tr.bad_epochs >= t.patience:
-                stop_reason = "early_stopping"
-                break
-            if t.max_minutes is not None and time.time() - start > 60 * t.max_minutes:
-                stop_reason = "time_cap"
-                break
-        self.drain()
-        summary = tr.finish(stop_reason, time.time() - start)
-        summary.update(self.summary())
-        write_json(tr.out_dir / "summary.json", summary)
-        return summary
+                 f"{tr.steps_per_epoch} updates per epoch, epochs {tr.epoch + 1}.."
+                 f"{self.cfg.train.epochs}")
+        self._episodes_at_epoch = self.stats["episodes"]
+        return tr.fit(step=self._update, epoch_stats=self._epoch_stats,
+                      summary_extra=self._summary_extra)
 
     def summary(self) -> dict[str, Any]:
         d = self.cfg.distributed

@@ -209,14 +209,26 @@ class Trainer:
         return True
 
     # -- the loop ---------------------------------------------------------------------------
-    def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
+    def _local_step(self) -> dict[str, float]:
+        x, y = self.data.sampler.sample(self.cfg.train.batch_size)[:2]
+        return self.train_step(x, y).loss
+
+    def fit(self, until_epoch: int | None = None, *,
+            step: Callable[[], dict[str, float]] | None = None,
+            epoch_stats: Callable[[float], dict[str, Any]] | None = None,
+            summary_extra: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
         """Train until the epoch budget, early stopping, or ``max_minutes``; then test.
 
         ``until_epoch`` stops early at that epoch (an interruption, as far as the schedule and
-        the checkpoint are concerned: a later ``resume()`` + ``fit()`` continues exactly)."""
+        the checkpoint are concerned: a later ``resume()`` + ``fit()`` continues exactly).
+        ``step`` replaces the local update (the Ray runner passes one that takes a batch from
+        its actors and returns the loss terms); ``epoch_stats`` adds to each metrics row and
+        ``summary_extra`` to the summary -- one epoch loop for both kinds of training.
+        """
         from tqdm.auto import tqdm
 
         t = self.cfg.train
+        step = step or self._local_step
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.out_dir / "config.json", self.cfg.to_dict())
         metrics_path = self.out_dir / "metrics.jsonl"
@@ -230,11 +242,10 @@ class Trainer:
             bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{t.epochs}",
                        disable=not (t.progress and sys.stderr.isatty()), leave=False)
             for _ in bar:
-                x, y = self.data.sampler.sample(t.batch_size)[:2]
-                res = self.train_step(x, y)
-                for k, v in res.loss.items():
+                loss = step()
+                for k, v in loss.items():
                     sums[k] = sums.get(k, 0.0) + v
-                bar.set_postfix(loss=f"{res.loss['total']:.3f}", acc=f"{res.loss['reward']:.3f}")
+                bar.set_postfix(loss=f"{loss['total']:.3f}", acc=f"{loss['reward']:.3f}")
             train_time = time.time() - t0
             self.epoch += 1
             errors = self.evaluate("val")
@@ -250,7 +261,8 @@ class Trainer:
                    **{f"train_{k}": v / self.steps_per_epoch for k, v in sums.items()},
                    **{f"val_{k}": v for k, v in errors.items()},
                    "images_per_s": self.steps_per_epoch * t.batch_size / max(train_time, 1e-9),
-                   "skipped_steps": self.skipped_steps, "elapsed_s": time.time() - start}
+                   "skipped_steps": self.skipped_steps, "elapsed_s": time.time() - start,
+                   **(epoch_stats(train_time) if epoch_stats else {})}
             self.history.append(row)
             append_jsonl(metrics_path, row)
             self.log(f"epoch {self.epoch}: loss {row['train_total']:.3f} "
@@ -266,9 +278,11 @@ class Trainer:
             if t.max_minutes is not None and time.time() - start > 60 * t.max_minutes:
                 stop_reason = "time_cap"
                 break
-        return self.finish(stop_reason, time.time() - start)
+        return self.finish(stop_reason, time.time() - start,
+                           summary_extra() if summary_extra else None)
 
-    def finish(self, stop_reason: str, elapsed: float) -> dict[str, Any]:
+    def finish(self, stop_reason: str, elapsed: float, extra: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
         """Reload the best weights, evaluate on the test split, write summary and figures."""
         from ..viz import plot_curves
 
@@ -287,6 +301,7 @@ class Trainer:
             x, _ = self.data.test
             summary["test_on_target"] = on_target_fraction(
                 self.model, x, self.data.test_centers, 14.0 / (self.data.canvas / 2))
+        summary.update(extra or {})
         write_json(self.out_dir / "summary.json", summary)
         if self.history:
             plot_curves(self.history, self.out_dir / "curve.png", title=self.cfg.name)
