@@ -140,7 +140,8 @@ def mnist_table(cfg: ExperimentConfig, archs: list[str], log=print) -> list[dict
 
 
 def synthetic_benchmark(out_dir: str, *, steps: int = 1500, batch: int = 128, seed: int = 0,
-                        eval_size: int = 1000, log=None) -> dict[str, dict[str, Any]]:
+                        eval_size: int = 1000, overrides: list[str] | None = None, log=None
+                        ) -> dict[str, dict[str, Any]]:
     """The synthetic MNIST benchmark (in pytest): RAM vs the random-glimpse agent, trained the
     same way on generated digits, 60x60 cluttered, fixed seeds, CPU, a few minutes at most.
 
@@ -154,7 +155,8 @@ def synthetic_benchmark(out_dir: str, *, steps: int = 1500, batch: int = 128, se
             f"data.eval_size={eval_size}", f"train.batch_size={batch}",
             f"train.steps_per_epoch={per_epoch}", f"train.epochs={max(1, steps // per_epoch)}",
             "train.lr=0.002", "train.warmup_steps=100", "train.eval_samples=4",
-            "train.patience=1000", f"train.seed={seed}", "train.progress=false"]
+            "train.patience=1000", f"train.seed={seed}", "train.progress=false",
+            *(overrides or [])]
     rows, out = [], {}
     for arch in ("ram", "ram_random"):
         cfg = load_config(None, base + [f"model.arch={arch}", f"name=synthetic-{arch}",
