@@ -13,9 +13,6 @@ else starts a local Ray instance. Checkpoints, metrics.jsonl, summary.json and f
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -26,44 +23,12 @@ except ImportError:  # a plain checkout (e.g. a Ray job's working_dir): use the 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ram_wsi.config import load_config
-    from ram_wsi.errors import RamWsiError
+    """``ram-wsi train --distributed`` (``--single``: without Ray); same arguments."""
+    from ram_wsi.cli import main as cli
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", "-c", required=True, help="experiment YAML")
-    p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. distributed.actors=4 (repeatable)")
-    p.add_argument("--single", action="store_true", help="single-process Trainer, no Ray")
-    p.add_argument("--data-dir", help="MNIST idx directory (sets data.dir)")
-    p.add_argument("--out-dir", help="run directory (sets train.out_dir)")
-    p.add_argument("--no-resume", action="store_true", help="ignore an existing last.pt")
-    args = p.parse_args(argv)
-
-    overrides = list(args.set)
-    if args.data_dir:
-        overrides.append(f"data.dir={args.data_dir}")
-    if args.out_dir:
-        overrides.append(f"train.out_dir={args.out_dir}")
-    try:
-        cfg = load_config(args.config, overrides)
-        if args.single or not cfg.distributed.enabled:
-            from ram_wsi.train.trainer import Trainer
-
-            trainer = Trainer(cfg)
-            if not args.no_resume:
-                trainer.resume()
-            summary = trainer.fit()
-        else:
-            from ram_wsi.distributed import train_distributed
-
-            summary = train_distributed(cfg, resume=not args.no_resume,
-                                        log=lambda m: print(m, flush=True))
-    except RamWsiError as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, default=str), flush=True)
-    print(f"run directory: {os.path.abspath(cfg.out_dir)}", flush=True)
-    return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    mode = [] if "--single" in argv else ["--distributed"]
+    return cli(["train", *mode, *[a for a in argv if a != "--single"]])
 
 
 if __name__ == "__main__":

@@ -36,14 +36,23 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train.trainer import Trainer
+    import os
 
     cfg = _config(args)
-    trainer = Trainer(cfg)
-    if not args.no_resume:
-        trainer.resume()
-    summary = trainer.fit()
-    print(json.dumps(summary))
+    if args.distributed and cfg.distributed.enabled:
+        from .distributed import train_distributed
+
+        summary = train_distributed(cfg, resume=not args.no_resume,
+                                    log=lambda m: print(m, flush=True))
+    else:
+        from .train.trainer import Trainer
+
+        trainer = Trainer(cfg)
+        if not args.no_resume:
+            trainer.resume()
+        summary = trainer.fit()
+    print(json.dumps(summary, default=str), flush=True)
+    print(f"run directory: {os.path.abspath(cfg.out_dir)}", flush=True)
     return 0
 
 
@@ -122,9 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ram-wsi", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="single-process training from a config")
+    t = sub.add_parser("train", help="train from a config (single process, or --distributed)")
     _add_config_args(t)
     t.add_argument("--no-resume", action="store_true", help="ignore an existing last.pt")
+    t.add_argument("--distributed", action="store_true",
+                   help="Ray rollout actors + learner (joins RAY_ADDRESS or starts Ray)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint: stochastic, mean and M-avg errors")
