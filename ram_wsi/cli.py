@@ -64,12 +64,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg)
     trainer.model.load_state_dict(load_checkpoint(args.checkpoint, trainer.device)["model"])
     res = trainer.evaluate(args.split, samples=args.samples)
+    if trainer.attention and args.split == "test" and trainer.data.test_centers is not None:
+        from .train.evaluate import on_target_fraction
+
+        res["on_target"] = on_target_fraction(trainer.model, trainer.data.test[0],
+                                              trainer.data.test_centers,
+                                              14.0 / (trainer.data.canvas / 2))
     print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, **res}))
     if args.figure:
         from .viz import plot_glimpses
 
         x, y = trainer.data.test if args.split == "test" else trainer.data.val
-        plot_glimpses(trainer.model, x[:6].to(trainer.device), y[:6], args.figure)
+        centers = trainer.data.test_centers if args.split == "test" else None
+        plot_glimpses(trainer.model, x[:6].to(trainer.device), y[:6], args.figure,
+                      centers=None if centers is None else centers[:6])
     return 0
 
 

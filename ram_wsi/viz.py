@@ -54,10 +54,12 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str 
 
 @torch.no_grad()
 def plot_glimpses(model: RecurrentAttentionModel, images: torch.Tensor, labels: torch.Tensor,
-                  path: str | Path, policy: str = "mean") -> Path:
-    """Like the paper's Figure 3: each row is an image with its glimpse path (first glimpse
-    green, last red; every scale's square drawn), then each glimpse's scales upscaled side by
-    side."""
+                  path: str | Path, policy: str = "mean", centers: torch.Tensor | None = None,
+                  target_size: float = 28.0) -> Path:
+    """Like the paper's Figure 3: per row, the image with the glimpse path (each glimpse's
+    fovea square, numbered; first green, last red; the widest scale dotted for the first
+    glimpse; the true target box dashed cyan when ``centers`` is given), then each glimpse's
+    scales side by side, each upscaled to the same size (what the network saw)."""
     was = model.training
     model.eval()
     b = images.shape[0]
@@ -70,25 +72,40 @@ def plot_glimpses(model: RecurrentAttentionModel, images: torch.Tensor, labels: 
     steps, k = glimpses.shape[1], glimpses.shape[2]
     h, w = images.shape[-2:]
     px = loc_to_pixels(traj.locations.clamp(-1, 1).cpu(), w, h)  # (B, T, 2)
-    fig, axes = plt.subplots(b, 1 + steps, figsize=(1.6 * (1 + steps), 1.7 * b), squeeze=False)
+    fig = plt.figure(figsize=(2.4 + 1.5 * steps, 2.5 * b))
+    grid = fig.add_gridspec(b, 2 + steps, width_ratios=[2.0, 0.1] + [1.0] * steps)
     cmap = plt.get_cmap("autumn_r")
+    fovea, widest = model.spec.window(0), model.spec.window(k - 1)
     for i in range(b):
-        ax = axes[i, 0]
-        ax.imshow(images[i, 0].cpu(), cmap="gray", vmin=0, vmax=1)
-        ax.plot(px[i, :, 0] - 0.5, px[i, :, 1] - 0.5, "-", color="yellow", lw=1)
+        ax = fig.add_subplot(grid[i, 0])
+        img = images[i].cpu()
+        ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray",
+                  vmin=0, vmax=1)
+        if centers is not None:
+            c = loc_to_pixels(centers[i].cpu(), w, h)
+            ax.add_patch(Rectangle((c[0] - target_size / 2 - 0.5, c[1] - target_size / 2 - 0.5),
+                                   target_size, target_size, fill=False, ec="cyan", lw=1,
+                                   ls="--"))
+        x0, y0 = px[i, 0].tolist()
+        ax.add_patch(Rectangle((x0 - widest / 2 - 0.5, y0 - widest / 2 - 0.5), widest, widest,
+                               fill=False, ec="lime", lw=0.6, ls=":"))
+        ax.plot(px[i, :, 0] - 0.5, px[i, :, 1] - 0.5, "-", color="yellow", lw=0.8)
         for t in range(steps):
             col = "lime" if t == 0 else cmap(t / max(1, steps - 1))
-            for j in range(k):
-                s = model.spec.window(j)
-                ax.add_patch(Rectangle((px[i, t, 0] - s / 2 - 0.5, px[i, t, 1] - s / 2 - 0.5),
-                                       s, s, fill=False, ec=col, lw=0.6))
-        ax.set_title(f"label {int(labels[i])} pred {int(pred[i])}", fontsize=7)
+            x, y = px[i, t].tolist()
+            ax.add_patch(Rectangle((x - fovea / 2 - 0.5, y - fovea / 2 - 0.5), fovea, fovea,
+                                   fill=False, ec=col, lw=1.0))
+            ax.text(x - 0.5, y - 0.5, str(t + 1), color=col, fontsize=6, ha="center",
+                    va="center")
+        ax.set_xlim(-0.5 - fovea / 2, w - 0.5 + fovea / 2)
+        ax.set_ylim(h - 0.5 + fovea / 2, -0.5 - fovea / 2)
+        ax.set_title(f"label {int(labels[i])}, predicted {int(pred[i])}", fontsize=8)
         ax.axis("off")
         for t in range(steps):
-            ax = axes[i, 1 + t]
-            # Scales side by side, each upscaled to the same size (nearest): what the net saw.
-            strip = torch.cat([glimpses[i, t, j, 0] for j in range(k)], dim=1)
-            ax.imshow(strip, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(f"t={t + 1}", fontsize=7)
+            ax = fig.add_subplot(grid[i, 2 + t])
+            strip = torch.cat([glimpses[i, t, j] for j in range(k)], dim=2)  # (C, g, k*g)
+            ax.imshow(strip[0] if strip.shape[0] == 1 else strip.permute(1, 2, 0),
+                      cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(f"glimpse {t + 1}", fontsize=7)
             ax.axis("off")
     return _save(fig, path)

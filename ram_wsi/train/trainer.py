@@ -309,8 +309,10 @@ class Trainer:
             from ..viz import plot_glimpses
 
             x, y = self.data.test
+            centers = self.data.test_centers
             plot_glimpses(self.model, x[:6].to(self.device), y[:6],
-                          self.out_dir / "glimpses.png")
+                          self.out_dir / "glimpses.png",
+                          centers=None if centers is None else centers[:6])
         self.log(f"test error: stochastic {test['error_stochastic']:.2f}%  mean "
                  f"{test['error_mean']:.2f}%  M={self.cfg.train.eval_samples} avg "
                  f"{test['error_m_avg']:.2f}%  ({summary['test_size']} images)")
