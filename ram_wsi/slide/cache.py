@@ -241,9 +241,8 @@ def _close(entry: _Entry) -> None:
 
 # ----------------------------------------------------------------------------- process state
 _state_lock = threading.Lock()
-_block_cache: BlockCache | None = None
-_handle_pool: HandlePool | None = None
-_os_cache: Any = None
+# The process-wide objects by name ("block", "handles", "openslide"), created on first use.
+_process: dict[str, Any] = {}
 _settings = {
     "block_bytes": _env_int("RAM_WSI_SLIDE_CACHE_BYTES", 256 * _MIB),
     "openslide_bytes": _env_int("RAM_WSI_OPENSLIDE_CACHE_BYTES", 64 * _MIB),
@@ -256,81 +255,76 @@ def cache_settings() -> dict[str, int]:
     return dict(_settings)
 
 
+def _process_wide(name: str, make: Callable[[], Any]) -> Any:
+    """This process's one ``name`` object, made on first use (double-checked under a lock)."""
+    obj = _process.get(name)
+    if obj is None:
+        with _state_lock:
+            obj = _process.get(name)
+            if obj is None:
+                obj = _process[name] = make()
+    return obj
+
+
 def block_cache() -> BlockCache:
     """The process's decoded-block cache (created on first use)."""
-    global _block_cache
-    if _block_cache is None:
-        with _state_lock:
-            if _block_cache is None:
-                _block_cache = BlockCache(_settings["block_bytes"])
-    return _block_cache
+    return _process_wide("block", lambda: BlockCache(_settings["block_bytes"]))
 
 
 def handle_pool() -> HandlePool:
     """The process's pool of open slide handles."""
-    global _handle_pool
-    if _handle_pool is None:
-        with _state_lock:
-            if _handle_pool is None:
-                _handle_pool = HandlePool(_settings["max_open"])
-    return _handle_pool
+    return _process_wide("handles", lambda: HandlePool(_settings["max_open"]))
 
 
 def openslide_cache() -> Any:
     """The process-wide ``openslide.OpenSlideCache`` set on every OpenSlide handle."""
-    global _os_cache
-    if _os_cache is None:
-        with _state_lock:
-            if _os_cache is None:
-                import openslide
+    def make() -> Any:
+        import openslide
 
-                _os_cache = openslide.OpenSlideCache(max(0, _settings["openslide_bytes"]))
-    return _os_cache
+        return openslide.OpenSlideCache(max(0, _settings["openslide_bytes"]))
+
+    return _process_wide("openslide", make)
 
 
 def set_cache_bytes(block_bytes: int | None = None, openslide_bytes: int | None = None) -> None:
     """Resize the process's caches. The decoded-block cache shrinks in place; a new OpenSlide
     cache size takes effect for handles opened afterwards (open handles are closed and reopen
     lazily with the new cache)."""
-    global _os_cache
     if block_bytes is not None:
         _settings["block_bytes"] = int(block_bytes)
-        if _block_cache is not None:
-            _block_cache.resize(int(block_bytes))
+        if "block" in _process:
+            _process["block"].resize(int(block_bytes))
     if openslide_bytes is not None:
         _settings["openslide_bytes"] = int(openslide_bytes)
         with _state_lock:
-            _os_cache = None
-        if _handle_pool is not None:
-            _handle_pool.clear()
+            _process.pop("openslide", None)
+        if "handles" in _process:
+            _process["handles"].clear()
 
 
 def set_max_open(n: int) -> None:
     """Bound the number of slide handles open at once in this process."""
     _settings["max_open"] = int(n)
-    if _handle_pool is not None:
-        _handle_pool.set_max_open(n)
+    if "handles" in _process:
+        _process["handles"].set_max_open(n)
 
 
 def clear_caches() -> None:
     """Drop every cached block, OpenSlide's shared tile cache, and every idle handle
     (benchmarks: a cold start; the operating system's page cache is not touched)."""
-    global _os_cache
-    if _block_cache is not None:
-        _block_cache.clear()
+    if "block" in _process:
+        _process["block"].clear()
     with _state_lock:
-        _os_cache = None
-    if _handle_pool is not None:
-        _handle_pool.clear()
+        _process.pop("openslide", None)
+    if "handles" in _process:
+        _process["handles"].clear()
 
 
 def _after_fork_in_child() -> None:
     # The parent's handles (and their locks) are not ours: forget them without closing.
-    global _block_cache, _handle_pool, _os_cache, _state_lock
+    global _state_lock
     _state_lock = threading.Lock()
-    _block_cache = None
-    _handle_pool = None
-    _os_cache = None
+    _process.clear()
     # torch's OpenMP pool does not survive a fork: the first multi-threaded op of the child
     # (resample's matmul) would hang. A forked child glimpses single-threaded, as torch's own
     # DataLoader workers do. (Spawned processes -- Ray, spawn pools -- are not affected.)
