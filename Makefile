@@ -30,9 +30,13 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
+# The benchmarks the README quotes (long: the MNIST table trains four models).
 bench: install
-	$(BIN)/python pipelines/bench_throughput.py
-	$(BIN)/python pipelines/bench_mnist.py --config configs/cluttered60_8g.yaml
+	$(BIN)/python pipelines/bench_throughput.py --threads 2 --batches 128 1024 --steps 60
+	$(BIN)/python pipelines/bench_glimpse.py --sizes 8192 131072 --patch 32 --out bench-results/glimpse
+	$(BIN)/python pipelines/bench_scaling.py --actors 1 2 4 --envs mnist slides --slide-size 8192 \
+		--data-dir $(SHARED)/mnist --out-dir bench-results/scaling
+	$(BIN)/python pipelines/bench_mnist.py --config configs/cluttered60_8g.yaml --data-dir $(SHARED)/mnist
 
 lint: install
 	$(BIN)/ruff check ram_wsi pipelines tests
