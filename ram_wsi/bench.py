@@ -14,11 +14,11 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, load_config
 from .models import RecurrentAttentionModel, RetinaSensor
 from .retina import RetinaSpec, loc_to_pixels
 from .train.losses import hybrid_loss
-from .train.trainer import build_optimizer, resolve_device
+from .train.trainer import Trainer, build_optimizer, resolve_device
 
 __all__ = ["PAPER_NIPS", "naive_glimpse", "measure_throughput", "print_table", "mnist_table"]
 
@@ -117,8 +117,6 @@ def _fmt(v: Any) -> str:
 
 def mnist_table(cfg: ExperimentConfig, archs: list[str], log=print) -> list[dict[str, Any]]:
     """Train each row of the paper's table on the config's task; our errors beside the paper's."""
-    from .train.trainer import Trainer
-
     rows = []
     for arch in archs:
         c = replace(cfg, name=f"{cfg.name}-{arch}", model=replace(cfg.model, arch=arch))
@@ -147,9 +145,6 @@ def synthetic_benchmark(out_dir: str, *, steps: int = 1500, batch: int = 128, se
 
     Returns ``{arch: summary}``; prints one JSON line per agent and a table.
     """
-    from .config import load_config
-    from .train.trainer import Trainer
-
     per_epoch = min(steps, 250)
     base = ["data.source=synthetic", "data.synthetic_count=6000", "data.task=cluttered60",
             f"data.eval_size={eval_size}", f"train.batch_size={batch}",

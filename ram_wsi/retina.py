@@ -73,7 +73,8 @@ class RetinaSpec:
         if int(self.patch) != self.patch or self.patch < 1:
             raise ConfigError(f"must be a positive integer, got {self.patch!r}", key="retina.patch")
         if int(self.scales) != self.scales or self.scales < 1:
-            raise ConfigError(f"must be a positive integer, got {self.scales!r}", key="retina.scales")
+            raise ConfigError(f"must be a positive integer, got {self.scales!r}",
+                              key="retina.scales")
         if not (self.scale_factor >= 1.0) or not math.isfinite(self.scale_factor):
             raise ConfigError(f"must be a finite number >= 1, got {self.scale_factor!r}",
                               key="retina.scale_factor")
