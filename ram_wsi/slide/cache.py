@@ -175,17 +175,12 @@ class HandlePool:
                         continue
                 handle = opener()  # may raise: nothing is registered then
                 entry = _Entry(handle, close)
-                to_close: list[_Entry] = []
                 with self._lock:
                     self._opening.pop(key, None)
                     self._entries[key] = entry
                     self.opened += 1
                     entry.users += 1
-                    while len(self._entries) > self.max_open:
-                        _, ev = self._entries.popitem(last=False)
-                        ev.evicted = True
-                        if ev.users == 0:
-                            to_close.append(ev)
+                    to_close = self._evict_locked()
                 for ev in to_close:
                     _close(ev)
                 return entry
@@ -207,15 +202,21 @@ class HandlePool:
         if done:
             _close(entry)
 
+    def _evict_locked(self) -> list[_Entry]:
+        """Drop the least recently used entries beyond ``max_open`` (caller holds the lock);
+        returns those no reader is using, to be closed outside the lock."""
+        idle = []
+        while len(self._entries) > self.max_open:
+            _, ev = self._entries.popitem(last=False)
+            ev.evicted = True
+            if ev.users == 0:
+                idle.append(ev)
+        return idle
+
     def set_max_open(self, n: int) -> None:
-        to_close = []
         with self._lock:
             self.max_open = max(1, int(n))
-            while len(self._entries) > self.max_open:
-                _, ev = self._entries.popitem(last=False)
-                ev.evicted = True
-                if ev.users == 0:
-                    to_close.append(ev)
+            to_close = self._evict_locked()
         for ev in to_close:
             _close(ev)
 
