@@ -53,13 +53,10 @@ class MnistEnv:
     classes = 10
 
     def __init__(self, cfg: ExperimentConfig, seed: int, log=lambda *_: None):
-        from ..data.mnist import split_indices
         from ..data.tasks import EpisodeSampler
-        from ..train.datasets import _load_digits, task_spec
+        from ..train.datasets import split_digits, task_spec
 
-        images, labels, self.description = _load_digits(cfg, log)
-        tr, _, _ = split_indices(labels, cfg.data.val_fraction, cfg.data.test_fraction,
-                                 seed=cfg.train.seed)
+        images, labels, self.description, (tr, _, _) = split_digits(cfg, log)
         self.sampler = EpisodeSampler(torch.from_numpy(images[tr]), torch.from_numpy(labels[tr]),
                                       task_spec(cfg), seed=seed, device="cpu")
         self.spec = cfg.model.retina()
@@ -165,8 +162,8 @@ class SlideEnv:
         for s in np.unique(idx):
             rows = np.nonzero(idx == s)[0]
             start[rows] = self._start(int(s), len(rows))
-        sources = [self.source(i) if i in set(idx.tolist()) else None
-                   for i in range(len(self.paths))]
+        used = set(idx.tolist())
+        sources = [self.source(i) if i in used else None for i in range(len(self.paths))]
         labels = torch.as_tensor([self.labels[i] for i in idx], dtype=torch.long)
         return (SlideSensor(sources, idx, self.spec, self.units), labels,
                 torch.from_numpy(start).float().clamp_(-1.0, 1.0))

@@ -20,7 +20,7 @@ from ..data.synthetic_digits import synthetic_digits
 from ..data.tasks import EpisodeSampler, TaskSpec, task_preset
 from ..errors import DataError
 
-__all__ = ["TaskData", "build_task_data", "default_mnist_dir", "task_spec"]
+__all__ = ["TaskData", "build_task_data", "default_mnist_dir", "split_digits", "task_spec"]
 
 
 @dataclass
@@ -77,12 +77,20 @@ def _load_digits(cfg: ExperimentConfig, log) -> tuple[np.ndarray, np.ndarray, st
     return images, labels, f"{d.synthetic_count} generated digits (seed {cfg.train.seed})"
 
 
+def split_digits(cfg: ExperimentConfig, log=print
+                 ) -> tuple[np.ndarray, np.ndarray, str, tuple[np.ndarray, ...]]:
+    """The config's digit pool and its train / val / test index split. The one place the split
+    is made: the trainer and the Ray actors must train on the same digits."""
+    images, labels, desc = _load_digits(cfg, log)
+    split = split_indices(labels, cfg.data.val_fraction, cfg.data.test_fraction,
+                          seed=cfg.train.seed)
+    return images, labels, desc, split
+
+
 def build_task_data(cfg: ExperimentConfig, device: torch.device | str = "cpu",
                     log=print) -> TaskData:
     """Load the digits, split them, and build the training sampler and fixed eval sets."""
-    images, labels, desc = _load_digits(cfg, log)
-    tr, va, te = split_indices(labels, cfg.data.val_fraction, cfg.data.test_fraction,
-                               seed=cfg.train.seed)
+    images, labels, desc, (tr, va, te) = split_digits(cfg, log)
     spec = task_spec(cfg)
     dev = torch.device(device)
 
