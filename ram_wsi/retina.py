@@ -42,6 +42,7 @@ __all__ = [
     "RetinaSpec",
     "Pyramid",
     "build_pyramid",
+    "pyramid_levels",
     "choose_level",
     "window_span",
     "resample",
@@ -249,7 +250,9 @@ class Pyramid:
             self.batch, -1, h, w)
 
 
-def _levels_for(spec: RetinaSpec) -> list[int]:
+def pyramid_levels(spec: RetinaSpec) -> list[int]:
+    """The 2x pyramid level each patch of ``spec`` is read from (level ``l`` = downsample
+    ``2**l``, the largest not exceeding the patch's factor)."""
     return [max(0, int(math.floor(math.log2(spec.pixel_factor(j)) + 1e-9)))
             for j in range(spec.scales)]
 
@@ -261,7 +264,7 @@ def build_pyramid(images: torch.Tensor, spec: RetinaSpec, fill: float = 0.0) -> 
     if not images.dtype.is_floating_point:
         images = images.float()
     b, c, h, w = images.shape
-    top = max(_levels_for(spec))
+    top = max(pyramid_levels(spec))
     mult = 2**top
     ph, pw = -h % mult, -w % mult
     x = images
@@ -294,7 +297,7 @@ def glimpse(images: torch.Tensor | Pyramid, loc: torch.Tensor, spec: RetinaSpec,
     b, c = pyr.flat.shape[:2]
     k, g = spec.scales, spec.patch
     dev, dt = pyr.flat.device, pyr.flat.dtype
-    levels = _levels_for(spec)
+    levels = pyramid_levels(spec)
     down = [2.0**lv for lv in levels]
     resid = [spec.pixel_factor(j) / down[j] for j in range(k)]
     count = max(_span_count(r, g) for r in resid)

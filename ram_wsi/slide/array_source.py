@@ -6,7 +6,6 @@ slide written from the same pixels with 2x2-mean levels must serve the same glim
 
 from __future__ import annotations
 
-import math
 import uuid
 from typing import Any
 
@@ -14,15 +13,10 @@ import numpy as np
 import torch
 
 from ..errors import SlideError
-from ..retina import Pyramid, RetinaSpec, build_pyramid, glimpse
+from ..retina import Pyramid, RetinaSpec, build_pyramid, glimpse, pyramid_levels
 from .base import GlimpseSource, SlideInfo, as_locations
 
 __all__ = ["ArraySource"]
-
-
-def _top_level(spec: RetinaSpec) -> int:
-    return max(max(0, math.floor(math.log2(spec.pixel_factor(j)) + 1e-9))
-               for j in range(spec.scales))
 
 
 class ArraySource(GlimpseSource):
@@ -64,7 +58,8 @@ class ArraySource(GlimpseSource):
         self._uid = uuid.uuid4().hex  # cache key: never reused, unlike id()
 
     def __reduce__(self):
-        return (_rebuild_array, (self._image.permute(1, 2, 0).contiguous().numpy(), self._mpp, self._block_size, self._path))
+        image = self._image.permute(1, 2, 0).contiguous().numpy()
+        return (_rebuild_array, (image, self._mpp, self._block_size, self._path))
 
     def _cache_key(self) -> tuple:
         return (self.backend, self._uid)
@@ -107,7 +102,7 @@ class ArraySource(GlimpseSource):
 
     def pyramid(self, spec: RetinaSpec) -> Pyramid:
         """The 2x pyramid ``spec`` needs (built once per depth, white padding)."""
-        top = _top_level(spec)
+        top = max(pyramid_levels(spec))
         pyr = self._pyramids.get(top)
         if pyr is None:
             pyr = self._pyramids[top] = build_pyramid(self._image[None], spec, fill=self.fill)
