@@ -46,6 +46,7 @@ __all__ = [
     "choose_level",
     "window_span",
     "resample",
+    "integer_factor",
     "glimpse",
     "loc_to_pixels",
     "pixels_to_loc",
@@ -202,6 +203,11 @@ def resample(src: torch.Tensor, left: torch.Tensor, top: torch.Tensor, factor_x:
     dt = src.dtype if src.dtype.is_floating_point else torch.float32
     left = left.to(device=src.device, dtype=dt)
     top = top.to(device=src.device, dtype=dt)
+    f_int = integer_factor(factor_x, factor_y, g)
+    if f_int and index is None and m == n and min(h, w) >= g * f_int + 1 and n:
+        corner = torch.stack((left, top))
+        if bool(((corner >= 0) & (corner < 1)).all()):
+            return _resample_integer(src.to(dt), left, top, f_int, g)
     ix, wx = _axis_weights(left, factor_x, g, _span_count(factor_x, g), w)
     iy, wy = _axis_weights(top, factor_y, g, _span_count(factor_y, g), h)
     ky, kx = iy.shape[1], ix.shape[1]
@@ -220,6 +226,45 @@ def resample(src: torch.Tensor, left: torch.Tensor, top: torch.Tensor, factor_x:
     if fill != 0.0:
         out = out + fill
     return out
+
+
+def integer_factor(factor_x: float, factor_y: float, g: int) -> int:
+    """``F`` when both factors equal the integer ``F >= 1`` closely enough that treating them
+    as ``F`` moves no output pixel by more than 0.01 source pixel across the patch
+    (``|factor - F| * g <= 0.02``); else 0. Such windows take the cheap strided path."""
+    f = round(float(factor_x))
+    if f < 1 or abs(factor_x - f) * g > 0.02 or abs(factor_y - f) * g > 0.02:
+        return 0
+    return int(f)
+
+
+def _box_taps(x: torch.Tensor, frac: torch.Tensor, f: int, g: int, dim: int) -> torch.Tensor:
+    """Box filter of integer width ``f`` along ``dim`` of ``x`` for windows starting at
+    ``frac`` in ``[0, 1)`` (per sample, ``(N,)``): output ``i`` averages source
+    ``[i f + frac, (i + 1) f + frac)``, i.e. taps ``i f + t`` for ``t = 0..f`` with weights
+    ``(1 - frac, 1, ..., 1, frac) / f`` -- written as ``sum_{t<f} x_t + frac (x_f - x_0)``."""
+    span = (g - 1) * f + 1
+    first = x.narrow(dim, 0, span)
+    taps = first[(slice(None),) * (dim % x.dim()) + (slice(None, None, f),)] if f > 1 else first
+    last = x.narrow(dim, f, span)
+    last = last[(slice(None),) * (dim % x.dim()) + (slice(None, None, f),)] if f > 1 else last
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    if f == 1:
+        return torch.lerp(taps, last, frac.view(shape))
+    acc = taps.clone()
+    for t in range(1, f):
+        mid = x.narrow(dim, t, span)
+        acc += mid[(slice(None),) * (dim % x.dim()) + (slice(None, None, f),)]
+    acc += (last - taps) * frac.view(shape)
+    return acc.mul_(1.0 / f)
+
+
+def _resample_integer(src: torch.Tensor, left: torch.Tensor, top: torch.Tensor, f: int,
+                      g: int) -> torch.Tensor:
+    """:func:`resample` for an integer factor ``f`` and window corners in ``[0, 1)``: two
+    strided passes (``f + 1`` taps each) instead of two dense ``K x K`` matmuls, the same
+    weights. A 2x or 4x pyramid read with a power-of-two retina always lands here."""
+    return _box_taps(_box_taps(src, left, f, g, -1), top, f, g, -2)
 
 
 @dataclass

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ram_wsi.errors import ConfigError
-from ram_wsi.retina import (RetinaSpec, build_pyramid, choose_level, glimpse, loc_to_pixels,
-                            resample, window_span)
+from ram_wsi.retina import (RetinaSpec, build_pyramid, choose_level, glimpse, integer_factor,
+                            loc_to_pixels, resample, window_span)
 
 
 def area_reference(img: np.ndarray, cx: float, cy: float, factor: float, g: int,
@@ -54,6 +54,37 @@ def test_resample_matches_area_reference_for_any_float_factor(factor):
     out = resample(torch.from_numpy(img)[None, None], left, top, factor, factor, g)
     np.testing.assert_allclose(out[0, 0].numpy(), area_reference(img, cx, cy, factor, g),
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4])
+def test_integer_factor_strided_path_matches_area_reference(factor):
+    """Windows with an integer factor starting inside the first pixel take the strided path
+    (what slide levels use); it must equal the independent area reference and the dense path."""
+    rng = np.random.default_rng(factor)
+    g, n = 5, 4
+    size = g * factor + 3
+    img = rng.random((n, 1, size, size + 2)).astype(np.float32)
+    fr = torch.from_numpy(rng.random((2, n)).astype(np.float32))
+    fr[:, 0] = 0.0  # exactly on a pixel edge
+    out = resample(torch.from_numpy(img), fr[0], fr[1], float(factor), float(factor), g)
+    dense = resample(torch.from_numpy(img), fr[0], fr[1], float(factor), float(factor), g,
+                     index=torch.arange(n))  # the index path never takes the strided one
+    for b in range(n):
+        cx = float(fr[0, b]) + g * factor / 2
+        cy = float(fr[1, b]) + g * factor / 2
+        ref = area_reference(img[b, 0], cx, cy, float(factor), g)
+        np.testing.assert_allclose(out[b, 0].numpy(), ref, atol=1e-5)
+    torch.testing.assert_close(out, dense, atol=1e-6, rtol=0)
+
+
+def test_integer_factor_tolerance():
+    assert integer_factor(1.0, 1.0, 32) == 1
+    assert integer_factor(4.0, 4.0, 32) == 4
+    assert integer_factor(1.0 + 0.019 / 32, 1.0, 32) == 1  # drifts < 0.02 px over the patch
+    assert integer_factor(4.0 / 4.016, 4.0 / 4.016, 32) == 0  # 0.13 px: not an integer
+    assert integer_factor(1.5, 1.5, 8) == 0
+    assert integer_factor(0.5, 0.5, 8) == 0
+    assert integer_factor(2.0, 1.0, 8) == 0
 
 
 def test_fill_value_outside_the_image():

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import SlideError
-from ..retina import RetinaSpec, choose_level, resample, window_span
+from ..retina import RetinaSpec, choose_level, integer_factor, resample, window_span
 from .cache import block_cache
 
 __all__ = ["GlimpseSource", "SlideInfo", "as_locations"]
@@ -219,24 +219,29 @@ class GlimpseSource(abc.ABC):
         out = np.full((n, h, w, 3) if hwc else (n, 3, h, w), 255, dtype=np.uint8)
         lw, lh = self.info.level_dimensions[level]
         bw, bh = self.info.block_sizes[level]
-        xa, xb = np.clip(x0, 0, lw), np.clip(x0 + w, 0, lw)
-        ya, yb = np.clip(y0, 0, lh), np.clip(y0 + h, 0, lh)
+        # Python ints from here on: numpy scalars make this loop several times slower.
+        xa, xb = np.clip(x0, 0, lw).tolist(), np.clip(x0 + w, 0, lw).tolist()
+        ya, yb = np.clip(y0, 0, lh).tolist(), np.clip(y0 + h, 0, lh).tolist()
+        xs0, ys0 = x0.tolist(), y0.tolist()
         blocks: dict[tuple[int, int], np.ndarray] = {}
         for i in range(n):
-            if xa[i] >= xb[i] or ya[i] >= yb[i]:
+            ra, rb, ca, cb = ya[i], yb[i], xa[i], xb[i]
+            if ca >= cb or ra >= rb:
                 continue
-            for by in range(int(ya[i]) // bh, (int(yb[i]) - 1) // bh + 1):
-                ys, ye = max(int(ya[i]), by * bh), min(int(yb[i]), (by + 1) * bh)
-                for bx in range(int(xa[i]) // bw, (int(xb[i]) - 1) // bw + 1):
+            ox, oy = xs0[i], ys0[i]
+            dst = out[i]
+            for by in range(ra // bh, (rb - 1) // bh + 1):
+                ys, ye = max(ra, by * bh), min(rb, (by + 1) * bh)
+                for bx in range(ca // bw, (cb - 1) // bw + 1):
                     blk = blocks.get((bx, by))
                     if blk is None:
                         blk = blocks[(bx, by)] = self._block(level, bx, by, use_cache)
-                    xs, xe = max(int(xa[i]), bx * bw), min(int(xb[i]), (bx + 1) * bw)
+                    xs, xe = max(ca, bx * bw), min(cb, (bx + 1) * bw)
                     if hwc:
-                        out[i, ys - y0[i]:ye - y0[i], xs - x0[i]:xe - x0[i]] = \
+                        dst[ys - oy:ye - oy, xs - ox:xe - ox] = \
                             blk[ys - by * bh:ye - by * bh, xs - bx * bw:xe - bx * bw]
                     else:
-                        out[i, :, ys - y0[i]:ye - y0[i], xs - x0[i]:xe - x0[i]] = \
+                        dst[:, ys - oy:ye - oy, xs - ox:xe - ox] = \
                             blk[:, ys - by * bh:ye - by * bh, xs - bx * bw:xe - bx * bw]
         return out.transpose(0, 3, 1, 2) if hwc else out
 
@@ -283,18 +288,30 @@ class GlimpseSource(abc.ABC):
             f = spec.pixel_factor(j)
             lvl = choose_level(f, downs)
             dx, dy = axis[lvl]
-            half = 0.5 * spec.window(j)
-            left = (px[:, 0] - half) / dx
-            top = (px[:, 1] - half) / dy
             fx, fy = f / dx, f / dy
-            x0, cx = window_span(left, fx, g)
-            y0, cy = window_span(top, fy, g)
-            # Read only what lies inside the level: a window larger than the level (or partly
-            # outside it) needs no more than the level's pixels; resample fills the rest white.
             lw, lh = self.info.level_dimensions[lvl]
-            cx, cy = min(cx, lw), min(cy, lh)
-            x0 = np.clip(x0, 0, lw - cx)
-            y0 = np.clip(y0, 0, lh - cy)
+            fi = integer_factor(fx, fy, g)
+            if fi and g * fi + 1 <= min(lw, lh):
+                # An integer residual factor (a power-of-two retina on a 2x/4x pyramid): read
+                # the region from the window's first pixel, the outside white, so resample
+                # takes its strided path. Centred on the exact location with width g * fi.
+                fx = fy = float(fi)
+                left = px[:, 0] / dx - 0.5 * g * fi
+                top = px[:, 1] / dy - 0.5 * g * fi
+                x0, y0 = np.floor(left).astype(np.int64), np.floor(top).astype(np.int64)
+                cx = cy = g * fi + 1
+            else:
+                half = 0.5 * spec.window(j)
+                left = (px[:, 0] - half) / dx
+                top = (px[:, 1] - half) / dy
+                x0, cx = window_span(left, fx, g)
+                y0, cy = window_span(top, fy, g)
+                # Read only what lies inside the level: a window larger than the level (or
+                # partly outside it) needs no more than the level's pixels; resample fills
+                # the rest white.
+                cx, cy = min(cx, lw), min(cy, lh)
+                x0 = np.minimum(np.maximum(x0, 0), lw - cx)
+                y0 = np.minimum(np.maximum(y0, 0), lh - cy)
             ox, oy = self._block_offsets(lvl)
             groups.setdefault((cx, cy, fx, fy), []).append(
                 (j, lvl, x0, y0, left - x0 - ox, top - y0 - oy))
