@@ -1,7 +1,7 @@
 """Convert any slide OpenSlide (or this package) opens into OME-Zarr (NGFF 0.5, zarr v3).
 
 Parallel (dask, threads: OpenSlide reads and blosc release the GIL), chunked, compressed
-(blosc-zstd by default), with physical scale in micrometres when the slide states its mpp.
+(blosc-lz4hc by default: read speed over size), with physical scale in micrometres when the slide states its mpp.
 
 Level 0 is OpenSlide's ``read_region`` at level 0 composited over white (transparent pixels
 become white) -- pixel for pixel. Level ``l + 1`` is the exact 2x2 mean of level ``l`` (white
@@ -49,14 +49,17 @@ def _default_levels(width: int, height: int, chunk: int) -> int:
 
 
 def convert_to_ome_zarr(src_path: str | os.PathLike, dst_path: str | os.PathLike, *,
-                        chunk: int = 512, levels: int | None = None, compressor: Any = None,
+                        chunk: int = 256, levels: int | None = None, compressor: Any = None,
                         workers: int | None = None) -> dict[str, Any]:
     """Convert the slide at ``src_path`` into an OME-Zarr store at ``dst_path``.
 
     Args:
-        chunk: chunk size in pixels (chunks are ``(3, chunk, chunk)``).
+        chunk: chunk size in pixels (chunks are ``(3, chunk, chunk)``). 256 by default: a
+            32-64 px glimpse window decodes 4x fewer bytes from a cold 256^2 chunk than from a
+            512^2 one.
         levels: number of levels; default: halve until the coarsest fits in one chunk.
-        compressor: a zarr v3 codec (default blosc-zstd, level 5, byte shuffle).
+        compressor: a zarr v3 codec (default :func:`~ram_wsi.slide.ngff.default_compressor`:
+            blosc-lz4hc, level 5).
         workers: dask threads (default: the CPUs this process may use).
 
     Returns:
@@ -137,16 +140,18 @@ def cli(argv: Sequence[str] | None = None) -> int:
                                  description="Convert a whole-slide image to OME-Zarr (NGFF 0.5).")
     ap.add_argument("src", help="slide file (anything OpenSlide opens) or OME-Zarr store")
     ap.add_argument("dst", help="output store directory (e.g. slide.ome.zarr)")
-    ap.add_argument("--chunk", type=int, default=512, help="chunk size in pixels (512)")
+    ap.add_argument("--chunk", type=int, default=256, help="chunk size in pixels (256)")
     ap.add_argument("--workers", type=int, default=None, help="dask threads (all CPUs)")
     ap.add_argument("--levels", type=int, default=None,
                     help="pyramid levels (default: until one chunk)")
-    ap.add_argument("--clevel", type=int, default=5, help="zstd level (5)")
+    ap.add_argument("--codec", choices=["lz4hc", "zstd", "lz4", "blosclz"], default="lz4hc",
+                    help="blosc compressor (lz4hc: fastest to read; zstd: smallest)")
+    ap.add_argument("--clevel", type=int, default=5, help="compression level (5)")
     args = ap.parse_args(argv)
     try:
         info = convert_to_ome_zarr(args.src, args.dst, chunk=args.chunk, levels=args.levels,
                                    workers=args.workers,
-                                   compressor=default_compressor(clevel=args.clevel))
+                                   compressor=default_compressor(args.codec, args.clevel))
     except SlideError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@ and the synthetic-slide writer.
 
 Layout: a group with ``attributes.ome = {"version": "0.5", "multiscales": [...]}``; level ``l``
 is the array ``"l"`` of shape ``(3, H_l, W_l)`` uint8 (axes ``c, y, x``: NGFF puts channels
-before space), chunks ``(3, chunk, chunk)``, blosc-zstd, fill value 255 (white) so that white
+before space), chunks ``(3, chunk, chunk)``, blosc-lz4hc, fill value 255 (white) so that white
 chunks need not be written. The scale of level ``l`` is ``2**l`` times level 0's -- in
 micrometres (axis unit ``micrometer``) when the mpp is known, in pixels (no unit) otherwise.
 """
@@ -26,7 +26,11 @@ __all__ = [
 ]
 
 
-def default_compressor(cname: str = "zstd", clevel: int = 5) -> Any:
+def default_compressor(cname: str = "lz4hc", clevel: int = 5) -> Any:
+    """Blosc ``cname`` at ``clevel``. The default, lz4hc 5, is chosen for reading: on stained
+    tissue chunks it decodes ~4.6x faster than zstd 5 (43 vs 199 us for a 256^2 RGB chunk) for
+    1.3x the bytes, and encodes faster too (3.2 vs 4.8 ms); a cold glimpse is mostly chunk
+    decoding. ``cname="zstd"`` for archives where size matters more."""
     from zarr.codecs import BloscCodec
 
     return BloscCodec(cname=cname, clevel=clevel, shuffle="shuffle")

@@ -405,16 +405,16 @@ def _write_tiff(scene: _Scene, path: Path, compression: str, quality: int,
 
 
 def _write_zarr(scene: _Scene, path: Path, mpp: float | None, stats: dict[str, int]) -> None:
-    """Chunks are encoded here (blosc-zstd, exactly the codec the arrays declare) and written as
-    files: zarr's per-write machinery costs ~7 ms a chunk, which is minutes at 131k^2. White
-    chunks are not written (fill value), identical tissue chunks are hard links."""
+    """Chunks are encoded here (the converter's default codec, exactly as the arrays declare it)
+    and written as files: zarr's per-write machinery costs ~7 ms a chunk, which is minutes at
+    131k^2. White chunks are not written (fill value), identical tissue chunks are hard links."""
     import numcodecs
     import zarr
 
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     t = scene.tile
     nlev = scene.levels()
-    comp = default_compressor(clevel=1)  # fast to write; any blosc level decodes the same
+    comp = default_compressor()  # what convert writes: benchmarks read what users read
     blosc = numcodecs.Blosc(cname=str(comp.cname.value), clevel=int(comp.clevel),
                             shuffle=numcodecs.Blosc.SHUFFLE)
 
@@ -462,6 +462,11 @@ def _write_zarr(scene: _Scene, path: Path, mpp: float | None, stats: dict[str, i
                                        extra={"synthetic": True}))
 
 
+def _zarr_codec_name() -> str:
+    comp = default_compressor()
+    return f"blosc-{comp.cname.value}-{comp.clevel}"
+
+
 def write_synthetic_slide(path: str | os.PathLike, size: int | tuple[int, int], *, seed: int = 0,
                           label: int | None = None, fmt: str = "tiff", tile: int = 256,
                           mpp: float | None = 0.25, compression: str = "jpeg", quality: int = 85,
@@ -475,7 +480,7 @@ def write_synthetic_slide(path: str | os.PathLike, size: int | tuple[int, int], 
         label: the digit class (0-9) of the target; random when None.
         tile: TIFF tile / zarr chunk size (a multiple of 16).
         mpp: micrometres per level-0 pixel written to the file (None: no physical units).
-        compression: TIFF tiles: ``"jpeg"`` or ``"none"`` (zarr always uses blosc-zstd).
+        compression: TIFF tiles: ``"jpeg"`` or ``"none"`` (zarr always uses the converter's blosc codec).
         target_size: width of the target in level-0 pixels (default ``min(320, S / 8)``).
         mnist_dir: where the MNIST idx files are (default ``../shared/data/mnist``).
 
@@ -505,7 +510,7 @@ def write_synthetic_slide(path: str | os.PathLike, size: int | tuple[int, int], 
         "target_center_px": [scene.tx, scene.ty],
         "target_center_loc": [scene.tx / scene.w * 2 - 1, scene.ty / scene.h * 2 - 1],
         "target_size_px": scene.tsize,
-        "compression": compression if fmt == "tiff" else "blosc-zstd",
+        "compression": compression if fmt == "tiff" else _zarr_codec_name(),
         "tiles": stats,
     }
     from ..io_utils import write_json
