@@ -220,9 +220,11 @@ class GlimpseSource(abc.ABC):
         lw, lh = self.info.level_dimensions[level]
         bw, bh = self.info.block_sizes[level]
         # Python ints from here on: numpy scalars make this loop several times slower.
-        xa, xb = np.clip(x0, 0, lw).tolist(), np.clip(x0 + w, 0, lw).tolist()
-        ya, yb = np.clip(y0, 0, lh).tolist(), np.clip(y0 + h, 0, lh).tolist()
         xs0, ys0 = x0.tolist(), y0.tolist()
+        xa = [min(max(v, 0), lw) for v in xs0]
+        xb = [min(max(v + w, 0), lw) for v in xs0]
+        ya = [min(max(v, 0), lh) for v in ys0]
+        yb = [min(max(v + h, 0), lh) for v in ys0]
         blocks: dict[tuple[int, int], np.ndarray] = {}
         for i in range(n):
             ra, rb, ca, cb = ya[i], yb[i], xa[i], xb[i]

@@ -120,7 +120,7 @@ def _fast_reader(arr: Any, root: Path, ic: int | None) -> dict[str, Any] | None:
         sep = getattr(cke, "separator", "/")
         prefix = "c" + sep if getattr(cke, "name", "default") == "default" else ""
         fill = int(md.fill_value) if md.fill_value is not None else 0
-        return {"root": root, "sep": sep, "prefix": prefix, "chunks": chunks, "decode": decode,
+        return {"root": os.path.join(str(root), ""), "sep": sep, "prefix": prefix, "chunks": chunks, "decode": decode,
                 "fill": fill}
     except Exception:  # noqa: BLE001 -- anything unusual: let zarr read it
         return None
@@ -224,9 +224,10 @@ class ZarrSource(GlimpseSource):
         chunks = fast["chunks"]
         idx = [0] * len(chunks)
         idx[hd["ix"]], idx[hd["iy"]] = bx, by
-        f = fast["root"] / (fast["prefix"] + fast["sep"].join(str(i) for i in idx))
+        f = fast["root"] + (fast["prefix"] + fast["sep"].join(map(str, idx)))
         try:
-            raw = f.read_bytes()
+            with open(f, "rb") as fh:
+                raw = fh.read()
         except FileNotFoundError:
             data = np.full(chunks, fast["fill"], dtype=np.uint8)
         else:
@@ -235,7 +236,7 @@ class ZarrSource(GlimpseSource):
                 data = data.reshape(chunks)
             except Exception as e:
                 raise SlideError(self._path, f"cannot decode level {level} chunk ({by}, {bx}) "
-                                             f"({f.name}): {type(e).__name__}: {e}") from e
+                                             f"({f}): {type(e).__name__}: {e}") from e
         sel: list[Any] = [0] * len(chunks)
         sel[hd["ix"]] = slice(None)
         sel[hd["iy"]] = slice(None)
