@@ -47,6 +47,27 @@ class SlideInfo:
     properties: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class _ScalePlan:
+    """How scale ``j`` of a retina is read from a slide (fixed per slide and retina)."""
+
+    j: int
+    level: int
+    dx: float  # the level's per-axis downsample
+    dy: float
+    fx: float  # residual factor: level pixels per output pixel
+    fy: float
+    fi: int  # the integer factor when the strided path applies, else 0
+    cx: int  # region size read, level pixels
+    cy: int
+    half_x: float  # window half-width: level pixels (fi) or level-0 pixels (dense)
+    half_y: float
+    lw: int
+    lh: int
+    ox: float
+    oy: float
+
+
 def as_locations(loc: Any) -> np.ndarray:
     """``(N, 2)`` float64 numpy array from a tensor, array or sequence of ``(x, y)``."""
     if isinstance(loc, torch.Tensor):
@@ -82,6 +103,7 @@ class GlimpseSource(abc.ABC):
         self._settings = dict(settings)
         self._info: SlideInfo | None = None
         self._stamp: float | None = None
+        self._plans: dict[RetinaSpec, list[list[_ScalePlan]]] = {}
 
     # ----------------------------------------------------------------------- to implement
     @abc.abstractmethod
@@ -276,65 +298,87 @@ class GlimpseSource(abc.ABC):
         spec = self._px_spec(spec, units)
         locs = as_locations(loc)
         n, k, g = locs.shape[0], spec.scales, spec.patch
-        w0, h0 = self.dimensions
-        px = (locs + 1.0) * 0.5 * np.array([w0, h0], dtype=np.float64)
         out = torch.empty((n, k, 3, g, g), dtype=torch.float32)
         if n == 0:
             return out
-        downs, axis = self.level_downsamples, self.axis_downsamples
-        # Plan every scale, then resample the scales that share a residual factor and region
-        # shape in one call when the batch is small (a 2x pyramid with scale factor 2 or 4
-        # makes them all alike): one kernel launch instead of k for the same arithmetic.
-        groups: dict[tuple, list[tuple]] = {}
-        for j in range(k):
-            f = spec.pixel_factor(j)
-            lvl = choose_level(f, downs)
-            dx, dy = axis[lvl]
-            fx, fy = f / dx, f / dy
-            lw, lh = self.info.level_dimensions[lvl]
-            fi = integer_factor(fx, fy, g)
-            if fi and g * fi + 1 <= min(lw, lh):
-                # An integer residual factor (a power-of-two retina on a 2x/4x pyramid): read
-                # the region from the window's first pixel, the outside white, so resample
-                # takes its strided path. Centred on the exact location with width g * fi.
-                fx = fy = float(fi)
-                left = px[:, 0] / dx - 0.5 * g * fi
-                top = px[:, 1] / dy - 0.5 * g * fi
-                x0, y0 = np.floor(left).astype(np.int64), np.floor(top).astype(np.int64)
-                cx = cy = g * fi + 1
+        w0, h0 = self.dimensions
+        pxx = (locs[:, 0] + 1.0) * (0.5 * w0)
+        pxy = (locs[:, 1] + 1.0) * (0.5 * h0)
+        for group in self._plan(spec, n):
+            regions, lefts, tops = [], [], []
+            for p in group:
+                if p.fi:
+                    # Integer residual factor: the region starts at the window's first pixel
+                    # (the outside reads white), so resample takes its strided path.
+                    left = pxx / p.dx - p.half_x
+                    top = pxy / p.dy - p.half_y
+                    x0, y0 = np.floor(left).astype(np.int64), np.floor(top).astype(np.int64)
+                else:
+                    left = (pxx - p.half_x) / p.dx
+                    top = (pxy - p.half_y) / p.dy
+                    x0, _ = window_span(left, p.fx, g)
+                    y0, _ = window_span(top, p.fy, g)
+                    # Only what lies inside the level: resample fills the rest white.
+                    x0 = np.minimum(np.maximum(x0, 0), p.lw - p.cx)
+                    y0 = np.minimum(np.maximum(y0, 0), p.lh - p.cy)
+                regions.append(self.read_regions(p.level, x0, y0, p.cx, p.cy))
+                lefts.append(left - x0 - p.ox)
+                tops.append(top - y0 - p.oy)
+            p = group[0]
+            # Windows ordered (location, scale) so that a group of consecutive scales lands in
+            # ``out`` as one slice.
+            src = np.stack(regions, 1).reshape((n * len(group),) + regions[0].shape[1:]) \
+                if len(group) > 1 else regions[0]
+            res = resample(torch.from_numpy(src).to(torch.float32),
+                           torch.from_numpy(np.stack(lefts, 1).reshape(-1)),
+                           torch.from_numpy(np.stack(tops, 1).reshape(-1)),
+                           p.fx, p.fy, g, fill=255.0 * self.fill, aligned=bool(p.fi))
+            res = res.mul_(1.0 / 255.0).clamp_(0.0, 1.0).view(n, len(group), 3, g, g)
+            js = [q.j for q in group]
+            if js == list(range(js[0], js[0] + len(js))):
+                out[:, js[0]:js[0] + len(js)] = res
             else:
-                half = 0.5 * spec.window(j)
-                left = (px[:, 0] - half) / dx
-                top = (px[:, 1] - half) / dy
-                x0, cx = window_span(left, fx, g)
-                y0, cy = window_span(top, fy, g)
-                # Read only what lies inside the level: a window larger than the level (or
-                # partly outside it) needs no more than the level's pixels; resample fills
-                # the rest white.
-                cx, cy = min(cx, lw), min(cy, lh)
-                x0 = np.minimum(np.maximum(x0, 0), lw - cx)
-                y0 = np.minimum(np.maximum(y0, 0), lh - cy)
-            ox, oy = self._block_offsets(lvl)
-            groups.setdefault((cx, cy, fx, fy), []).append(
-                (j, lvl, x0, y0, left - x0 - ox, top - y0 - oy))
-        batches = []
-        for key, plans in groups.items():
-            # Merging pays for small batches only (dispatch overhead); big merged batches
-            # fall out of the CPU caches and run slower than per-scale calls.
-            if n * len(plans) * key[0] * key[1] <= 60_000:
-                batches.append((key, plans))
+                out[:, js] = res
+        return out
+
+    def _plan(self, spec: RetinaSpec, n: int) -> list[list[_ScalePlan]]:
+        """Per scale: its level, residual factors and region size (cached per retina), grouped
+        so that scales alike (same region shape and factors) are resampled in one call while
+        the batch is small -- one dispatch instead of k for the same arithmetic; big merged
+        batches fall out of the CPU caches and run slower than per-scale calls."""
+        plans = self._plans.get(spec)
+        if plans is None:
+            downs, axis = self.level_downsamples, self.axis_downsamples
+            g = spec.patch
+            scales = []
+            for j in range(spec.scales):
+                f = spec.pixel_factor(j)
+                lvl = choose_level(f, downs)
+                dx, dy = axis[lvl]
+                lw, lh = self.info.level_dimensions[lvl]
+                ox, oy = self._block_offsets(lvl)
+                fi = integer_factor(f / dx, f / dy, g)
+                if fi and g * fi + 1 <= min(lw, lh):
+                    # Centred on the exact location with width g * fi (level pixels).
+                    scales.append(_ScalePlan(j, lvl, dx, dy, float(fi), float(fi), fi,
+                                             g * fi + 1, g * fi + 1, 0.5 * g * fi,
+                                             0.5 * g * fi, lw, lh, ox, oy))
+                else:
+                    cx = min(window_span(0.0, f / dx, g)[1], lw)
+                    cy = min(window_span(0.0, f / dy, g)[1], lh)
+                    half = 0.5 * spec.window(j)
+                    scales.append(_ScalePlan(j, lvl, dx, dy, f / dx, f / dy, 0, cx, cy, half,
+                                             half, lw, lh, ox, oy))
+            groups: dict[tuple, list[_ScalePlan]] = {}
+            for sp in scales:
+                groups.setdefault((sp.cx, sp.cy, sp.fx, sp.fy, sp.fi), []).append(sp)
+            plans = self._plans[spec] = list(groups.values())
+        out = []
+        for group in plans:
+            if n * len(group) * group[0].cx * group[0].cy <= 60_000:
+                out.append(group)
             else:
-                batches += [(key, [p]) for p in plans]
-        for (cx, cy, fx, fy), plans in batches:
-            regions = [torch.from_numpy(self.read_regions(lvl, x0, y0, cx, cy))
-                       for _, lvl, x0, y0, _, _ in plans]
-            src = (regions[0] if len(regions) == 1 else torch.cat(regions)).to(torch.float32)
-            src.div_(255.0)
-            lefts = torch.from_numpy(np.concatenate([p[4] for p in plans]))
-            tops = torch.from_numpy(np.concatenate([p[5] for p in plans]))
-            res = resample(src, lefts, tops, fx, fy, g, fill=self.fill)
-            for i, (j, *_rest) in enumerate(plans):
-                out[:, j] = res[i * n:(i + 1) * n]
+                out += [[sp] for sp in group]
         return out
 
     def thumbnail(self, max_size: int = 2048) -> np.ndarray:
