@@ -1,20 +1,48 @@
 """Glimpses from anything OpenSlide opens: Aperio SVS, generic tiled TIFF, DICOM, Hamamatsu, ...
 
-Handles are opened lazily in the process that reads, kept in the process's bounded handle pool,
-and share one ``openslide.OpenSlideCache``. Blocks are the file's own tiles (``tile-width`` /
-``tile-height`` properties; 256 when the format does not say), read with ``read_region`` and
-alpha-composited over white (OpenSlide returns non-premultiplied RGBA, alpha 0 outside the
-scanned area).
+Regions are read directly: a glimpse's region of ``level`` at level pixel ``(x, y)`` is one
+``read_region((round(x * d), round(y * d)), level, (w, h))`` (``d`` the level's reported
+downsample), alpha-composited over white (OpenSlide returns non-premultiplied RGBA, alpha 0
+outside the scanned area and outside the level). OpenSlide's own process-wide
+``openslide.OpenSlideCache`` (:func:`~ram_wsi.slide.cache.openslide_cache`, set on every handle)
+is this backend's one bounded tile cache; the package's decoded-block cache is not used for
+OpenSlide regions. Why, measured on JPEG-tiled pyramidal TIFFs:
+
+* ``read_region`` costs what it paints, not what it decodes: a whole 256x256 tile ~1,350 us of
+  CPU (painting + RGBA conversion), a 33x33 region ~150-220 us with OpenSlide's cache empty and
+  ~40 us from its cache. Reading whole blocks to cut ~33x33 regions out of them was ~8x dearer
+  per cold glimpse.
+* Handles are per level: libtiff re-reads a level's directory (whose tile-offset table grows
+  with the slide) whenever consecutive reads of one handle switch level, so levels 0, 2, 4
+  read alternately through one handle cost 429 us/read on a 131k^2 TIFF vs 222 us on a handle
+  that stays on one level (244 vs 214 on 8k^2): a per-glimpse cost growing with slide size.
+  Each level gets its own OpenSlide object in the process's handle pool, keyed
+  ``(source key, level)`` and opened lazily; metadata and level-0 reads use level 0's.
+
+Handles: ``RAM_WSI_MAX_OPEN_SLIDES`` / :func:`~ram_wsi.slide.cache.set_max_open` bound open
+*handles*, so a slide read at ``k`` levels holds up to ``k`` (at most its level count; a
+3-scale glimpse on a 2x pyramid typically 3) -- the default 64 keeps ~20 slides open at once
+under such glimpses. Raise it when glimpsing many slides round-robin (an OpenSlide open costs
+~0.5 ms for an 8k^2 TIFF, ~11 ms for a 131k^2 one).
+
+``use_cache=False``: OpenSlide cannot bypass its cache for one read, so it simply reads (through
+OpenSlide's cache, which is bounded).
 
 Non-integer downsamples: OpenSlide addresses a level through level-0 coordinates divided by its
-own (single) downsample, so a block at level pixel ``X`` is requested at ``round(X * d)``; when
-``X * d`` is not an integer OpenSlide shifts by the fraction (at most ``0.5 / d`` level pixels).
-Power-of-two pyramids are pixel-exact.
+own (single) downsample ``d``, so level pixel ``X`` is requested at ``round(X * d)``; when
+``X * d`` is not an integer OpenSlide shifts by the fraction (at most ``0.5 / d`` level pixels,
+interpolated). On such a level a region is painted from the top-left corner of each of the
+file's blocks it touches (``tile-width`` / ``tile-height``, grouped to >= 256 px): every level
+pixel keeps one placement whichever region reads it, the same as :meth:`OpenSlideSource._read_block`
+gives, for painting at most ``(bw + w) x (bh + h)`` pixels per region. Levels with an integer
+downsample (level 0, power-of-two pyramids) are read region by region and are pixel-exact.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +64,53 @@ def composite_over_white(rgba: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(rgb)
     out = (rgb.astype(np.uint16) * a + 255 * (255 - a.astype(np.uint16)) + 127) // 255
     return out.astype(np.uint8)
+
+
+def _raw_reader() -> Any:
+    """``openslide.lowlevel._read_region`` (premultiplied native-endian ARGB into a caller's
+    buffer) when this openslide-python has it and the machine is little-endian, else None.
+    Reading straight into numpy skips the PIL image and its un-premultiplying copies (~10-25%
+    of a small read); the public ``read_region`` is the fallback."""
+    if sys.byteorder != "little":
+        return None
+    try:
+        from openslide import lowlevel
+
+        fn = lowlevel._read_region
+        ptr = ctypes.POINTER(ctypes.c_uint32)
+    except (ImportError, AttributeError):
+        return None
+    return fn, ptr
+
+
+_RAW: Any = None  # (function, pointer type), False when unavailable; resolved on first read
+
+
+def _read_rgba(slide: Any, x: int, y: int, level: int, w: int, h: int) -> tuple[np.ndarray, bool]:
+    """OpenSlide's region ``(h, w, 4)`` uint8 and whether it is premultiplied BGRA (the raw
+    path) rather than non-premultiplied RGBA (``read_region``)."""
+    global _RAW
+    if _RAW is None:
+        _RAW = _raw_reader() or False
+    osr = getattr(slide, "_osr", None)
+    if _RAW and osr is not None:
+        fn, ptr = _RAW
+        buf = np.empty((h, w), dtype=np.uint32)
+        fn(osr, buf.ctypes.data_as(ptr), x, y, level, w, h)
+        return buf.view(np.uint8).reshape(h, w, 4), True
+    return np.asarray(slide.read_region((x, y), level, (w, h))), False
+
+
+def _put(dst: np.ndarray, px: np.ndarray, bgra: bool) -> None:
+    """Write ``(h, w, 4)`` pixels from :func:`_read_rgba` over white into ``(h, w, 3)`` ``dst``:
+    premultiplied colour over white is ``c + 255 - a`` (exact, never above 255)."""
+    a = px[..., 3]
+    if not bgra:
+        dst[...] = px[..., :3] if a.min() == 255 else composite_over_white(px)
+    elif a.min() == 255:
+        dst[...] = px[..., 2::-1]
+    else:
+        np.add(px[..., 2::-1], (255 - a)[..., None], out=dst)
 
 
 def _resolve(path: str) -> str:
@@ -81,6 +156,11 @@ def _close(slide: Any) -> None:
 class OpenSlideSource(GlimpseSource):
     """A slide read through OpenSlide (``openslide-python``).
 
+    Regions (and so glimpses) are read with one OpenSlide ``read_region`` each, through one
+    handle per level, and cached only by OpenSlide's process-wide tile cache (see the module
+    docstring). A slide read at ``k`` levels holds up to ``k`` entries of the process's handle
+    pool (``max_open`` counts handles, not slides); :meth:`close` drops all of them.
+
     Args:
         path: the slide file (a DICOM slide: any of its files, or their directory).
 
@@ -91,18 +171,31 @@ class OpenSlideSource(GlimpseSource):
     """
 
     backend = "openslide"
-    block_layout = "hwc"  # as OpenSlide gives pixels: no transposing copy per block
+    block_layout = "hwc"  # as OpenSlide gives pixels: no transposing copy
 
     def __init__(self, path: str | os.PathLike, *, _validate: bool = True, **settings: Any):
         super().__init__(os.fspath(path), **settings)
         if _validate:
             _ = self.info
 
-    def _handle(self):
-        return handle_pool().use(self._cache_key(), lambda: _open(self._path), _close)
+    def _handle_key(self, level: int) -> tuple:
+        return (self._cache_key(), int(level))
+
+    def _handle(self, level: int = 0):
+        """The process's OpenSlide handle of this slide for reads of ``level`` (opened lazily;
+        metadata and level-0 reads share level 0's)."""
+        return handle_pool().use(self._handle_key(level), lambda: _open(self._path), _close)
+
+    def close(self) -> None:
+        """Forget this source's open handles, one per level read (other sources of the same path
+        reopen lazily)."""
+        pool = handle_pool()
+        levels = len(self._info.level_dimensions) if self._info is not None else 1
+        for level in range(levels):
+            pool.discard(self._handle_key(level))
 
     def _open_info(self) -> SlideInfo:
-        with self._handle() as s:
+        with self._handle(0) as s:
             props = dict(s.properties)
             dims = [tuple(int(v) for v in d) for d in s.level_dimensions]
             downs = [float(d) for d in s.level_downsamples]
@@ -128,7 +221,74 @@ class OpenSlideSource(GlimpseSource):
         return SlideInfo(dimensions=dims[0], level_dimensions=dims, block_sizes=blocks, mpp=mpp,
                          reported_downsamples=downs, properties=keep)
 
+    def _read_error(self, level: int, x: int, y: int, e: Exception) -> SlideError:
+        handle_pool().discard(self._handle_key(level))  # OpenSlide errors are sticky
+        return SlideError(self._path, f"reading level {level} at level-0 ({x}, {y}) failed "
+                                      f"(corrupt tile data?): {e}")
+
+    def read_regions(self, level: int, x0: np.ndarray, y0: np.ndarray, w: int, h: int,
+                     use_cache: bool = True) -> np.ndarray:
+        """``(N, 3, h, w)`` uint8 regions of ``level`` with top-left corners ``(x0, y0)`` (level
+        pixels; partly or wholly outside the level reads white): a transposed view of one
+        ``(N, h, w, 3)`` array.
+
+        Each region's part inside the level is one OpenSlide ``read_region((round(x * d),
+        round(y * d)), level, (w', h'))`` through this level's own handle, composited over white
+        (a region wholly outside costs no read). On a level whose downsample ``d`` is not an
+        integer, the part in each of the file's blocks is instead painted from that block's
+        top-left corner (as :meth:`_read_block` does), so that a level pixel always gets the
+        same sub-pixel placement, whichever region reads it. Cached by OpenSlide's process-wide
+        tile cache only (never the package's block cache); ``use_cache=False`` reads the same
+        way, as OpenSlide cannot bypass its cache for one read."""
+        import openslide
+
+        xs = np.asarray(x0, dtype=np.int64).reshape(-1)
+        ys = np.asarray(y0, dtype=np.int64).reshape(-1)
+        n = xs.shape[0]
+        out = np.empty((n, h, w, 3), dtype=np.uint8)
+        if n == 0 or w <= 0 or h <= 0:
+            return out.transpose(0, 3, 1, 2)
+        info = self.info
+        lw, lh = info.level_dimensions[level]
+        bw, bh = info.block_sizes[level]
+        d = info.reported_downsamples[level]
+        exact = float(d).is_integer()
+        inside = (xs >= 0) & (ys >= 0) & (xs + w <= lw) & (ys + h <= lh)
+        if not inside.all():
+            out[~inside] = 255
+        touch = (xs < lw) & (ys < lh) & (xs + w > 0) & (ys + h > 0)
+        idx = np.flatnonzero(touch).tolist()
+        if not idx:
+            return out.transpose(0, 3, 1, 2)
+        # Python ints: OpenSlide wants them, and numpy scalars slow the loop down.
+        xl, yl = xs.tolist(), ys.tolist()
+        rx = ry = 0
+        try:
+            with self._handle(level) as s:
+                for i in idx:
+                    x, y, dst = xl[i], yl[i], out[i]
+                    xa, xb, ya, yb = max(x, 0), min(x + w, lw), max(y, 0), min(y + h, lh)
+                    if exact:
+                        rx, ry = round(xa * d), round(ya * d)
+                        _put(dst[ya - y:yb - y, xa - x:xb - x],
+                             *_read_rgba(s, rx, ry, level, xb - xa, yb - ya))
+                        continue
+                    for by in range(ya // bh, (yb - 1) // bh + 1):
+                        ay = by * bh
+                        sy, ey = max(ya, ay), min(yb, ay + bh)
+                        for bx in range(xa // bw, (xb - 1) // bw + 1):
+                            ax = bx * bw
+                            sx, ex = max(xa, ax), min(xb, ax + bw)
+                            rx, ry = round(ax * d), round(ay * d)
+                            px, bgra = _read_rgba(s, rx, ry, level, ex - ax, ey - ay)
+                            _put(dst[sy - y:ey - y, sx - x:ex - x], px[sy - ay:, sx - ax:], bgra)
+        except openslide.OpenSlideError as e:
+            raise self._read_error(level, rx, ry, e) from e
+        return out.transpose(0, 3, 1, 2)
+
     def _read_block(self, level: int, bx: int, by: int) -> np.ndarray:
+        """Block ``(bx, by)`` of ``level`` (the base class's unit; glimpses and regions do not
+        use it: :meth:`read_regions` reads regions directly)."""
         import openslide
 
         info = self.info
@@ -140,12 +300,10 @@ class OpenSlideSource(GlimpseSource):
             return np.full((bh, bw, 3), 255, dtype=np.uint8)
         x0, y0 = round(bx * bw * d), round(by * bh * d)
         try:
-            with self._handle() as s:
+            with self._handle(level) as s:
                 img = s.read_region((x0, y0), level, (w, h))
         except openslide.OpenSlideError as e:
-            handle_pool().discard(self._cache_key())  # OpenSlide errors are sticky
-            raise SlideError(self._path, f"reading level {level} at ({x0}, {y0}) failed "
-                                         f"(corrupt tile data?): {e}") from e
+            raise self._read_error(level, x0, y0, e) from e
         rgb = composite_over_white(np.asarray(img))
         if (h, w) == (bh, bw):
             return rgb
@@ -159,8 +317,7 @@ class OpenSlideSource(GlimpseSource):
         import openslide
 
         try:
-            with self._handle() as s:
+            with self._handle(0) as s:
                 return np.asarray(s.read_region((x, y), 0, (w, h)))
         except openslide.OpenSlideError as e:
-            handle_pool().discard(self._cache_key())
-            raise SlideError(self._path, f"reading failed: {e}") from e
+            raise self._read_error(0, x, y, e) from e
