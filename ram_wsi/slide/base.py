@@ -68,6 +68,21 @@ class _ScalePlan:
     oy: float
 
 
+class _Group:
+    """Scales read and resampled together, with their per-scale constants as ``(k, 1)``
+    columns so that one numpy expression places every window of every scale."""
+
+    def __init__(self, scales: list[_ScalePlan]):
+        self.scales = scales
+
+        def col(name: str) -> np.ndarray:
+            return np.array([getattr(q, name) for q in scales], dtype=np.float64)[:, None]
+
+        self.arrays = {"dx": col("dx"), "dy": col("dy"), "hx": col("half_x"),
+                       "hy": col("half_y"), "ox": col("ox"), "oy": col("oy"),
+                       "lw": col("lw").astype(np.int64), "lh": col("lh").astype(np.int64)}
+
+
 def as_locations(loc: Any) -> np.ndarray:
     """``(N, 2)`` float64 numpy array from a tensor, array or sequence of ``(x, y)``."""
     if isinstance(loc, torch.Tensor):
@@ -103,7 +118,7 @@ class GlimpseSource(abc.ABC):
         self._settings = dict(settings)
         self._info: SlideInfo | None = None
         self._stamp: float | None = None
-        self._plans: dict[RetinaSpec, list[list[_ScalePlan]]] = {}
+        self._plans: dict[RetinaSpec, list[tuple[_Group, list[_Group]]]] = {}
 
     # ----------------------------------------------------------------------- to implement
     @abc.abstractmethod
@@ -305,43 +320,40 @@ class GlimpseSource(abc.ABC):
         pxx = (locs[:, 0] + 1.0) * (0.5 * w0)
         pxy = (locs[:, 1] + 1.0) * (0.5 * h0)
         for group in self._plan(spec, n):
-            regions, lefts, tops = [], [], []
-            for p in group:
-                if p.fi:
-                    # Integer residual factor: the region starts at the window's first pixel
-                    # (the outside reads white), so resample takes its strided path.
-                    left = pxx / p.dx - p.half_x
-                    top = pxy / p.dy - p.half_y
-                    x0, y0 = np.floor(left).astype(np.int64), np.floor(top).astype(np.int64)
-                else:
-                    left = (pxx - p.half_x) / p.dx
-                    top = (pxy - p.half_y) / p.dy
-                    x0, _ = window_span(left, p.fx, g)
-                    y0, _ = window_span(top, p.fy, g)
-                    # Only what lies inside the level: resample fills the rest white.
-                    x0 = np.minimum(np.maximum(x0, 0), p.lw - p.cx)
-                    y0 = np.minimum(np.maximum(y0, 0), p.lh - p.cy)
-                regions.append(self.read_regions(p.level, x0, y0, p.cx, p.cy))
-                lefts.append(left - x0 - p.ox)
-                tops.append(top - y0 - p.oy)
-            p = group[0]
-            # Windows ordered (location, scale) so that a group of consecutive scales lands in
-            # ``out`` as one slice.
-            src = np.stack(regions, 1).reshape((n * len(group),) + regions[0].shape[1:]) \
-                if len(group) > 1 else regions[0]
+            p, kg, arr = group.scales[0], len(group.scales), group.arrays
+            if p.fi:
+                # Integer residual factor: the region starts at the window's first pixel (the
+                # outside reads white), so resample takes its strided path.
+                left = pxx[None] / arr["dx"] - arr["hx"]  # (kg, n)
+                top = pxy[None] / arr["dy"] - arr["hy"]
+                x0, y0 = np.floor(left).astype(np.int64), np.floor(top).astype(np.int64)
+            else:
+                left = (pxx[None] - arr["hx"]) / arr["dx"]
+                top = (pxy[None] - arr["hy"]) / arr["dy"]
+                x0 = window_span(left, p.fx, g)[0]
+                y0 = window_span(top, p.fy, g)[0]
+                # Only what lies inside the level: resample fills the rest white.
+                x0 = np.minimum(np.maximum(x0, 0), arr["lw"] - p.cx)
+                y0 = np.minimum(np.maximum(y0, 0), arr["lh"] - p.cy)
+            regions = [self.read_regions(q.level, x0[i], y0[i], p.cx, p.cy)
+                       for i, q in enumerate(group.scales)]
+            # Windows ordered (location, scale): a group of consecutive scales lands in ``out``
+            # as one slice.
+            src = np.stack(regions, 1).reshape((n * kg,) + regions[0].shape[1:]) \
+                if kg > 1 else regions[0]
             res = resample(torch.from_numpy(src).to(torch.float32),
-                           torch.from_numpy(np.stack(lefts, 1).reshape(-1)),
-                           torch.from_numpy(np.stack(tops, 1).reshape(-1)),
+                           torch.from_numpy((left - x0 - arr["ox"]).T.reshape(-1)),
+                           torch.from_numpy((top - y0 - arr["oy"]).T.reshape(-1)),
                            p.fx, p.fy, g, fill=255.0 * self.fill, aligned=bool(p.fi))
-            res = res.mul_(1.0 / 255.0).clamp_(0.0, 1.0).view(n, len(group), 3, g, g)
-            js = [q.j for q in group]
-            if js == list(range(js[0], js[0] + len(js))):
-                out[:, js[0]:js[0] + len(js)] = res
+            res = res.mul_(1.0 / 255.0).clamp_(0.0, 1.0).view(n, kg, 3, g, g)
+            js = [q.j for q in group.scales]
+            if js == list(range(js[0], js[0] + kg)):
+                out[:, js[0]:js[0] + kg] = res
             else:
                 out[:, js] = res
         return out
 
-    def _plan(self, spec: RetinaSpec, n: int) -> list[list[_ScalePlan]]:
+    def _plan(self, spec: RetinaSpec, n: int) -> list[_Group]:
         """Per scale: its level, residual factors and region size (cached per retina), grouped
         so that scales alike (same region shape and factors) are resampled in one call while
         the batch is small -- one dispatch instead of k for the same arithmetic; big merged
@@ -350,7 +362,7 @@ class GlimpseSource(abc.ABC):
         if plans is None:
             downs, axis = self.level_downsamples, self.axis_downsamples
             g = spec.patch
-            scales = []
+            groups: dict[tuple, list[_ScalePlan]] = {}
             for j in range(spec.scales):
                 f = spec.pixel_factor(j)
                 lvl = choose_level(f, downs)
@@ -360,25 +372,24 @@ class GlimpseSource(abc.ABC):
                 fi = integer_factor(f / dx, f / dy, g)
                 if fi and g * fi + 1 <= min(lw, lh):
                     # Centred on the exact location with width g * fi (level pixels).
-                    scales.append(_ScalePlan(j, lvl, dx, dy, float(fi), float(fi), fi,
-                                             g * fi + 1, g * fi + 1, 0.5 * g * fi,
-                                             0.5 * g * fi, lw, lh, ox, oy))
+                    sp = _ScalePlan(j, lvl, dx, dy, float(fi), float(fi), fi, g * fi + 1,
+                                    g * fi + 1, 0.5 * g * fi, 0.5 * g * fi, lw, lh, ox, oy)
                 else:
                     cx = min(window_span(0.0, f / dx, g)[1], lw)
                     cy = min(window_span(0.0, f / dy, g)[1], lh)
                     half = 0.5 * spec.window(j)
-                    scales.append(_ScalePlan(j, lvl, dx, dy, f / dx, f / dy, 0, cx, cy, half,
-                                             half, lw, lh, ox, oy))
-            groups: dict[tuple, list[_ScalePlan]] = {}
-            for sp in scales:
+                    sp = _ScalePlan(j, lvl, dx, dy, f / dx, f / dy, 0, cx, cy, half, half, lw,
+                                    lh, ox, oy)
                 groups.setdefault((sp.cx, sp.cy, sp.fx, sp.fy, sp.fi), []).append(sp)
-            plans = self._plans[spec] = list(groups.values())
+            plans = self._plans[spec] = [
+                (_Group(scs), [_Group([sp]) for sp in scs]) for scs in groups.values()]
         out = []
-        for group in plans:
-            if n * len(group) * group[0].cx * group[0].cy <= 60_000:
+        for group, singles in plans:
+            p = group.scales[0]
+            if len(singles) == 1 or n * len(singles) * p.cx * p.cy <= 60_000:
                 out.append(group)
             else:
-                out += [[sp] for sp in group]
+                out += singles
         return out
 
     def thumbnail(self, max_size: int = 2048) -> np.ndarray:
