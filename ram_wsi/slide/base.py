@@ -64,8 +64,6 @@ class _ScalePlan:
     half_y: float
     lw: int
     lh: int
-    ox: float
-    oy: float
 
 
 class _Group:
@@ -79,8 +77,8 @@ class _Group:
             return np.array([getattr(q, name) for q in scales], dtype=np.float64)[:, None]
 
         self.arrays = {"dx": col("dx"), "dy": col("dy"), "hx": col("half_x"),
-                       "hy": col("half_y"), "ox": col("ox"), "oy": col("oy"),
-                       "lw": col("lw").astype(np.int64), "lh": col("lh").astype(np.int64)}
+                       "hy": col("half_y"), "lw": col("lw").astype(np.int64),
+                       "lh": col("lh").astype(np.int64)}
 
 
 def as_locations(loc: Any) -> np.ndarray:
@@ -128,12 +126,8 @@ class GlimpseSource(abc.ABC):
     @abc.abstractmethod
     def _read_block(self, level: int, bx: int, by: int) -> np.ndarray:
         """Decode block ``(bx, by)`` of ``level`` as ``(3, bh, bw)`` uint8 (``(bh, bw, 3)`` when
-        :attr:`block_layout` is ``"hwc"``), white outside the level. Raises :class:`SlideError` if the file cannot be read."""
-
-    def _block_offsets(self, level: int) -> tuple[float, float]:
-        """Sub-pixel offset of what :meth:`_read_block` returns (OpenSlide, non-integer
-        downsamples); 0 for exact readers."""
-        return (0.0, 0.0)
+        :attr:`block_layout` is ``"hwc"``), white outside the level. Raises
+        :class:`SlideError` if the file cannot be read."""
 
     # ----------------------------------------------------------------------- pickling
     def __reduce__(self):
@@ -268,10 +262,23 @@ class GlimpseSource(abc.ABC):
             if ca >= cb or ra >= rb:
                 continue
             ox, oy = xs0[i], ys0[i]
+            by0, bx0 = ra // bh, ca // bw
+            if by0 == (rb - 1) // bh and bx0 == (cb - 1) // bw:
+                # Inside one block (most regions of a small window): one copy, no inner loops.
+                blk = blocks.get((bx0, by0))
+                if blk is None:
+                    blk = blocks[(bx0, by0)] = self._block(level, bx0, by0, use_cache)
+                ty, tx = by0 * bh, bx0 * bw
+                if hwc:
+                    out[i, ra - oy:rb - oy, ca - ox:cb - ox] = blk[ra - ty:rb - ty, ca - tx:cb - tx]
+                else:
+                    out[i, :, ra - oy:rb - oy, ca - ox:cb - ox] = \
+                        blk[:, ra - ty:rb - ty, ca - tx:cb - tx]
+                continue
             dst = out[i]
-            for by in range(ra // bh, (rb - 1) // bh + 1):
+            for by in range(by0, (rb - 1) // bh + 1):
                 ys, ye = max(ra, by * bh), min(rb, (by + 1) * bh)
-                for bx in range(ca // bw, (cb - 1) // bw + 1):
+                for bx in range(bx0, (cb - 1) // bw + 1):
                     blk = blocks.get((bx, by))
                     if blk is None:
                         blk = blocks[(bx, by)] = self._block(level, bx, by, use_cache)
@@ -342,8 +349,8 @@ class GlimpseSource(abc.ABC):
             src = np.stack(regions, 1).reshape((n * kg,) + regions[0].shape[1:]) \
                 if kg > 1 else regions[0]
             res = resample(torch.from_numpy(src).to(torch.float32),
-                           torch.from_numpy((left - x0 - arr["ox"]).T.reshape(-1)),
-                           torch.from_numpy((top - y0 - arr["oy"]).T.reshape(-1)),
+                           torch.from_numpy((left - x0).T.reshape(-1)),
+                           torch.from_numpy((top - y0).T.reshape(-1)),
                            p.fx, p.fy, g, fill=255.0 * self.fill, aligned=bool(p.fi))
             res = res.mul_(1.0 / 255.0).clamp_(0.0, 1.0).view(n, kg, 3, g, g)
             js = [q.j for q in group.scales]
@@ -368,18 +375,17 @@ class GlimpseSource(abc.ABC):
                 lvl = choose_level(f, downs)
                 dx, dy = axis[lvl]
                 lw, lh = self.info.level_dimensions[lvl]
-                ox, oy = self._block_offsets(lvl)
                 fi = integer_factor(f / dx, f / dy, g)
                 if fi and g * fi + 1 <= min(lw, lh):
                     # Centred on the exact location with width g * fi (level pixels).
                     sp = _ScalePlan(j, lvl, dx, dy, float(fi), float(fi), fi, g * fi + 1,
-                                    g * fi + 1, 0.5 * g * fi, 0.5 * g * fi, lw, lh, ox, oy)
+                                    g * fi + 1, 0.5 * g * fi, 0.5 * g * fi, lw, lh)
                 else:
                     cx = min(window_span(0.0, f / dx, g)[1], lw)
                     cy = min(window_span(0.0, f / dy, g)[1], lh)
                     half = 0.5 * spec.window(j)
                     sp = _ScalePlan(j, lvl, dx, dy, f / dx, f / dy, 0, cx, cy, half, half, lw,
-                                    lh, ox, oy)
+                                    lh)
                 groups.setdefault((sp.cx, sp.cy, sp.fx, sp.fy, sp.fi), []).append(sp)
             plans = self._plans[spec] = [
                 (_Group(scs), [_Group([sp]) for sp in scs]) for scs in groups.values()]
