@@ -9,12 +9,12 @@ from .retina import RetinaSpec, glimpse
 __version__ = "0.1.0"
 
 __all__ = [
-    "RamWsiError",
+    "CheckpointError",
     "ConfigError",
     "DataError",
-    "SlideError",
-    "CheckpointError",
+    "RamWsiError",
     "RetinaSpec",
-    "glimpse",
+    "SlideError",
     "__version__",
+    "glimpse",
 ]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from .retina import RetinaSpec, loc_to_pixels
 from .train.losses import hybrid_loss
 from .train.trainer import Trainer, build_optimizer, resolve_device
 
-__all__ = ["PAPER_NIPS", "naive_glimpse", "measure_throughput", "print_table", "mnist_table"]
+__all__ = ["PAPER_NIPS", "measure_throughput", "mnist_table", "naive_glimpse", "print_table"]
 
 # The NIPS version of the paper's table (test error, %), for the rows we reproduce.
 PAPER_NIPS: dict[str, dict[str, float]] = {
@@ -39,7 +40,7 @@ def naive_glimpse(images: torch.Tensor, loc: torch.Tensor, spec: RetinaSpec) -> 
     out = torch.zeros(b, spec.scales, c, spec.patch, spec.patch, device=images.device)
     for i in range(b):
         for j in range(spec.scales):
-            s = int(round(spec.window(j)))
+            s = round(spec.window(j))
             x0, y0 = int(px[i, 0]) - s // 2, int(px[i, 1]) - s // 2
             crop = torch.zeros(c, s, s, device=images.device)
             xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + s, w), min(y0 + s, h)

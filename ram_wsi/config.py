@@ -22,12 +22,12 @@ from .retina import RetinaSpec
 
 __all__ = [
     "DataConfig",
-    "ModelConfig",
-    "TrainConfig",
     "DistributedConfig",
     "ExperimentConfig",
-    "load_config",
+    "ModelConfig",
+    "TrainConfig",
     "apply_overrides",
+    "load_config",
 ]
 
 TASK_CANVAS = {"mnist28": 28, "translated60": 60, "cluttered60": 60, "cluttered100": 100}
@@ -253,7 +253,7 @@ class ExperimentConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     source: str | None = field(default=None, repr=False, compare=False)
 
-    def validate(self) -> "ExperimentConfig":
+    def validate(self) -> ExperimentConfig:
         self.data.validate(self.source)
         self.model.validate(self.source, self.data.canvas_size)
         self.train.validate(self.source)

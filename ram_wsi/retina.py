@@ -39,17 +39,17 @@ import torch
 from .errors import ConfigError
 
 __all__ = [
-    "RetinaSpec",
     "Pyramid",
+    "RetinaSpec",
     "build_pyramid",
-    "pyramid_levels",
     "choose_level",
-    "window_span",
-    "resample",
-    "integer_factor",
     "glimpse",
+    "integer_factor",
     "loc_to_pixels",
     "pixels_to_loc",
+    "pyramid_levels",
+    "resample",
+    "window_span",
 ]
 
 
@@ -125,7 +125,7 @@ def _support(factor: torch.Tensor | float) -> torch.Tensor | float:
 
 
 def _span_count(factor: float, g: int) -> int:
-    return int(math.ceil((g - 1) * factor + _support(factor))) + 1
+    return math.ceil((g - 1) * factor + _support(factor)) + 1
 
 
 def window_span(left: np.ndarray | float, factor: float, g: int) -> tuple[np.ndarray, int]:
@@ -303,7 +303,7 @@ class Pyramid:
 def pyramid_levels(spec: RetinaSpec) -> list[int]:
     """The 2x pyramid level each patch of ``spec`` is read from (level ``l`` = downsample
     ``2**l``, the largest not exceeding the patch's factor)."""
-    return [max(0, int(math.floor(math.log2(spec.pixel_factor(j)) + 1e-9)))
+    return [max(0, math.floor(math.log2(spec.pixel_factor(j)) + 1e-9))
             for j in range(spec.scales)]
 
 

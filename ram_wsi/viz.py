@@ -5,19 +5,20 @@ Matplotlib with the Agg backend (no display needed); files are written atomicall
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.patches import Rectangle
 
-from .io_utils import atomic_path  # noqa: E402
-from .models import RecurrentAttentionModel, RetinaSensor  # noqa: E402
-from .retina import loc_to_pixels  # noqa: E402
+from .io_utils import atomic_path
+from .models import RecurrentAttentionModel, RetinaSensor
+from .retina import loc_to_pixels
 
 __all__ = ["plot_curves", "plot_glimpses"]
 

@@ -4,8 +4,13 @@ import pytest
 import torch
 
 from ram_wsi.config import ModelConfig
-from ram_wsi.models import (ConvNet, FullyConnected, RecurrentAttentionModel, ReplaySensor,
-                            RetinaSensor)
+from ram_wsi.models import (
+    ConvNet,
+    FullyConnected,
+    RecurrentAttentionModel,
+    ReplaySensor,
+    RetinaSensor,
+)
 from ram_wsi.train.losses import hybrid_loss
 
 
@@ -63,7 +68,7 @@ def test_baseline_loss_trains_the_baseline_only():
 
 
 def test_sampled_locations_are_detached_and_follow_the_policy():
-    model, x, y, gen = _setup()
+    model, x, _y, gen = _setup()
     traj = model.unroll(RetinaSensor(x, model.spec), 16, generator=gen)
     assert not traj.locations.requires_grad
     assert traj.means.requires_grad
@@ -98,7 +103,7 @@ def test_random_glimpse_agent_has_no_policy_term():
 
 
 def test_mean_policy_is_deterministic():
-    model, x, y, _ = _setup()
+    model, x, _y, _ = _setup()
     s = RetinaSensor(x, model.spec)
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     a = model.unroll(s, 16, policy="mean", generator=g1)

@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from ram_wsi.errors import ConfigError
-from ram_wsi.retina import (RetinaSpec, build_pyramid, choose_level, glimpse, integer_factor,
-                            loc_to_pixels, resample, window_span)
+from ram_wsi.retina import (
+    RetinaSpec,
+    build_pyramid,
+    choose_level,
+    glimpse,
+    integer_factor,
+    loc_to_pixels,
+    resample,
+    window_span,
+)
 
 
 def area_reference(img: np.ndarray, cx: float, cy: float, factor: float, g: int,

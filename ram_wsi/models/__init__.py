@@ -8,8 +8,16 @@ from ..config import ModelConfig
 from .baselines import ConvNet, FullyConnected
 from .ram import RecurrentAttentionModel, ReplaySensor, RetinaSensor, Trajectory
 
-__all__ = ["RecurrentAttentionModel", "ReplaySensor", "RetinaSensor", "Trajectory",
-           "FullyConnected", "ConvNet", "build_model", "is_attention"]
+__all__ = [
+    "ConvNet",
+    "FullyConnected",
+    "RecurrentAttentionModel",
+    "ReplaySensor",
+    "RetinaSensor",
+    "Trajectory",
+    "build_model",
+    "is_attention",
+]
 
 
 def is_attention(cfg: ModelConfig) -> bool:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import ModelConfig
 
-__all__ = ["FullyConnected", "ConvNet"]
+__all__ = ["ConvNet", "FullyConnected"]
 
 
 class FullyConnected(nn.Module):

@@ -26,14 +26,14 @@ from ..config import ModelConfig
 from ..retina import RetinaSpec, build_pyramid, glimpse
 
 __all__ = [
-    "Sensor",
-    "ReplaySensor",
-    "Trajectory",
-    "GlimpseNetwork",
     "CoreNetwork",
+    "GlimpseNetwork",
     "LocationNetwork",
     "RecurrentAttentionModel",
+    "ReplaySensor",
     "RetinaSensor",
+    "Sensor",
+    "Trajectory",
 ]
 
 

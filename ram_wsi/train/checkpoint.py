@@ -16,7 +16,7 @@ import torch
 from ..errors import CheckpointError
 from ..io_utils import atomic_path
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["load_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

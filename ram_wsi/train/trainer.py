@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from .datasets import TaskData, build_task_data
 from .evaluate import evaluate, on_target_fraction
 from .losses import LossTerms, hybrid_loss
 
-__all__ = ["Trainer", "resolve_device", "build_optimizer", "lr_factor"]
+__all__ = ["Trainer", "build_optimizer", "lr_factor", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
