@@ -7,8 +7,11 @@
 Measured per (backend, slide size), at random tissue locations, one torch thread:
 
 * ``cold``: OpenSlide's tile cache at 0 bytes (it keeps nothing) and this package's block
-  cache emptied before every single glimpse (handles stay open; the OS page cache is NOT
-  dropped -- the files were just written or read, so this is "cold decode", not "cold disk").
+  cache emptied before every single glimpse (handles stay open). This is "cold decode", not
+  "cold disk": every file of the slide is read once into the OS page cache before it is
+  measured (:func:`warm_page_cache`), so that the disk and the kernel's reclaimer -- which
+  differ from machine to machine and drop the pages of a 1 GB slide within minutes here --
+  do not blur CPU figures meant to compare decoders.
 * ``warm``: every tile already decoded (Zarr: in the block cache; OpenSlide: in its own
   ``OpenSlideCache``, ``--openslide-warm-mb``); batches of ``--batch`` glimpses.
 * ``naive``: read each scale's whole extent at level 0 (no pyramid), area-downscale it -- cold as
@@ -63,6 +66,18 @@ def slide_paths(cache_dir: Path, size: int, seed: int = 0) -> dict[str, Path]:
                   "seconds": round(time.perf_counter() - t0, 2), "tiles": meta["tiles"]})
         out[fmt] = p
     return out
+
+
+def warm_page_cache(path: Path) -> float:
+    """Read every file of a slide (a file, or a store's directory tree) once, so that the OS
+    page cache holds it; returns the seconds it took."""
+    t0 = time.perf_counter()
+    files = [path] if path.is_file() else [Path(r) / f for r, _, fs in os.walk(path) for f in fs]
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while fh.read(16 << 20):
+                pass
+    return time.perf_counter() - t0
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -147,6 +162,7 @@ def bench_one(backend: str, path: Path, size: int, spec: RetinaSpec, args) -> di
     rec = {"backend": backend, "size": size, "spec": vars(spec), "tissue": mask.fraction,
            "load_avg_1m": os.getloadavg()[0]}
     src.glimpse(np.zeros((1, 2)), spec)  # handles open, imports done
+    rec["page_cache_warm_s"] = round(warm_page_cache(path), 2)
     # cold: nothing decoded is cached
     w, c = cold_run(src, locs, spec)
     rec.update(cold_glimpses_per_s=len(w) / sum(w), cold_glimpses_per_cpu_s=len(c) / sum(c),
@@ -188,6 +204,8 @@ def size_ratio(backend: str, small: Path, large: Path, spec: RetinaSpec, args) -
     locs = [tissue_mask(s, 1024).sample(args.n_cold, seed=3).astype(np.float64) for s in srcs]
     for s in srcs:
         s.glimpse(np.zeros((1, 2)), spec)
+    for p in (small, large):
+        warm_page_cache(p)
     cw, cc = [[], []], [[], []]
     k = max(1, args.n_cold // args.rounds)
     for r in range(args.rounds):
