@@ -109,21 +109,14 @@ def test_wholly_outside_regions_need_no_read(slide, monkeypatch):
     assert len(calls) == 3  # one OpenSlide read per region
 
 
-def test_non_integer_level_reads_like_blocks(tmp_path):
+def test_non_integer_level_reads_like_blocks(tmp_path, levels_tiff):
     """A level with a non-integer downsample is painted from block corners: the pixels of
     _read_block, whichever region reads them (level 1 spans 2x2 blocks: across borders too)."""
-    import tifffile
     from PIL import Image
 
     img = np.asarray(Image.fromarray(_image(3)).resize((1200, 912), Image.Resampling.NEAREST))
-    dims = [(397, 301), (121, 92)]
-    levels = [img] + [np.asarray(Image.fromarray(img).resize(d, Image.Resampling.BOX))
-                      for d in dims]
     p = tmp_path / "odd.tiff"
-    with tifffile.TiffWriter(p, bigtiff=True) as tw:
-        for i, lv in enumerate(levels):
-            tw.write(lv, tile=(64, 64), photometric="rgb", metadata=None,
-                     subfiletype=0 if i == 0 else 1)
+    levels_tiff(p, img, [(397, 301), (121, 92)])
     src = open_source(p)
     d = src.level_downsamples
     assert not float(d[1]).is_integer() and not float(d[2]).is_integer()

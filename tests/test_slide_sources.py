@@ -304,22 +304,12 @@ def test_metadata_is_plain_json(pyr):
         assert md["dimensions"] == [W, H] and md["mpp"] == pytest.approx(0.5)
 
 
-def test_non_integer_downsamples_openslide(tmp_path):
+def test_non_integer_downsamples_openslide(tmp_path, levels_tiff):
     """Levels 3.0002x and 9.88x (odd sizes): blocks away from the origin too. OpenSlide places
     non-integer levels to within a sub-pixel (a block at level pixel X is requested at level-0
     round(X * d)), so the tolerance is a few grey levels on sharp edges."""
-    import tifffile
-    from PIL import Image
-
-    img = _image(h=800, w=1000)
-    dims = [(333, 266), (101, 81)]
-    levels = [img] + [np.asarray(Image.fromarray(img).resize(d, Image.Resampling.BOX))
-                      for d in dims]
     p = tmp_path / "odd.tiff"
-    with tifffile.TiffWriter(p, bigtiff=True) as tw:
-        for i, lv in enumerate(levels):
-            tw.write(lv, tile=(64, 64), photometric="rgb", metadata=None,
-                     subfiletype=0 if i == 0 else 1)
+    levels = levels_tiff(p, _image(h=800, w=1000), [(333, 266), (101, 81)])
     src = open_source(p)
     assert src.level_downsamples[1] == pytest.approx(0.5 * (1000 / 333 + 800 / 266))
     loc = _locs(60, seed=4, lim=0.9)
