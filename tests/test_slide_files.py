@@ -141,6 +141,15 @@ def test_convert_svs_and_cli(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["levels"] == 2 and out["mpp"] == pytest.approx(0.499, abs=1e-3)
     assert ZarrSource(tmp_path / "s.zarr").dimensions == (16, 16)
+    blosc = json.loads((tmp_path / "s.zarr" / "0" / "zarr.json").read_text())["codecs"][1]
+    assert blosc["configuration"]["cname"] == "lz4hc"  # the default: fastest to read
+    assert cli([str(SLIDES / "small.svs"), str(tmp_path / "z.zarr"), "--codec", "zstd",
+                "--clevel", "3"]) == 0
+    capsys.readouterr()
+    blosc = json.loads((tmp_path / "z.zarr" / "0" / "zarr.json").read_text())["codecs"][1]
+    assert blosc["configuration"]["cname"] == "zstd" and blosc["configuration"]["clevel"] == 3
+    a, b = ZarrSource(tmp_path / "s.zarr"), ZarrSource(tmp_path / "z.zarr")
+    assert np.array_equal(a.read_region(0, 0, 0, 16, 16), b.read_region(0, 0, 0, 16, 16))
     assert cli([str(SLIDES / "unopenable.tiff"), str(tmp_path / "u.zarr")]) == 2
     assert "unopenable.tiff" in capsys.readouterr().err
     assert not (tmp_path / "u.zarr").exists()
