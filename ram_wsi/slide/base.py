@@ -6,9 +6,16 @@ reads only the level pixels :func:`~ram_wsi.retina.window_span` names, and hands
 :func:`~ram_wsi.retina.resample` with the residual factor and a white fill. The cost of a glimpse
 is therefore the cost of a few ``~(2g+2)^2`` regions, whatever the size of the slide.
 
-Reading goes through decoded *blocks* (the file's tiles, or the store's chunks) kept in one
+By default regions are assembled from decoded *blocks* (the store's chunks) kept in one
 bytes-bounded LRU per process (:mod:`ram_wsi.slide.cache`): a backend only has to decode one
 block; assembling regions, white padding outside the image and batching are done here once.
+A backend whose library reads small regions cheaply overrides :meth:`read_regions` instead
+(OpenSlide: its cost follows the pixels it paints, and it has its own tile cache).
+
+Per retina the plan (level, residual factor and region size of every scale) is computed once
+per slide. Scales whose residual factor is an integer (a power-of-two retina on a 2x or 4x
+pyramid) read their region from the window's first pixel so that ``resample`` takes its strided
+path; scales alike are resampled in one call.
 
 Coordinates: ``loc`` is ``(N, 2)`` centres ``(x, y)`` in ``[-1, 1]`` of the level-0 image
 (``(-1, -1)`` its top-left corner, ``+-1`` its border), ``x`` maps to ``(x + 1) / 2 * W``.

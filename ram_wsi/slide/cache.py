@@ -4,14 +4,15 @@ Two things are bounded here, whatever the number of slides a process touches:
 
 * **Decoded blocks** (:class:`BlockCache`): a bytes-bounded, thread-safe LRU of decoded tiles /
   chunks (``(C, h, w)`` uint8 arrays), keyed by ``(source key, level, block row, block col)``.
-  Every backend serves glimpses from it, so a warm glimpse costs a few array copies and never a
-  decode. One instance per process (:func:`block_cache`).
+  Zarr and in-memory sources serve glimpses from it, so a warm glimpse costs a few array copies
+  and never a decode. One instance per process (:func:`block_cache`).
 * **Open handles** (:class:`HandlePool`): an LRU of open slide handles (OpenSlide objects, zarr
   groups). 1,000 slides do not mean 1,000 open files; an evicted handle is closed once no reader
   is using it.
 
-OpenSlide additionally keeps its own decoded-tile cache; every OpenSlide handle gets the one
-process-wide ``openslide.OpenSlideCache`` from :func:`openslide_cache`.
+OpenSlide keeps its own decoded-tile cache, and that is the OpenSlide backend's tile cache:
+every OpenSlide handle gets the one process-wide ``openslide.OpenSlideCache`` from
+:func:`openslide_cache` (OpenSlide regions do not go through the block cache).
 
 Sizes: ``RAM_WSI_SLIDE_CACHE_BYTES`` (decoded blocks, default 256 MiB),
 ``RAM_WSI_OPENSLIDE_CACHE_BYTES`` (OpenSlide's tile cache, default 64 MiB),
