@@ -33,7 +33,9 @@ test: install
 # The benchmarks the README quotes (long: the MNIST table trains four models).
 bench: install
 	$(BIN)/python pipelines/bench_throughput.py --threads 2 --batches 128 1024 --steps 60
-	$(BIN)/python pipelines/bench_glimpse.py --sizes 8192 131072 --patch 32 --out bench-results/glimpse
+	$(BIN)/python pipelines/bench_glimpse.py --sizes 8192 131072 --patch 32 --rounds 6 --out bench-results/glimpse
+	$(BIN)/python pipelines/bench_glimpse.py --sizes 8192 131072 --patch 32 --base 2 --rounds 6 --no-memory \
+		--out bench-results/glimpse_20x
 	$(BIN)/python pipelines/bench_scaling.py --actors 1 2 4 --envs mnist slides --slide-size 8192 \
 		--data-dir $(SHARED)/mnist --out-dir bench-results/scaling
 	$(BIN)/python pipelines/bench_mnist.py --config configs/cluttered60_8g.yaml --data-dir $(SHARED)/mnist
