@@ -210,9 +210,11 @@ def resample(src: torch.Tensor, left: torch.Tensor, top: torch.Tensor, factor_x:
     if f_int and index is None and m == n and min(h, w) >= g * f_int + 1 and n:
         if aligned:
             return _resample_integer(src.to(dt), left, top, f_int, g)
-        corner = torch.stack((left, top))
-        if bool(((corner >= 0) & (corner < 1)).all()):
-            return _resample_integer(src.to(dt), left, top, f_int, g)
+        fl, ft = torch.floor(left), torch.floor(top)
+        span = g * f_int + 1
+        if (float(fl.min()) >= 0 and float(ft.min()) >= 0 and float(fl.max()) + span <= w
+                and float(ft.max()) + span <= h):
+            return _resample_integer_shifted(src.to(dt), left, top, fl, ft, f_int, g)
     ix, wx = _axis_weights(left, factor_x, g, _span_count(factor_x, g), w)
     iy, wy = _axis_weights(top, factor_y, g, _span_count(factor_y, g), h)
     ky, kx = iy.shape[1], ix.shape[1]
@@ -270,6 +272,24 @@ def _resample_integer(src: torch.Tensor, left: torch.Tensor, top: torch.Tensor, 
     strided passes (``f + 1`` taps each) instead of two dense ``K x K`` matmuls, the same
     weights. A 2x or 4x pyramid read with a power-of-two retina always lands here."""
     return _box_taps(_box_taps(src, left, f, g, -1), top, f, g, -2)
+
+
+def _resample_integer_shifted(src: torch.Tensor, left: torch.Tensor, top: torch.Tensor,
+                              fl: torch.Tensor, ft: torch.Tensor, f: int, g: int) -> torch.Tensor:
+    """:func:`_resample_integer` for windows whose corners lie anywhere inside their sources
+    (``fl``, ``ft``: their floors): one strided call per distinct integer offset (one for a
+    single window, a few for readers whose regions start a sub-pixel off)."""
+    pairs = torch.stack((fl, ft), 1).long()
+    uniq, inv = torch.unique(pairs, dim=0, return_inverse=True)
+    if uniq.shape[0] == 1:
+        x, y = uniq[0].tolist()
+        return _resample_integer(src[..., y:, x:], left - x, top - y, f, g)
+    out = src.new_empty((src.shape[0], src.shape[1], g, g))
+    for u, (x, y) in enumerate(uniq.tolist()):
+        rows = (inv == u).nonzero().squeeze(1)
+        out[rows] = _resample_integer(src[rows][..., y:, x:], left[rows] - x, top[rows] - y,
+                                      f, g)
+    return out
 
 
 @dataclass

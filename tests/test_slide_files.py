@@ -47,7 +47,9 @@ def test_boxes_tiff_levels_and_downsamples():
 @needs_shared
 def test_boxes_tiff_non_integer_level_matches_tiff_page():
     """Level 2 (downsample 4.016): the glimpse equals one computed from the TIFF page itself
-    with the per-axis geometry."""
+    with the per-axis geometry, up to OpenSlide's interpolation of a level it paints from a
+    sub-pixel position (the reader corrects the position; the blur of these hard-edged boxes
+    remains: <= 0.125 px here)."""
     import tifffile
 
     from ram_wsi.retina import resample
@@ -63,11 +65,13 @@ def test_boxes_tiff_non_integer_level_matches_tiff_page():
     full = torch.from_numpy(np.array(page)).permute(2, 0, 1)[None].float() / 255
     ref = resample(full, (px[:, 0] - half) / dx, (px[:, 1] - half) / dy, 4.02 / dx, 4.02 / dy,
                    8, fill=1.0, index=torch.zeros(20, dtype=torch.long))
-    assert float((got[:, 0] - ref).abs().max()) < 1e-4
+    err = (got[:, 0] - ref).abs()
+    assert float(err.max()) < 0.15 and float(err.mean()) < 4e-3
     # The check can fail: half a level pixel off is far off.
     off = resample(full, (px[:, 0] - half) / dx + 0.5, (px[:, 1] - half) / dy, 4.02 / dx,
                    4.02 / dy, 8, fill=1.0, index=torch.zeros(20, dtype=torch.long))
-    assert float((got[:, 0] - off).abs().max()) > 0.1
+    assert float((got[:, 0] - off).abs().max()) > 0.3
+    assert float((got[:, 0] - off).abs().mean()) > 4 * float(err.mean())
 
 
 @needs_shared

@@ -109,35 +109,55 @@ def test_wholly_outside_regions_need_no_read(slide, monkeypatch):
     assert len(calls) == 3  # one OpenSlide read per region
 
 
-def test_non_integer_level_reads_like_blocks(tmp_path, levels_tiff):
-    """A level with a non-integer downsample is painted from block corners: the pixels of
-    _read_block, whichever region reads them (level 1 spans 2x2 blocks: across borders too)."""
+def _bilinear_at(lv: np.ndarray, x: float, y: float, w: int, h: int) -> np.ndarray:
+    """``(h, w, 3)`` bilinear samples of ``lv`` at ``(x + i, y + j)`` (edge pixels repeated)."""
+    xs, ys = x + np.arange(w), y + np.arange(h)
+    x0, y0 = np.floor(xs).astype(int), np.floor(ys).astype(int)
+    tx, ty = (xs - x0)[None, :, None], (ys - y0)[:, None, None]
+    f = lv.astype(np.float64)
+
+    def at(yy, xx):
+        return f[np.clip(yy, 0, lv.shape[0] - 1)][:, np.clip(xx, 0, lv.shape[1] - 1)]
+
+    top = at(y0, x0) * (1 - tx) + at(y0, x0 + 1) * tx
+    bot = at(y0 + 1, x0) * (1 - tx) + at(y0 + 1, x0 + 1) * tx
+    return top * (1 - ty) + bot * ty
+
+
+def test_non_integer_level_reads_where_region_offsets_say(tmp_path, levels_tiff, monkeypatch):
+    """On a level with a non-integer downsample a region is one read that OpenSlide paints from
+    level pixel X / d (interpolating): it equals the level sampled at (x, y) + _region_offsets
+    (within 2 grey levels), not the exact crop; integer levels report no offset."""
     from PIL import Image
 
     img = np.asarray(Image.fromarray(_image(3)).resize((1200, 912), Image.Resampling.NEAREST))
     p = tmp_path / "odd.tiff"
-    levels_tiff(p, img, [(397, 301), (121, 92)])
+    levels = levels_tiff(p, img, [(397, 301), (121, 92)])
     src = open_source(p)
-    d = src.level_downsamples
-    assert not float(d[1]).is_integer() and not float(d[2]).is_integer()
+    assert src._region_offsets(0, np.array([5]), np.array([7])) is None
+    calls = []
+    real = openslide_source._read_rgba
+    monkeypatch.setattr(openslide_source, "_read_rgba",
+                        lambda *a: calls.append(a) or real(*a))
+    rng = np.random.default_rng(0)
     for level in (1, 2):
-        lw, lh = src.level_dimensions[level]
-        bw, bh = src.info.block_sizes[level]
-        assert (bw, bh) == (256, 256)
-        blocks = np.full((-(-lh // bh) * bh, -(-lw // bw) * bw, 3), 255, np.uint8)
-        for by in range(-(-lh // bh)):
-            for bx in range(-(-lw // bw)):
-                blocks[by * bh:(by + 1) * bh, bx * bw:(bx + 1) * bw] = src._read_block(
-                    level, bx, by)
-        full = blocks[:lh, :lw]
-        rng = np.random.default_rng(level)
-        xs, ys = _corners(lw, lh, 21, 21, rng)
-        if level == 1:  # straddling the block borders
-            xs, ys = np.append(xs, [250, 240, 250]), np.append(ys, [100, 250, 250])
-        got = src.read_regions(level, xs, ys, 21, 21)
+        d = src.level_downsamples[level]
+        assert not float(d).is_integer()
+        lv = levels[level]
+        xs = rng.integers(2, lv.shape[1] - 24, 25)
+        ys = rng.integers(2, lv.shape[0] - 24, 25)
+        calls.clear()
+        got = src.read_regions(level, xs, ys, 21, 21).transpose(0, 2, 3, 1).astype(np.float64)
+        assert len(calls) == len(xs)  # one read per region, whatever the tiles
+        ex, ey = src._region_offsets(level, xs, ys)
+        assert np.abs(ex).max() <= 0.5 / d + 1e-9 and np.abs(ex).max() > 0.02
+        far_exact = 0.0
         for i in range(len(xs)):
-            exp = _crop_white(full, int(xs[i]), int(ys[i]), 21, 21)
-            assert np.abs(got[i].astype(int) - exp).max() <= 1, (level, xs[i], ys[i])
+            want = _bilinear_at(lv, xs[i] + ex[i], ys[i] + ey[i], 21, 21)
+            assert np.abs(got[i] - want).max() <= 2.0, (level, xs[i], ys[i])
+            crop = lv[ys[i]:ys[i] + 21, xs[i]:xs[i] + 21]
+            far_exact = max(far_exact, float(np.abs(got[i] - crop).max()))
+        assert far_exact > 5.0  # the offset is real: the exact crop is not what OpenSlide gives
 
 
 def _levels_of(src, spec) -> list[int]:

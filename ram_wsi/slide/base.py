@@ -71,6 +71,7 @@ class _ScalePlan:
     half_y: float
     lw: int
     lh: int
+    margin: int = 0  # extra level pixels read on each side (sub-pixel shifted readers)
 
 
 class _Group:
@@ -135,6 +136,13 @@ class GlimpseSource(abc.ABC):
         """Decode block ``(bx, by)`` of ``level`` as ``(3, bh, bw)`` uint8 (``(bh, bw, 3)`` when
         :attr:`block_layout` is ``"hwc"``), white outside the level. Raises
         :class:`SlideError` if the file cannot be read."""
+
+    def _region_offsets(self, level: int, x0: np.ndarray, y0: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Where the regions :meth:`read_regions` returns really start, minus ``(x0, y0)``, in
+        level pixels (``(N,)`` each), or None when they start exactly there (most readers).
+        OpenSlide on a level with a non-integer downsample reads from a sub-pixel position."""
+        return None
 
     # ----------------------------------------------------------------------- pickling
     def __reduce__(self):
@@ -340,25 +348,35 @@ class GlimpseSource(abc.ABC):
                 # outside reads white), so resample takes its strided path.
                 left = pxx[None] / arr["dx"] - arr["hx"]  # (kg, n)
                 top = pxy[None] / arr["dy"] - arr["hy"]
-                x0, y0 = np.floor(left).astype(np.int64), np.floor(top).astype(np.int64)
+                x0 = np.floor(left).astype(np.int64) - p.margin
+                y0 = np.floor(top).astype(np.int64) - p.margin
             else:
                 left = (pxx[None] - arr["hx"]) / arr["dx"]
                 top = (pxy[None] - arr["hy"]) / arr["dy"]
-                x0 = window_span(left, p.fx, g)[0]
-                y0 = window_span(top, p.fy, g)[0]
+                x0 = window_span(left, p.fx, g)[0] - p.margin
+                y0 = window_span(top, p.fy, g)[0] - p.margin
                 # Only what lies inside the level: resample fills the rest white.
                 x0 = np.minimum(np.maximum(x0, 0), arr["lw"] - p.cx)
                 y0 = np.minimum(np.maximum(y0, 0), arr["lh"] - p.cy)
             regions = [self.read_regions(q.level, x0[i], y0[i], p.cx, p.cy)
                        for i, q in enumerate(group.scales)]
+            cl, ct = left - x0, top - y0  # window corners in region pixels, (kg, n)
+            exact = True
+            for i, q in enumerate(group.scales):
+                offs = self._region_offsets(q.level, x0[i], y0[i])
+                if offs is not None:
+                    exact = False
+                    cl[i] -= offs[0]
+                    ct[i] -= offs[1]
             # Windows ordered (location, scale): a group of consecutive scales lands in ``out``
             # as one slice.
             src = np.stack(regions, 1).reshape((n * kg,) + regions[0].shape[1:]) \
                 if kg > 1 else regions[0]
+            # Sub-pixel region offsets can push a corner out of [0, 1): resample then checks
+            # and takes the dense path where the strided one does not apply.
             res = resample(torch.from_numpy(src).to(torch.float32),
-                           torch.from_numpy((left - x0).T.reshape(-1)),
-                           torch.from_numpy((top - y0).T.reshape(-1)),
-                           p.fx, p.fy, g, fill=255.0 * self.fill, aligned=bool(p.fi))
+                           torch.from_numpy(cl.T.reshape(-1)), torch.from_numpy(ct.T.reshape(-1)),
+                           p.fx, p.fy, g, fill=255.0 * self.fill, aligned=bool(p.fi) and exact)
             res = res.mul_(1.0 / 255.0).clamp_(0.0, 1.0).view(n, kg, 3, g, g)
             js = [q.j for q in group.scales]
             if js == list(range(js[0], js[0] + kg)):
@@ -383,17 +401,22 @@ class GlimpseSource(abc.ABC):
                 dx, dy = axis[lvl]
                 lw, lh = self.info.level_dimensions[lvl]
                 fi = integer_factor(f / dx, f / dy, g)
-                if fi and g * fi + 1 <= min(lw, lh):
+                # A reader whose regions start a sub-pixel off reads one more pixel around
+                # them, so that the shifted window still lies inside what was read.
+                z = np.zeros(1, np.int64)
+                m = 0 if self._region_offsets(lvl, z, z) is None else 1
+                if fi and g * fi + 1 + 2 * m <= min(lw, lh):
                     # Centred on the exact location with width g * fi (level pixels).
-                    sp = _ScalePlan(j, lvl, dx, dy, float(fi), float(fi), fi, g * fi + 1,
-                                    g * fi + 1, 0.5 * g * fi, 0.5 * g * fi, lw, lh)
+                    c = g * fi + 1 + 2 * m
+                    sp = _ScalePlan(j, lvl, dx, dy, float(fi), float(fi), fi, c, c,
+                                    0.5 * g * fi, 0.5 * g * fi, lw, lh, m)
                 else:
-                    cx = min(window_span(0.0, f / dx, g)[1], lw)
-                    cy = min(window_span(0.0, f / dy, g)[1], lh)
+                    cx = min(window_span(0.0, f / dx, g)[1] + 2 * m, lw)
+                    cy = min(window_span(0.0, f / dy, g)[1] + 2 * m, lh)
                     half = 0.5 * spec.window(j)
                     sp = _ScalePlan(j, lvl, dx, dy, f / dx, f / dy, 0, cx, cy, half, half, lw,
-                                    lh)
-                groups.setdefault((sp.cx, sp.cy, sp.fx, sp.fy, sp.fi), []).append(sp)
+                                    lh, m)
+                groups.setdefault((sp.cx, sp.cy, sp.fx, sp.fy, sp.fi, sp.margin), []).append(sp)
             plans = self._plans[spec] = [
                 (_Group(scs), [_Group([sp]) for sp in scs]) for scs in groups.values()]
         out = []

@@ -28,19 +28,23 @@ under such glimpses. Raise it when glimpsing many slides round-robin (an OpenSli
 ``use_cache=False``: OpenSlide cannot bypass its cache for one read, so it simply reads (through
 OpenSlide's cache, which is bounded).
 
-Non-integer downsamples: OpenSlide addresses a level through level-0 coordinates divided by its
-own (single) downsample ``d``, so level pixel ``X`` is requested at ``round(X * d)``; when
-``X * d`` is not an integer OpenSlide shifts by the fraction (at most ``0.5 / d`` level pixels,
-interpolated). On such a level a region is painted from the top-left corner of each of the
-file's blocks it touches (``tile-width`` / ``tile-height``, grouped to >= 256 px): every level
-pixel keeps one placement whichever region reads it, the same as :meth:`OpenSlideSource._read_block`
-gives, for painting at most ``(bw + w) x (bh + h)`` pixels per region. Levels with an integer
-downsample (level 0, power-of-two pyramids) are read region by region and are pixel-exact.
+Non-integer downsamples (real slides: 3.9995, 4.016, ...): OpenSlide addresses a level through
+level-0 coordinates divided by its own (single) downsample ``d``, so level pixel ``x`` is
+requested at ``X = round(x * d)`` and OpenSlide paints the level from ``X / d`` -- up to
+``0.5 / d`` level pixels away -- interpolating bilinearly (cairo). The region is still read in
+one call; :meth:`OpenSlideSource._region_offsets` reports that sub-pixel start and the glimpse
+places its window accordingly (reading one pixel of margin), so geometry stays exact and the only
+trace is OpenSlide's interpolation (a blur of at most a quarter pixel). Painting regions from
+the file's tile corners instead -- exact inside the first tile only, shifted elsewhere -- cost
+3x more cold and 10x more warm on such slides (an 8,191^2 TIFF: 216 vs 619 cold and 330 vs
+3,220 warm glimpses/s). Levels with an integer downsample (level 0, power-of-two pyramids) are
+pixel-exact and cheaper still (OpenSlide's interpolated painting costs ~100 us a read).
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
 from pathlib import Path
@@ -99,6 +103,12 @@ def _read_rgba(slide: Any, x: int, y: int, level: int, w: int, h: int) -> tuple[
         fn(osr, buf.ctypes.data_as(ptr), x, y, level, w, h)
         return buf.view(np.uint8).reshape(h, w, 4), True
     return np.asarray(slide.read_region((x, y), level, (w, h))), False
+
+
+def _level0(v: int, d: float) -> int:
+    """The level-0 coordinate requested for level pixel ``v`` (rounded half up, as
+    :meth:`OpenSlideSource._region_offsets` assumes)."""
+    return math.floor(v * d + 0.5)
 
 
 def _put(dst: np.ndarray, px: np.ndarray, bgra: bool) -> None:
@@ -234,12 +244,10 @@ class OpenSlideSource(GlimpseSource):
 
         Each region's part inside the level is one OpenSlide ``read_region((round(x * d),
         round(y * d)), level, (w', h'))`` through this level's own handle, composited over white
-        (a region wholly outside costs no read). On a level whose downsample ``d`` is not an
-        integer, the part in each of the file's blocks is instead painted from that block's
-        top-left corner (as :meth:`_read_block` does), so that a level pixel always gets the
-        same sub-pixel placement, whichever region reads it. Cached by OpenSlide's process-wide
-        tile cache only (never the package's block cache); ``use_cache=False`` reads the same
-        way, as OpenSlide cannot bypass its cache for one read."""
+        (a region wholly outside costs no read); on a level with a non-integer ``d`` it starts
+        :meth:`_region_offsets` away from ``(x, y)``. Cached by OpenSlide's process-wide tile
+        cache only (never the package's block cache); ``use_cache=False`` reads the same way, as
+        OpenSlide cannot bypass its cache for one read."""
         import openslide
 
         xs = np.asarray(x0, dtype=np.int64).reshape(-1)
@@ -250,9 +258,7 @@ class OpenSlideSource(GlimpseSource):
             return out.transpose(0, 3, 1, 2)
         info = self.info
         lw, lh = info.level_dimensions[level]
-        bw, bh = info.block_sizes[level]
         d = info.reported_downsamples[level]
-        exact = float(d).is_integer()
         inside = (xs >= 0) & (ys >= 0) & (xs + w <= lw) & (ys + h <= lh)
         if not inside.all():
             out[~inside] = 255
@@ -268,23 +274,28 @@ class OpenSlideSource(GlimpseSource):
                 for i in idx:
                     x, y, dst = xl[i], yl[i], out[i]
                     xa, xb, ya, yb = max(x, 0), min(x + w, lw), max(y, 0), min(y + h, lh)
-                    if exact:
-                        rx, ry = round(xa * d), round(ya * d)
-                        _put(dst[ya - y:yb - y, xa - x:xb - x],
-                             *_read_rgba(s, rx, ry, level, xb - xa, yb - ya))
-                        continue
-                    for by in range(ya // bh, (yb - 1) // bh + 1):
-                        ay = by * bh
-                        sy, ey = max(ya, ay), min(yb, ay + bh)
-                        for bx in range(xa // bw, (xb - 1) // bw + 1):
-                            ax = bx * bw
-                            sx, ex = max(xa, ax), min(xb, ax + bw)
-                            rx, ry = round(ax * d), round(ay * d)
-                            px, bgra = _read_rgba(s, rx, ry, level, ex - ax, ey - ay)
-                            _put(dst[sy - y:ey - y, sx - x:ex - x], px[sy - ay:, sx - ax:], bgra)
+                    rx, ry = _level0(xa, d), _level0(ya, d)
+                    _put(dst[ya - y:yb - y, xa - x:xb - x],
+                         *_read_rgba(s, rx, ry, level, xb - xa, yb - ya))
         except openslide.OpenSlideError as e:
             raise self._read_error(level, rx, ry, e) from e
         return out.transpose(0, 3, 1, 2)
+
+    def _region_offsets(self, level: int, x0: np.ndarray, y0: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray] | None:
+        """OpenSlide reads level pixel ``X / d`` for a level-0 request ``X``: on a level whose
+        downsample ``d`` is not an integer, the region asked for at level pixel ``x`` (requested
+        at ``X = round(x * d)``) starts at ``X / d``, up to ``0.5 / d`` away, and OpenSlide
+        interpolates it there. Returns that offset so the glimpse is placed exactly."""
+        d = self.info.reported_downsamples[level]
+        if float(d).is_integer():
+            return None
+
+        def off(v: np.ndarray) -> np.ndarray:
+            a = np.maximum(np.asarray(v, dtype=np.int64), 0).astype(np.float64)
+            return (np.floor(a * d + 0.5) - a * d) / d
+
+        return off(x0), off(y0)
 
     def _read_block(self, level: int, bx: int, by: int) -> np.ndarray:
         """Block ``(bx, by)`` of ``level`` (the base class's unit; glimpses and regions do not
