@@ -85,6 +85,30 @@ def test_integer_factor_strided_path_matches_area_reference(factor):
     torch.testing.assert_close(out, dense, atol=1e-6, rtol=0)
 
 
+def test_integer_factor_path_with_windows_anywhere_in_their_source(monkeypatch):
+    """Corners beyond the first pixel (regions read with a margin, at sub-pixel offsets): one
+    strided call per distinct integer offset, equal to the dense path."""
+    from ram_wsi import retina
+
+    calls = []
+    real = retina._resample_integer_shifted
+    monkeypatch.setattr(retina, "_resample_integer_shifted",
+                        lambda *a: calls.append(a) or real(*a))
+    rng = np.random.default_rng(7)
+    n, g, f = 9, 6, 2
+    src = torch.from_numpy(rng.random((n, 3, g * f + 4, g * f + 5)).astype(np.float32))
+    left = torch.from_numpy(rng.uniform(0, 3, n).astype(np.float32))
+    top = torch.from_numpy(rng.uniform(0, 2.5, n).astype(np.float32))
+    got = resample(src, left, top, float(f), float(f), g, fill=1.0)
+    dense = resample(src, left, top, float(f), float(f), g, fill=1.0, index=torch.arange(n))
+    torch.testing.assert_close(got, dense, atol=1e-5, rtol=0)
+    one = resample(src[:1], left[:1] + 1, top[:1], float(f), float(f), g, fill=1.0)
+    torch.testing.assert_close(one, resample(src[:1], left[:1] + 1, top[:1], float(f), float(f),
+                                             g, fill=1.0, index=torch.zeros(1, dtype=torch.long)),
+                               atol=1e-5, rtol=0)
+    assert len(calls) == 2  # the strided path served both
+
+
 def test_integer_factor_tolerance():
     assert integer_factor(1.0, 1.0, 32) == 1
     assert integer_factor(4.0, 4.0, 32) == 4
