@@ -210,8 +210,8 @@ def _fast_reader(arr: Any, root: Path, ic: int | None) -> dict[str, Any] | None:
         sep = getattr(cke, "separator", "/")
         prefix = "c" + sep if getattr(cke, "name", "default") == "default" else ""
         fill = int(md.fill_value) if md.fill_value is not None else 0
-        return {"root": os.path.join(str(root), ""), "sep": sep, "prefix": prefix, "chunks": chunks, "decode": decode,
-                "fill": fill, "shard": shard}
+        return {"root": os.path.join(str(root), ""), "sep": sep, "prefix": prefix,
+                "chunks": chunks, "decode": decode, "fill": fill, "shard": shard}
     except Exception:  # noqa: BLE001 -- anything unusual: let zarr read it
         return None
 
@@ -308,7 +308,6 @@ class ZarrSource(GlimpseSource):
         out[:, :h, :w] = data[:3]
         return out
 
-
     def _read_fast(self, fast: dict[str, Any], hd: dict[str, Any], level: int, bx: int,
                    by: int) -> np.ndarray | None:
         """The decoded chunk ``(by, bx)`` as ``(3, bh, bw)`` uint8, or None to fall back."""
@@ -350,7 +349,6 @@ class ZarrSource(GlimpseSource):
         if data.shape[0] == 3:
             return data
         return None if data.shape[0] not in (1, 4) else _channels3(data)
-
 
     def _read_inner(self, shard: dict[str, Any], f: str, inner: tuple[int, ...],
                     level: int) -> bytes | None:
