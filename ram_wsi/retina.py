@@ -206,7 +206,7 @@ def resample(src: torch.Tensor, left: torch.Tensor, top: torch.Tensor, factor_x:
     dt = src.dtype if src.dtype.is_floating_point else torch.float32
     left = left.to(device=src.device, dtype=dt)
     top = top.to(device=src.device, dtype=dt)
-    f_int = integer_factor(factor_x, factor_y, g)
+    f_int = _exact_integer(factor_x, factor_y)
     if f_int and index is None and m == n and min(h, w) >= g * f_int + 1 and n:
         if aligned:
             return _resample_integer(src.to(dt), left, top, f_int, g)
@@ -238,11 +238,20 @@ def resample(src: torch.Tensor, left: torch.Tensor, top: torch.Tensor, factor_x:
 def integer_factor(factor_x: float, factor_y: float, g: int) -> int:
     """``F`` when both factors equal the integer ``F >= 1`` closely enough that treating them
     as ``F`` moves no output pixel by more than 0.01 source pixel across the patch
-    (``|factor - F| * g <= 0.02``); else 0. Such windows take the cheap strided path."""
+    (``|factor - F| * g <= 0.02``); else 0. Slide readers plan such windows with the factor
+    ``F`` exactly (re-centred), so that :func:`resample` takes its strided path."""
     f = round(float(factor_x))
     if f < 1 or abs(factor_x - f) * g > 0.02 or abs(factor_y - f) * g > 0.02:
         return 0
     return int(f)
+
+
+def _exact_integer(factor_x: float, factor_y: float) -> int:
+    """``F`` when both factors are exactly the integer ``F >= 1`` (resample then takes the
+    strided path; callers round factors with :func:`integer_factor` first), else 0."""
+    if factor_x != factor_y or not float(factor_x).is_integer() or factor_x < 1:
+        return 0
+    return int(factor_x)
 
 
 def _box_taps(x: torch.Tensor, frac: torch.Tensor, f: int, g: int, dim: int) -> torch.Tensor:

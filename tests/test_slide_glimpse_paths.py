@@ -53,7 +53,7 @@ def test_big_batches_split_scale_groups_and_agree_with_single_glimpses(tmp_path)
 @pytest.mark.parametrize("kind", ["zarr", "openslide_odd"])
 def test_strided_path_equals_dense_path(tmp_path, levels_tiff, monkeypatch, kind):
     """The strided resample must equal the dense one on the same plan (resample's own
-    integer_factor forced to 0). 'openslide_odd': levels of 1201x913 are 1.998x and 4.004x
+    integer check forced to 0). 'openslide_odd': levels of 1201x913 are 1.998x and 4.004x
     (non-integer), so OpenSlide regions start at sub-pixel offsets and are read with a margin,
     and treating factors 1.0008 / 0.9992 as 1 may move a window by 0.01 px at most."""
     from ram_wsi import retina
@@ -74,7 +74,7 @@ def test_strided_path_equals_dense_path(tmp_path, levels_tiff, monkeypatch, kind
     assert all(p.fi for g in src._plan(spec, len(locs)) for p in g.scales)
     calls = []
     with monkeypatch.context() as m:  # same plan, dense arithmetic
-        m.setattr(retina, "integer_factor", lambda *a: calls.append(a) or 0)
+        m.setattr(retina, "_exact_integer", lambda *a: calls.append(a) or 0)
         same_plan = open_source(path).glimpse(locs, spec)
     assert calls
     torch.testing.assert_close(fast, same_plan, atol=2e-5, rtol=0)
