@@ -17,7 +17,8 @@ every OpenSlide handle gets the one process-wide ``openslide.OpenSlideCache`` fr
 Sizes: ``RAM_WSI_SLIDE_CACHE_BYTES`` (decoded blocks, default 256 MiB),
 ``RAM_WSI_OPENSLIDE_CACHE_BYTES`` (OpenSlide's tile cache, default 256 MiB: it is the
 OpenSlide backend's only tile cache; 64 MiB cost a third of the slide actors' episodes/s),
-``RAM_WSI_MAX_OPEN_SLIDES`` (default 64), or :func:`set_cache_bytes` / :func:`set_max_open`
+``RAM_WSI_MAX_OPEN_SLIDES`` (open handles, default 192: OpenSlide keeps one per level read, so
+~64 slides under a 3-scale retina), or :func:`set_cache_bytes` / :func:`set_max_open`
 at run time.
 
 Fork safety: everything here is reset in a forked child (``os.register_at_fork``), so a child
@@ -249,7 +250,7 @@ _process: dict[str, Any] = {}
 _settings = {
     "block_bytes": _env_int("RAM_WSI_SLIDE_CACHE_BYTES", 256 * _MIB),
     "openslide_bytes": _env_int("RAM_WSI_OPENSLIDE_CACHE_BYTES", 256 * _MIB),
-    "max_open": _env_int("RAM_WSI_MAX_OPEN_SLIDES", 64),
+    "max_open": _env_int("RAM_WSI_MAX_OPEN_SLIDES", 192),
 }
 
 

@@ -21,9 +21,9 @@ OpenSlide regions. Why, measured on JPEG-tiled pyramidal TIFFs:
 
 Handles: ``RAM_WSI_MAX_OPEN_SLIDES`` / :func:`~ram_wsi.slide.cache.set_max_open` bound open
 *handles*, so a slide read at ``k`` levels holds up to ``k`` (at most its level count; a
-3-scale glimpse on a 2x pyramid typically 3) -- the default 64 keeps ~20 slides open at once
-under such glimpses. Raise it when glimpsing many slides round-robin (an OpenSlide open costs
-~0.5 ms for an 8k^2 TIFF, ~11 ms for a 131k^2 one).
+3-scale glimpse on a 2x pyramid typically 3) -- the default 192 keeps ~64 slides open at once
+under such glimpses, as many as one handle per slide did. Raise it when glimpsing more slides
+round-robin (an OpenSlide open costs ~0.5 ms for an 8k^2 TIFF, ~11 ms for a 131k^2 one).
 
 ``use_cache=False``: OpenSlide cannot bypass its cache for one read, so it simply reads (through
 OpenSlide's cache, which is bounded).
