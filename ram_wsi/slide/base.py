@@ -105,8 +105,9 @@ class GlimpseSource(abc.ABC):
     """A slide (or image) that serves multi-resolution glimpses lazily.
 
     Subclasses implement :meth:`_open_info` (read the geometry; raise :class:`SlideError`) and
-    :meth:`_read_block` (decode one block of a level). Everything else -- properties, region
-    reads, glimpses, thumbnails, pickling as *path + settings* -- lives here.
+    either :meth:`_read_block` (decode one block of a level; regions are assembled here) or
+    their own :meth:`read_regions`. Everything else -- properties, glimpses, thumbnails,
+    pickling as *path + settings* -- lives here.
 
     Raises:
         SlideError: naming the file and the cause, for anything wrong with the slide (missing,
@@ -115,9 +116,6 @@ class GlimpseSource(abc.ABC):
 
     backend = "abstract"
     fill = 1.0  # white: what a glimpse sees outside the slide
-    #: how :meth:`_read_block` lays out a block: ``"chw"`` ``(3, bh, bw)`` or ``"hwc"``
-    #: ``(bh, bw, 3)`` (whatever the decoder gives without a copy)
-    block_layout = "chw"
 
     def __init__(self, path: str | os.PathLike | None, **settings: Any):
         self._path = None if path is None else str(path)
@@ -131,11 +129,11 @@ class GlimpseSource(abc.ABC):
     def _open_info(self) -> SlideInfo:
         """Open the slide (lazily, through the process's handle pool) and describe it."""
 
-    @abc.abstractmethod
     def _read_block(self, level: int, bx: int, by: int) -> np.ndarray:
-        """Decode block ``(bx, by)`` of ``level`` as ``(3, bh, bw)`` uint8 (``(bh, bw, 3)`` when
-        :attr:`block_layout` is ``"hwc"``), white outside the level. Raises
-        :class:`SlideError` if the file cannot be read."""
+        """Decode block ``(bx, by)`` of ``level`` as ``(3, bh, bw)`` uint8, white outside the
+        level. Raises :class:`SlideError` if the file cannot be read. Needed by the default
+        :meth:`read_regions` only."""
+        raise NotImplementedError(f"{type(self).__name__} reads no blocks")
 
     def _region_offsets(self, level: int, x0: np.ndarray, y0: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -253,16 +251,14 @@ class GlimpseSource(abc.ABC):
     def read_regions(self, level: int, x0: np.ndarray, y0: np.ndarray, w: int, h: int,
                      use_cache: bool = True) -> np.ndarray:
         """``(N, 3, h, w)`` uint8 regions of ``level`` with top-left corners ``(x0, y0)`` (level
-        pixels, integers, may lie partly or wholly outside: the outside is white). A view of an
-        ``(N, h, w, 3)`` array for ``"hwc"`` backends.
+        pixels, integers, may lie partly or wholly outside: the outside is white).
 
         Blocks are fetched once per call however many regions share them, and only the
         intersections are copied (no per-pixel Python)."""
         x0 = np.asarray(x0, dtype=np.int64).reshape(-1)
         y0 = np.asarray(y0, dtype=np.int64).reshape(-1)
         n = x0.shape[0]
-        hwc = self.block_layout == "hwc"
-        out = np.full((n, h, w, 3) if hwc else (n, 3, h, w), 255, dtype=np.uint8)
+        out = np.full((n, 3, h, w), 255, dtype=np.uint8)
         lw, lh = self.info.level_dimensions[level]
         bw, bh = self.info.block_sizes[level]
         # Python ints from here on: numpy scalars make this loop several times slower.
@@ -284,11 +280,8 @@ class GlimpseSource(abc.ABC):
                 if blk is None:
                     blk = blocks[(bx0, by0)] = self._block(level, bx0, by0, use_cache)
                 ty, tx = by0 * bh, bx0 * bw
-                if hwc:
-                    out[i, ra - oy:rb - oy, ca - ox:cb - ox] = blk[ra - ty:rb - ty, ca - tx:cb - tx]
-                else:
-                    out[i, :, ra - oy:rb - oy, ca - ox:cb - ox] = \
-                        blk[:, ra - ty:rb - ty, ca - tx:cb - tx]
+                out[i, :, ra - oy:rb - oy, ca - ox:cb - ox] = \
+                    blk[:, ra - ty:rb - ty, ca - tx:cb - tx]
                 continue
             dst = out[i]
             for by in range(by0, (rb - 1) // bh + 1):
@@ -298,13 +291,9 @@ class GlimpseSource(abc.ABC):
                     if blk is None:
                         blk = blocks[(bx, by)] = self._block(level, bx, by, use_cache)
                     xs, xe = max(ca, bx * bw), min(cb, (bx + 1) * bw)
-                    if hwc:
-                        dst[ys - oy:ye - oy, xs - ox:xe - ox] = \
-                            blk[ys - by * bh:ye - by * bh, xs - bx * bw:xe - bx * bw]
-                    else:
-                        dst[:, ys - oy:ye - oy, xs - ox:xe - ox] = \
-                            blk[:, ys - by * bh:ye - by * bh, xs - bx * bw:xe - bx * bw]
-        return out.transpose(0, 3, 1, 2) if hwc else out
+                    dst[:, ys - oy:ye - oy, xs - ox:xe - ox] = \
+                        blk[:, ys - by * bh:ye - by * bh, xs - bx * bw:xe - bx * bw]
+        return out
 
     def read_region(self, level: int, x: int, y: int, w: int, h: int,
                     use_cache: bool = True) -> np.ndarray:
@@ -361,13 +350,11 @@ class GlimpseSource(abc.ABC):
             regions = [self.read_regions(q.level, x0[i], y0[i], p.cx, p.cy)
                        for i, q in enumerate(group.scales)]
             cl, ct = left - x0, top - y0  # window corners in region pixels, (kg, n)
-            exact = True
-            for i, q in enumerate(group.scales):
-                offs = self._region_offsets(q.level, x0[i], y0[i])
-                if offs is not None:
-                    exact = False
-                    cl[i] -= offs[0]
-                    ct[i] -= offs[1]
+            if p.margin:  # the reader's regions start a sub-pixel off (the plan probed it)
+                for i, q in enumerate(group.scales):
+                    ex, ey = self._region_offsets(q.level, x0[i], y0[i])
+                    cl[i] -= ex
+                    ct[i] -= ey
             # Windows ordered (location, scale): a group of consecutive scales lands in ``out``
             # as one slice.
             src = np.stack(regions, 1).reshape((n * kg,) + regions[0].shape[1:]) \
@@ -376,7 +363,8 @@ class GlimpseSource(abc.ABC):
             # and takes the dense path where the strided one does not apply.
             res = resample(torch.from_numpy(src).to(torch.float32),
                            torch.from_numpy(cl.T.reshape(-1)), torch.from_numpy(ct.T.reshape(-1)),
-                           p.fx, p.fy, g, fill=255.0 * self.fill, aligned=bool(p.fi) and exact)
+                           p.fx, p.fy, g, fill=255.0 * self.fill,
+                           aligned=bool(p.fi) and not p.margin)
             res = res.mul_(1.0 / 255.0).clamp_(0.0, 1.0).view(n, kg, 3, g, g)
             js = [q.j for q in group.scales]
             if js == list(range(js[0], js[0] + kg)):

@@ -181,7 +181,6 @@ class OpenSlideSource(GlimpseSource):
     """
 
     backend = "openslide"
-    block_layout = "hwc"  # as OpenSlide gives pixels: no transposing copy
 
     def __init__(self, path: str | os.PathLike, *, _validate: bool = True, **settings: Any):
         super().__init__(os.fspath(path), **settings)
@@ -296,31 +295,6 @@ class OpenSlideSource(GlimpseSource):
             return (np.floor(a * d + 0.5) - a * d) / d
 
         return off(x0), off(y0)
-
-    def _read_block(self, level: int, bx: int, by: int) -> np.ndarray:
-        """Block ``(bx, by)`` of ``level`` (the base class's unit; glimpses and regions do not
-        use it: :meth:`read_regions` reads regions directly)."""
-        import openslide
-
-        info = self.info
-        bw, bh = info.block_sizes[level]
-        lw, lh = info.level_dimensions[level]
-        d = info.reported_downsamples[level]
-        w, h = min(bw, lw - bx * bw), min(bh, lh - by * bh)
-        if w <= 0 or h <= 0:
-            return np.full((bh, bw, 3), 255, dtype=np.uint8)
-        x0, y0 = round(bx * bw * d), round(by * bh * d)
-        try:
-            with self._handle(level) as s:
-                img = s.read_region((x0, y0), level, (w, h))
-        except openslide.OpenSlideError as e:
-            raise self._read_error(level, x0, y0, e) from e
-        rgb = composite_over_white(np.asarray(img))
-        if (h, w) == (bh, bw):
-            return rgb
-        out = np.full((bh, bw, 3), 255, dtype=np.uint8)
-        out[:h, :w] = rgb
-        return out
 
     def read_level0_rgba(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """OpenSlide's own ``read_region((x, y), 0, (w, h))`` as RGBA uint8 (for conversion
