@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ import numpy as np
 
 from ..errors import SlideError
 from .base import GlimpseSource, SlideInfo
-from .cache import handle_pool
+from .cache import BlockCache, handle_pool
 
 __all__ = ["ZarrSource", "read_multiscales"]
 
@@ -113,38 +111,6 @@ def _crc32c_fn() -> Any:
         return None
 
 
-class _ShardIndexCache:
-    """Thread-safe LRU of parsed shard indexes, keyed by shard file, valid while the file's
-    size and mtime are unchanged. Bounded by entries and bytes."""
-
-    def __init__(self, max_entries: int = 256, max_bytes: int = 32 << 20):
-        self.max_entries, self.max_bytes = max_entries, max_bytes
-        self._d: OrderedDict[str, tuple[tuple[int, int], np.ndarray]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._nbytes = 0
-        self.misses = 0
-
-    def get(self, f: str, stamp: tuple[int, int]) -> np.ndarray | None:
-        with self._lock:
-            e = self._d.get(f)
-            if e is None or e[0] != stamp:
-                return None
-            self._d.move_to_end(f)
-            return e[1]
-
-    def put(self, f: str, stamp: tuple[int, int], index: np.ndarray) -> None:
-        with self._lock:
-            self.misses += 1
-            old = self._d.pop(f, None)
-            if old is not None:
-                self._nbytes -= old[1].nbytes
-            self._d[f] = (stamp, index)
-            self._nbytes += index.nbytes
-            while self._d and (len(self._d) > self.max_entries or self._nbytes > self.max_bytes):
-                _, (_, ev) = self._d.popitem(last=False)
-                self._nbytes -= ev.nbytes
-
-
 def _shard_layout(sc: Any, shard_shape: tuple[int, ...]) -> dict[str, Any] | None:
     """The sharding codec's layout when the fast path can read it (index codecs ``bytes``
     [+ ``crc32c``], a regular inner grid), else None."""
@@ -167,7 +133,9 @@ def _shard_layout(sc: Any, shard_shape: tuple[int, ...]) -> dict[str, Any] | Non
     n = int(np.prod(cps))
     return {"cps": cps, "loc": loc, "crc": crc, "crcfn": _crc32c_fn() if crc else None,
             "dtype": np.dtype("<u8" if endian == "little" else ">u8"),
-            "index_size": 16 * n + (4 if crc else 0), "cache": _ShardIndexCache()}
+            "index_size": 16 * n + (4 if crc else 0),
+            # parsed indexes by (shard file, size, mtime): a rewritten shard is parsed anew
+            "cache": BlockCache(32 << 20)}
 
 
 def _fast_reader(arr: Any, root: Path, ic: int | None) -> dict[str, Any] | None:
@@ -361,11 +329,11 @@ class ZarrSource(GlimpseSource):
             return None
         try:
             st = os.fstat(fd)
-            stamp = (st.st_size, st.st_mtime_ns)
-            index = shard["cache"].get(f, stamp)
+            key = (f, st.st_size, st.st_mtime_ns)
+            index = shard["cache"].get(key)
             if index is None:
-                index = self._parse_shard_index(shard, fd, f, st.st_size, level)
-                shard["cache"].put(f, stamp, index)
+                index = shard["cache"].put(
+                    key, self._parse_shard_index(shard, fd, f, st.st_size, level))
             off, nb = (int(v) for v in index[inner])
             if off == _MAX_U64:
                 return None
