@@ -246,34 +246,17 @@ class ZarrSource(GlimpseSource):
                         out[:, :h, :w] = data[:, :h, :w]
                         return out
                 arr = hd["arrays"][level]
-                sel: list[Any] = [0] * arr.ndim
-                sel[hd["ix"]] = slice(bx * bw, bx * bw + w)
-                sel[hd["iy"]] = slice(by * bh, by * bh + h)
-                keep = [hd["iy"], hd["ix"]]
-                if hd["ic"] is not None:
-                    sel[hd["ic"]] = slice(None)
-                    keep = [hd["ic"]] + keep
-                data = np.asarray(arr[tuple(sel)])
+                sel, keep = _selection(hd, arr.ndim, slice(bx * bw, bx * bw + w),
+                                       slice(by * bh, by * bh + h))
+                data = np.asarray(arr[sel])
         except SlideError:
             raise
         except Exception as e:
             raise SlideError(self._path, f"cannot read level {level} chunk ({by}, {bx}): "
                                          f"{type(e).__name__}: {e}") from e
         out = np.full((3, bh, bw), 255, dtype=np.uint8)
-        # Remaining axes are in their original order; bring them to (c, y, x).
-        order = sorted(keep)
-        data = np.transpose(data, [order.index(a) for a in keep]) if len(keep) == 3 else data
-        if data.ndim == 2:
-            data = data[None]
-        data = _to_uint8(data)
-        c = data.shape[0]
-        if c == 1:
-            data = np.repeat(data, 3, axis=0)
-        elif c >= 4:
-            a = data[3:4].astype(np.uint16)
-            data = ((data[:3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
-                    ).astype(np.uint8)
-        out[:, :h, :w] = data[:3]
+        data = _to_uint8(_as_cyx(data, keep))
+        out[:, :h, :w] = data[:3] if data.shape[0] in (2, 3) else _channels3(data)
         return out
 
     def _read_fast(self, fast: dict[str, Any], hd: dict[str, Any], level: int, bx: int,
@@ -304,16 +287,8 @@ class ZarrSource(GlimpseSource):
             except Exception as e:
                 raise SlideError(self._path, f"cannot decode level {level} chunk ({by}, {bx}) "
                                              f"({f}): {type(e).__name__}: {e}") from e
-        sel: list[Any] = [0] * len(chunks)
-        sel[hd["ix"]] = slice(None)
-        sel[hd["iy"]] = slice(None)
-        keep = [hd["iy"], hd["ix"]]
-        if hd["ic"] is not None:
-            sel[hd["ic"]] = slice(None)
-            keep = [hd["ic"]] + keep
-        data = data[tuple(sel)]
-        order = sorted(keep)
-        data = np.transpose(data, [order.index(a) for a in keep]) if len(keep) == 3 else data[None]
+        sel, keep = _selection(hd, len(chunks), slice(None), slice(None))
+        data = _as_cyx(data[sel], keep)
         if data.shape[0] == 3:
             return data
         return None if data.shape[0] not in (1, 4) else _channels3(data)
@@ -372,6 +347,28 @@ class ZarrSource(GlimpseSource):
             raise SlideError(self._path, f"level {level} shard {f}: its index points outside "
                                          f"the shard ({size} bytes; corrupt or truncated shard)")
         return index
+
+
+def _selection(hd: dict[str, Any], ndim: int, xs: slice, ys: slice
+               ) -> tuple[tuple[Any, ...], list[int]]:
+    """Index of an ``ndim`` array (x and y slices, every channel, 0 on other axes) and the axes
+    it keeps, channel first when there is one."""
+    sel: list[Any] = [0] * ndim
+    sel[hd["ix"]], sel[hd["iy"]] = xs, ys
+    keep = [hd["iy"], hd["ix"]]
+    if hd["ic"] is not None:
+        sel[hd["ic"]] = slice(None)
+        keep = [hd["ic"]] + keep
+    return tuple(sel), keep
+
+
+def _as_cyx(data: np.ndarray, keep: list[int]) -> np.ndarray:
+    """What :func:`_selection` picked (its axes still in their original order) as ``(c, y, x)``
+    (``c = 1`` without a channel axis)."""
+    if len(keep) == 2:
+        return data[None]
+    order = sorted(keep)
+    return np.transpose(data, [order.index(a) for a in keep])
 
 
 def _channels3(data: np.ndarray) -> np.ndarray:
