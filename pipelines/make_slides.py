@@ -12,8 +12,6 @@ classes are balanced. Slides already present (with their sidecar) are kept, so a
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 import time
@@ -21,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ram_wsi.io_utils import atomic_open
+from ram_wsi.data.manifest import write_manifest
 from ram_wsi.slide import write_synthetic_slide
 from ram_wsi.slide.ngff import publish_mode
 
@@ -53,13 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((p.name, int(meta["label"])))
         print(json.dumps({"slide": str(p), "label": meta["label"],
                           "target_center_loc": meta["target_center_loc"]}), flush=True)
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "label"])
-    w.writerows(rows)
-    with atomic_open(args.out / "manifest.csv") as fh:
-        fh.write(buf.getvalue())
-    publish_mode(args.out / "manifest.csv")
+    publish_mode(write_manifest(args.out / "manifest.csv", rows))
     print(json.dumps({"manifest": str(args.out / "manifest.csv"), "slides": len(rows),
                       "seconds": round(time.perf_counter() - t0, 2)}), flush=True)
     return 0

@@ -18,26 +18,67 @@ from typing import Any, get_type_hints
 import yaml
 
 from .errors import ConfigError
-from .retina import RetinaSpec
+from .retina import RetinaSpec, RetinaSpecError
 
 __all__ = [
     "DataConfig",
     "DistributedConfig",
     "ExperimentConfig",
+    "MnistDataConfig",
     "ModelConfig",
+    "SlideDataConfig",
     "TrainConfig",
     "apply_overrides",
+    "at_least",
+    "in_range",
     "load_config",
+    "one_of",
+    "positive",
 ]
 
 TASK_CANVAS = {"mnist28": 28, "translated60": 60, "cluttered60": 60, "cluttered100": 100}
 
 
+# ----------------------------------------------------------------------------- validators
+# One small set of checks, as zarr-python's ``parse_*`` functions: each returns the value or
+# raises a ConfigError naming the key and the file, so every section validates in a few lines.
+def one_of(value: Any, choices: tuple, key: str, src: str | None) -> Any:
+    """``value`` if it is one of ``choices`` (messages list them as ``a, b or c``)."""
+    if value not in choices:
+        names = ", ".join(map(str, choices[:-1])) + f" or {choices[-1]}"
+        raise ConfigError(f"must be {names}, got {value!r}", key=key, source=src)
+    return value
+
+
+def at_least(value: float, lo: float, key: str, src: str | None) -> float:
+    """``value`` if ``value >= lo``."""
+    if not value >= lo:
+        raise ConfigError(f"must be >= {lo:g}, got {value}", key=key, source=src)
+    return value
+
+
+def positive(value: float, key: str, src: str | None) -> float:
+    """``value`` if it is a finite number > 0."""
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"must be a positive number, got {value}", key=key, source=src)
+    return value
+
+
+def in_range(value: float, lo: float, hi: float, key: str, src: str | None, *,
+             closed_low: bool = True) -> float:
+    """``value`` if it lies in ``[lo, hi)`` (or ``(lo, hi)`` with ``closed_low=False``)."""
+    ok = (lo <= value < hi) if closed_low else (lo < value < hi)
+    if not ok:
+        left = "[" if closed_low else "("
+        raise ConfigError(f"must be in {left}{lo:g}, {hi:g}), got {value}", key=key, source=src)
+    return value
+
+
+# ----------------------------------------------------------------------------- sections
 @dataclass
-class DataConfig:
+class MnistDataConfig:
     """Where digits come from and which of the paper's tasks is built from them."""
 
-    source: str = "mnist"  # mnist (idx files in `dir`) | synthetic (generated digits) | slides
     dir: str | None = None  # idx directory; None -> ../shared/data/mnist if present
     task: str = "cluttered60"  # mnist28 | translated60 | cluttered60 | cluttered100 | custom
     kind: str | None = None  # custom task: centered | translated | cluttered
@@ -49,25 +90,8 @@ class DataConfig:
     test_fraction: float = 0.1
     eval_size: int | None = None  # size of the fixed val/test sets (None: the held-out digits)
     fallback_synthetic: bool = True  # mnist dir missing -> synthetic digits (said in the log)
-    # Slides (source: slides): a CSV manifest with columns path,label (paths relative to it).
-    manifest: str | None = None
-    retina_base: float = 1.0  # first patch's output pixel, in level-0 px (or um, below)
-    retina_units: str = "px"  # px | um (needs mpp on every slide)
-    start: str = "tissue"  # first glimpse of a slide episode: tissue (inside the mask) | uniform
 
     def validate(self, src: str | None) -> None:
-        if self.source not in ("mnist", "synthetic", "slides"):
-            raise ConfigError(f"must be mnist, synthetic or slides, got {self.source!r}",
-                              key="data.source", source=src)
-        if self.source == "slides" and not self.manifest:
-            raise ConfigError("slides need data.manifest (a CSV of path,label)",
-                              key="data.manifest", source=src)
-        if self.retina_units not in ("px", "um"):
-            raise ConfigError(f"must be px or um, got {self.retina_units!r}",
-                              key="data.retina_units", source=src)
-        if self.start not in ("tissue", "uniform"):
-            raise ConfigError(f"must be tissue or uniform, got {self.start!r}",
-                              key="data.start", source=src)
         if self.task not in (*TASK_CANVAS, "custom"):
             raise ConfigError(f"unknown task {self.task!r}; one of {sorted(TASK_CANVAS)} or custom",
                               key="data.task", source=src)
@@ -75,19 +99,57 @@ class DataConfig:
             raise ConfigError("a custom task needs data.kind and data.canvas", key="data.task",
                               source=src)
         for name in ("val_fraction", "test_fraction"):
-            v = getattr(self, name)
-            if not (0.0 <= v < 0.5):
-                raise ConfigError(f"must be in [0, 0.5), got {v}", key=f"data.{name}", source=src)
-        if self.synthetic_count < 100:
-            raise ConfigError(f"must be >= 100, got {self.synthetic_count}",
-                              key="data.synthetic_count", source=src)
+            in_range(getattr(self, name), 0.0, 0.5, f"data.{name}", src)
+        at_least(self.synthetic_count, 100, "data.synthetic_count", src)
+
+    @property
+    def canvas_size(self) -> int:
+        return int(self.canvas) if self.task == "custom" else TASK_CANVAS[self.task]
+
+
+@dataclass
+class SlideDataConfig:
+    """A CSV manifest of slides (columns path,label; paths relative to it) and the retina's
+    physical scale on them."""
+
+    manifest: str | None = None
+    retina_base: float = 1.0  # first patch's output pixel, in level-0 px (or um, below)
+    retina_units: str = "px"  # px | um (needs mpp on every slide)
+    start: str = "tissue"  # first glimpse of a slide episode: tissue (inside the mask) | uniform
+
+    def validate(self, src: str | None) -> None:
+        if not self.manifest:
+            raise ConfigError("slides need data.manifest (a CSV of path,label)",
+                              key="data.manifest", source=src)
+        one_of(self.retina_units, ("px", "um"), "data.retina_units", src)
+        one_of(self.start, ("tissue", "uniform"), "data.start", src)
+        positive(self.retina_base, "data.retina_base", src)
+
+
+@dataclass
+class DataConfig:
+    """Which data an experiment reads: ``source`` picks the section that applies.
+
+    In YAML the settings are nested (``data: {source: slides, slides: {manifest: m.csv}}``);
+    the flat form of earlier releases (``data: {task: cluttered60}``, ``--set data.task=...``)
+    still works: a flat key goes to the section that has it (the names are disjoint).
+    """
+
+    source: str = "mnist"  # mnist (idx files in mnist.dir) | synthetic (generated) | slides
+    mnist: MnistDataConfig = field(default_factory=MnistDataConfig)
+    slides: SlideDataConfig = field(default_factory=SlideDataConfig)
+
+    def validate(self, src: str | None) -> None:
+        one_of(self.source, ("mnist", "synthetic", "slides"), "data.source", src)
+        if self.source == "slides":
+            self.slides.validate(src)
+        else:
+            self.mnist.validate(src)
 
     @property
     def canvas_size(self) -> int:
         """Canvas side of an MNIST task; 0 for slides (no fixed size)."""
-        if self.source == "slides":
-            return 0
-        return int(self.canvas) if self.task == "custom" else TASK_CANVAS[self.task]
+        return 0 if self.source == "slides" else self.mnist.canvas_size
 
 
 @dataclass
@@ -116,31 +178,18 @@ class ModelConfig:
         if self.arch not in ("ram", "ram_random", "fc", "conv"):
             raise ConfigError(f"unknown arch {self.arch!r}; one of ram, ram_random, fc, conv",
                               key="model.arch", source=src)
-        if self.core not in ("rnn", "lstm"):
-            raise ConfigError(f"must be rnn or lstm, got {self.core!r}", key="model.core",
-                              source=src)
-        if self.loc_mean not in ("tanh", "clamp", "linear"):
-            raise ConfigError(f"must be tanh, clamp or linear, got {self.loc_mean!r}",
-                              key="model.loc_mean", source=src)
-        if self.first_location not in ("random", "center"):
-            raise ConfigError(f"must be random or center, got {self.first_location!r}",
-                              key="model.first_location", source=src)
-        if self.glimpses < 1:
-            raise ConfigError(f"must be >= 1, got {self.glimpses}", key="model.glimpses",
-                              source=src)
-        if not (0.0 < self.loc_std < 2.0):
-            raise ConfigError(f"must be in (0, 2), got {self.loc_std}", key="model.loc_std",
-                              source=src)
+        one_of(self.core, ("rnn", "lstm"), "model.core", src)
+        one_of(self.loc_mean, ("tanh", "clamp", "linear"), "model.loc_mean", src)
+        one_of(self.first_location, ("random", "center"), "model.first_location", src)
+        at_least(self.glimpses, 1, "model.glimpses", src)
+        in_range(self.loc_std, 0.0, 2.0, "model.loc_std", src, closed_low=False)
         for name in ("glimpse_hidden", "loc_hidden", "glimpse_out", "hidden", "fc_hidden",
                      "conv_filters"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"must be >= 1, got {getattr(self, name)}",
-                                  key=f"model.{name}", source=src)
+            at_least(getattr(self, name), 1, f"model.{name}", src)
         try:
             spec = self.retina()
-        except ConfigError as exc:
-            raise ConfigError(str(exc).split(": ", 1)[-1], key=f"model.{exc.key.split('.')[-1]}",
-                              source=src) from None
+        except RetinaSpecError as exc:  # the retina names its own field; say it as model.*
+            raise ConfigError(exc.reason, key=f"model.{exc.field}", source=src) from None
         if canvas and spec.window(0) > canvas:
             raise ConfigError(f"patch {self.patch} is larger than the {canvas}x{canvas} image",
                               key="model.patch", source=src)
@@ -187,26 +236,15 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self, src: str | None) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"must be >= 1, got {self.batch_size}", key="train.batch_size",
-                              source=src)
-        if self.epochs < 1:
-            raise ConfigError(f"must be >= 1, got {self.epochs}", key="train.epochs", source=src)
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"must be adam or sgd, got {self.optimizer!r}",
-                              key="train.optimizer", source=src)
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ConfigError(f"must be cosine, linear or constant, got {self.schedule!r}",
-                              key="train.schedule", source=src)
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"must be a positive number, got {self.lr}", key="train.lr",
-                              source=src)
+        at_least(self.batch_size, 1, "train.batch_size", src)
+        at_least(self.epochs, 1, "train.epochs", src)
+        one_of(self.optimizer, ("adam", "sgd"), "train.optimizer", src)
+        one_of(self.schedule, ("cosine", "linear", "constant"), "train.schedule", src)
+        positive(self.lr, "train.lr", src)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"must be auto, cpu or cuda[:N], got {self.device!r}",
                               key="train.device", source=src)
-        if self.eval_samples < 1:
-            raise ConfigError(f"must be >= 1, got {self.eval_samples}", key="train.eval_samples",
-                              source=src)
+        at_least(self.eval_samples, 1, "train.eval_samples", src)
 
 
 @dataclass
@@ -228,15 +266,10 @@ class DistributedConfig:
     glimpse_dtype: str = "float32"
 
     def validate(self, src: str | None) -> None:
-        if self.glimpse_dtype not in ("float32", "float16", "uint8"):
-            raise ConfigError(f"must be float32, float16 or uint8, got {self.glimpse_dtype!r}",
-                              key="distributed.glimpse_dtype", source=src)
-        if self.actors < 1:
-            raise ConfigError(f"must be >= 1, got {self.actors}", key="distributed.actors",
-                              source=src)
-        if self.mode not in ("sync", "async"):
-            raise ConfigError(f"must be sync or async, got {self.mode!r}",
-                              key="distributed.mode", source=src)
+        one_of(self.glimpse_dtype, ("float32", "float16", "uint8"), "distributed.glimpse_dtype",
+               src)
+        at_least(self.actors, 1, "distributed.actors", src)
+        one_of(self.mode, ("sync", "async"), "distributed.mode", src)
         if self.cpus_per_actor <= 0:
             raise ConfigError(f"must be > 0, got {self.cpus_per_actor}",
                               key="distributed.cpus_per_actor", source=src)
@@ -269,9 +302,35 @@ class ExperimentConfig:
         d.pop("source", None)
         return d
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str | None = None) -> ExperimentConfig:
+        """Build and validate an experiment from a mapping: a parsed YAML file, or
+        :meth:`to_dict` of a run (as actors and checkpoints receive it; the flat ``data`` keys
+        of earlier checkpoints are accepted)."""
+        cfg = _build(cls, dict(raw), "", source)
+        cfg.source = source
+        return cfg.validate()
+
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
              "distributed": DistributedConfig}
+_DATA_SECTIONS = {"mnist": MnistDataConfig, "slides": SlideDataConfig}
+_DATA_FLAT = {f.name: section for section, c in _DATA_SECTIONS.items() for f in fields(c)}
+
+
+def _nest_data(raw: dict[str, Any]) -> dict[str, Any]:
+    """Route the flat keys of a ``data`` section (the earlier form) into its sub-sections; a
+    flat key and its nested spelling in one config: the flat one wins (it is the later
+    ``--set`` in practice)."""
+    out = {k: v for k, v in raw.items() if k not in _DATA_FLAT}
+    for key, value in raw.items():
+        section = _DATA_FLAT.get(key)
+        if section is not None:
+            nested = out.get(section) or {}
+            if not isinstance(nested, dict):
+                return raw  # let the builder report the malformed section
+            out[section] = {**nested, key: value}
+    return out
 
 
 def _coerce(value: Any, typ: Any, key: str, src: str | None) -> Any:
@@ -308,6 +367,8 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, src: str | None) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"must be a mapping, got {type(raw).__name__}", key=prefix or None,
                           source=src)
+    if cls is DataConfig:
+        raw = _nest_data(raw)
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     if cls is ExperimentConfig:
@@ -316,10 +377,13 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, src: str | None) -> Any:
     for key, value in raw.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(f"unknown key; known keys: {', '.join(sorted(names))}", key=full,
+            known = names | set(_DATA_FLAT) if cls is DataConfig else names
+            raise ConfigError(f"unknown key; known keys: {', '.join(sorted(known))}", key=full,
                               source=src)
         if key in _SECTIONS and not prefix:
             kwargs[key] = _build(_SECTIONS[key], value or {}, key, src)
+        elif cls is DataConfig and key in _DATA_SECTIONS:
+            kwargs[key] = _build(_DATA_SECTIONS[key], value or {}, full, src)
         else:
             kwargs[key] = _coerce(value, hints[key], full, src)
     return cls(**kwargs)
@@ -361,6 +425,4 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             raise ConfigError("the top level must be a mapping", source=src)
         raw.setdefault("name", p.stem)
     raw = apply_overrides(raw, overrides, src)
-    cfg = _build(ExperimentConfig, raw, "", src)
-    cfg.source = src
-    return cfg.validate()
+    return ExperimentConfig.from_dict(raw, src)

@@ -38,16 +38,28 @@ import torch
 
 from .errors import ConfigError
 
+
+class RetinaSpecError(ConfigError):
+    """An impossible retina (a ``ValueError``, as :class:`ConfigError` is). ``field`` names the
+    :class:`RetinaSpec` field and ``reason`` says why, so a config can report it under its own
+    key without parsing the message."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(reason, key=f"retina.{field}")
+        self.field = field
+        self.reason = reason
+
 __all__ = [
     "Pyramid",
     "RetinaSpec",
+    "RetinaSpecError",
     "build_pyramid",
     "choose_level",
     "glimpse",
     "integer_factor",
     "loc_to_pixels",
+    "patch_levels",
     "pixels_to_loc",
-    "pyramid_levels",
     "resample",
     "window_span",
 ]
@@ -73,15 +85,14 @@ class RetinaSpec:
 
     def __post_init__(self) -> None:
         if int(self.patch) != self.patch or self.patch < 1:
-            raise ConfigError(f"must be a positive integer, got {self.patch!r}", key="retina.patch")
+            raise RetinaSpecError("patch", f"must be a positive integer, got {self.patch!r}")
         if int(self.scales) != self.scales or self.scales < 1:
-            raise ConfigError(f"must be a positive integer, got {self.scales!r}",
-                              key="retina.scales")
+            raise RetinaSpecError("scales", f"must be a positive integer, got {self.scales!r}")
         if not (self.scale_factor >= 1.0) or not math.isfinite(self.scale_factor):
-            raise ConfigError(f"must be a finite number >= 1, got {self.scale_factor!r}",
-                              key="retina.scale_factor")
+            raise RetinaSpecError("scale_factor",
+                                  f"must be a finite number >= 1, got {self.scale_factor!r}")
         if not (self.base > 0) or not math.isfinite(self.base):
-            raise ConfigError(f"must be a positive number, got {self.base!r}", key="retina.base")
+            raise RetinaSpecError("base", f"must be a positive number, got {self.base!r}")
 
     def pixel_factor(self, j: int) -> float:
         """Source units per output pixel for patch ``j``."""
@@ -99,9 +110,9 @@ class RetinaSpec:
     def check_fits(self, height: int, width: int, *, source: str = "image") -> None:
         """Reject a first patch larger than the image: such a retina cannot see detail."""
         if self.window(0) > min(height, width):
-            raise ConfigError(
-                f"the first patch ({self.window(0):g} px) is larger than the {source} "
-                f"({height}x{width})", key="retina.patch")
+            raise RetinaSpecError(
+                "patch", f"the first patch ({self.window(0):g} px) is larger than the {source} "
+                f"({height}x{width})")
 
 
 def loc_to_pixels(loc: torch.Tensor, width: float, height: float) -> torch.Tensor:
@@ -329,7 +340,7 @@ class Pyramid:
             self.batch, -1, h, w)
 
 
-def pyramid_levels(spec: RetinaSpec) -> list[int]:
+def patch_levels(spec: RetinaSpec) -> list[int]:
     """The 2x pyramid level each patch of ``spec`` is read from (level ``l`` = downsample
     ``2**l``, the largest not exceeding the patch's factor)."""
     return [max(0, math.floor(math.log2(spec.pixel_factor(j)) + 1e-9))
@@ -343,7 +354,7 @@ def build_pyramid(images: torch.Tensor, spec: RetinaSpec, fill: float = 0.0) -> 
     if not images.dtype.is_floating_point:
         images = images.float()
     b, c, h, w = images.shape
-    top = max(pyramid_levels(spec))
+    top = max(patch_levels(spec))
     mult = 2**top
     ph, pw = -h % mult, -w % mult
     x = images
@@ -376,7 +387,7 @@ def glimpse(images: torch.Tensor | Pyramid, loc: torch.Tensor, spec: RetinaSpec,
     b, c = pyr.flat.shape[:2]
     k, g = spec.scales, spec.patch
     dev, dt = pyr.flat.device, pyr.flat.dtype
-    levels = pyramid_levels(spec)
+    levels = patch_levels(spec)
     down = [2.0**lv for lv in levels]
     resid = [spec.pixel_factor(j) / down[j] for j in range(k)]
     count = max(_span_count(r, g) for r in resid)

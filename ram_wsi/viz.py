@@ -37,7 +37,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     if "train_classification" in history[0]:
         a.plot(ep, [h["train_classification"] for h in history], label="cross-entropy")
-    a.plot(ep, [1 - h.get("train_reward", 0) for h in history], label="train error (stoch.)")
+    a.plot(ep, [1 - h.get("train_accuracy", 0) for h in history], label="train error (stoch.)")
     a.set_xlabel("epoch")
     a.legend()
     a.set_title("training")
@@ -70,11 +70,11 @@ def plot_glimpses(model: RecurrentAttentionModel, images: torch.Tensor, labels: 
     model.train(was)
     pred = traj.logits.argmax(-1).cpu()
     glimpses = traj.glimpses.cpu()  # (B, T, k, C, g, g)
-    steps, k = glimpses.shape[1], glimpses.shape[2]
+    n_glimpses, k = glimpses.shape[1], glimpses.shape[2]
     h, w = images.shape[-2:]
     px = loc_to_pixels(traj.locations.clamp(-1, 1).cpu(), w, h)  # (B, T, 2)
-    fig = plt.figure(figsize=(2.4 + 1.5 * steps, 2.5 * b))
-    grid = fig.add_gridspec(b, 2 + steps, width_ratios=[2.0, 0.1] + [1.0] * steps)
+    fig = plt.figure(figsize=(2.4 + 1.5 * n_glimpses, 2.5 * b))
+    grid = fig.add_gridspec(b, 2 + n_glimpses, width_ratios=[2.0, 0.1] + [1.0] * n_glimpses)
     cmap = plt.get_cmap("autumn_r")
     fovea, widest = model.spec.window(0), model.spec.window(k - 1)
     for i in range(b):
@@ -91,8 +91,8 @@ def plot_glimpses(model: RecurrentAttentionModel, images: torch.Tensor, labels: 
         ax.add_patch(Rectangle((x0 - widest / 2 - 0.5, y0 - widest / 2 - 0.5), widest, widest,
                                fill=False, ec="lime", lw=0.6, ls=":"))
         ax.plot(px[i, :, 0] - 0.5, px[i, :, 1] - 0.5, "-", color="yellow", lw=0.8)
-        for t in range(steps):
-            col = "lime" if t == 0 else cmap(t / max(1, steps - 1))
+        for t in range(n_glimpses):
+            col = "lime" if t == 0 else cmap(t / max(1, n_glimpses - 1))
             x, y = px[i, t].tolist()
             ax.add_patch(Rectangle((x - fovea / 2 - 0.5, y - fovea / 2 - 0.5), fovea, fovea,
                                    fill=False, ec=col, lw=1.0))
@@ -102,7 +102,7 @@ def plot_glimpses(model: RecurrentAttentionModel, images: torch.Tensor, labels: 
         ax.set_ylim(h - 0.5 + fovea / 2, -0.5 - fovea / 2)
         ax.set_title(f"label {int(labels[i])}, predicted {int(pred[i])}", fontsize=8)
         ax.axis("off")
-        for t in range(steps):
+        for t in range(n_glimpses):
             ax = fig.add_subplot(grid[i, 2 + t])
             strip = torch.cat([glimpses[i, t, j] for j in range(k)], dim=2)  # (C, g, k*g)
             ax.imshow(strip[0] if strip.shape[0] == 1 else strip.permute(1, 2, 0),

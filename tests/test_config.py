@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from ram_wsi.config import load_config
+from ram_wsi.config import ExperimentConfig, load_config
 from ram_wsi.errors import ConfigError
+from ram_wsi.retina import RetinaSpec, RetinaSpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +58,56 @@ def test_overrides_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         (tmp_path / "x.yaml").write_text("a: [1,\n")
         load_config(tmp_path / "x.yaml")
+
+
+def test_flat_and_nested_data_keys_build_the_same_config(tmp_path):
+    """Configs of earlier releases put every data key flat under ``data:``; they keep working
+    and mean exactly what the nested form means."""
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("data:\n  source: slides\n  manifest: m.csv\n  retina_units: um\n"
+                    "  task: mnist28\n  eval_size: 50\n")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("data:\n  source: slides\n  slides:\n    manifest: m.csv\n"
+                      "    retina_units: um\n  mnist:\n    task: mnist28\n    eval_size: 50\n")
+    a, b = load_config(flat), load_config(nested)
+    assert a.data == b.data
+    assert a.data.slides.manifest == "m.csv" and a.data.slides.retina_units == "um"
+    assert a.data.mnist.task == "mnist28" and a.data.mnist.eval_size == 50
+    # Old and new override spellings reach the same field.
+    c = load_config(nested, ["data.task=translated60", "data.mnist.eval_size=7"])
+    assert c.data.mnist.task == "translated60" and c.data.mnist.eval_size == 7
+
+
+def test_data_errors_name_the_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  tsk: mnist28\n")
+    with pytest.raises(ConfigError, match=r"data\.tsk.*known keys.*manifest.*task") as exc:
+        load_config(p)
+    assert str(p) in str(exc.value)
+    p.write_text("data:\n  source: slides\n  slides:\n    manifest: m.csv\n    start: edge\n")
+    with pytest.raises(ConfigError, match=r"data\.start.*tissue or uniform, got 'edge'"):
+        load_config(p)
+    p.write_text("data:\n  source: slides\n")
+    with pytest.raises(ConfigError, match=r"data\.manifest"):
+        load_config(p)
+
+
+def test_from_dict_round_trips_and_reads_flat_checkpoint_dicts():
+    cfg = load_config(None, ["data.mnist.task=mnist28", "model.patch=8", "model.scales=1"])
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    old = cfg.to_dict()
+    old["data"] = {"source": "mnist", **old["data"]["mnist"]}  # a checkpoint of an earlier release
+    assert ExperimentConfig.from_dict(old) == cfg
+
+
+def test_retina_errors_are_reported_under_the_model_key(tmp_path):
+    with pytest.raises(RetinaSpecError) as exc:
+        RetinaSpec(scales=0)
+    assert exc.value.field == "scales" and isinstance(exc.value, ValueError)
+    with pytest.raises(ConfigError, match=r"config key 'model\.scale_factor'.*finite number >= 1"):
+        load_config(None, ["model.scale_factor=0.5"])
+
+
+def test_flat_override_merges_with_a_nested_section():
+    cfg = load_config(None, ["data.fallback_synthetic=false", "data.mnist.dir=/x"])
+    assert cfg.data.mnist.fallback_synthetic is False and cfg.data.mnist.dir == "/x"

@@ -13,8 +13,8 @@ import pickle
 import pytest
 import torch
 
-from ram_wsi.config import load_config
-from ram_wsi.distributed.actors import RolloutWorker, config_from_dict
+from ram_wsi.config import ExperimentConfig, load_config
+from ram_wsi.distributed.actors import RolloutWorker
 from ram_wsi.distributed.batch import EpisodeBatch, QuantizingSensor, dequantize, quantize
 from ram_wsi.distributed.learner import Learner
 from ram_wsi.models.ram import ReplaySensor
@@ -77,7 +77,7 @@ def test_replay_gradients_equal_single_process(trainer):
 def test_actor_batch_replays_exactly(trainer, dtype):
     """An actor's batch (any glimpse dtype): the learner's replay gives the actor's log-probs
     and rewards exactly, and the same gradients as a live unroll over the quantised sensor."""
-    cfg = config_from_dict({**trainer.cfg.to_dict(),
+    cfg = ExperimentConfig.from_dict({**trainer.cfg.to_dict(),
                             "distributed": {**trainer.cfg.to_dict()["distributed"],
                                             "glimpse_dtype": dtype}})
     worker = RolloutWorker(cfg, index=0)
@@ -139,11 +139,11 @@ def test_nan_batch_is_skipped_and_counted(tmp_path):
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     applied, loss = learner.update(bad)
     assert not applied and not math.isfinite(loss["total"])
-    assert tr.skipped_steps == 1 and tr.step == 0
+    assert tr.skipped_updates == 1 and tr.step == 0
     for k, v in tr.model.state_dict().items():
         assert torch.equal(v, before[k]), k
     applied, _ = learner.update(good)  # a good batch does move the weights
-    assert applied and tr.step == 1 and tr.skipped_steps == 1
+    assert applied and tr.step == 1 and tr.skipped_updates == 1
     assert any(not torch.equal(v, before[k]) for k, v in tr.model.state_dict().items())
 
 

@@ -160,7 +160,7 @@ def test_synthetic_zarr_chunks_read_back_through_zarr(slides):
 
 
 def test_glimpse_benchmark_smoke(tmp_path, capsys):
-    from ram_wsi.slide.bench import main
+    from ram_wsi.bench.glimpse import main
 
     assert main(["--sizes", "512", "1024", "--patch", "16", "--n-cold", "4", "--n-naive", "2",
                  "--batch", "8", "--warm-reps", "1", "--rounds", "2", "--no-memory",

@@ -46,7 +46,7 @@ def test_non_finite_loss_is_skipped_not_applied(tmp_path):
     x, y = tr.data.sampler.sample(8)[:2]
     x[0, 0, 0, 0] = float("nan")  # a NaN pixel poisons the glimpse of a sample at that corner
     res = tr.train_step(torch.full_like(x, float("nan")), y)
-    assert res.skipped and tr.skipped_steps == 1 and tr.step == 0
+    assert res.skipped and tr.skipped_updates == 1 and tr.step == 0
     for p, q in zip(before, tr.model.parameters()):
         assert torch.equal(p, q)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import os
 import urllib.request
 import zlib
 from collections.abc import Mapping
@@ -29,7 +30,9 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "IMAGES_MAGIC",
     "LABELS_MAGIC",
+    "MNIST_DIR_ENV",
     "MNIST_FILES",
+    "default_mnist_dir",
     "download_mnist",
     "load_mnist",
     "load_pool",
@@ -55,6 +58,8 @@ MNIST_FILES: Mapping[str, tuple[int, str]] = {
     "t10k-labels-idx1-ubyte.gz":
         (4_542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
 }
+
+MNIST_DIR_ENV = "RAM_WSI_MNIST"  # environment variable naming the default idx directory
 
 _KINDS = {IMAGES_MAGIC: ("images", 3), LABELS_MAGIC: ("labels", 1)}
 _SPLITS = {"train": "train", "t10k": "t10k", "test": "t10k"}
@@ -201,6 +206,20 @@ def load_mnist(directory: str | Path, split: str = "train") -> tuple[np.ndarray,
         raise DataError(paths[lab_stem], f"label {int(labels[bad])} at index {bad} is not a digit "
                                          "0..9")
     return images, labels.astype(np.int64)
+
+
+def default_mnist_dir() -> Path | None:
+    """``$RAM_WSI_MNIST``, else ``../shared/data/mnist`` beside the working directory or the
+    repository, if it exists."""
+    env = os.environ.get(MNIST_DIR_ENV)
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parents[2]
+    for base in (Path.cwd(), here):
+        p = base.parent / "shared" / "data" / "mnist"
+        if p.is_dir():
+            return p
+    return None
 
 
 def _has_split(directory: Path, name: str) -> bool:

@@ -19,19 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ExperimentConfig, _build
+from ..config import ExperimentConfig
+from ..data.episodes import build_env
 from ..errors import ConfigError
 from ..models import build_model, is_attention
 from ..train.losses import rewards_from_logits
 from .batch import EpisodeBatch, QuantizingSensor, quantize
-from .envs import build_env
 
-__all__ = ["RolloutWorker", "actor_class", "actor_seed", "config_from_dict"]
-
-
-def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
-    """Rebuild (and validate) a config sent as ``cfg.to_dict()``."""
-    return _build(ExperimentConfig, dict(d), "", None).validate()
+__all__ = ["RolloutWorker", "actor_class", "actor_seed"]
 
 
 def actor_seed(seed: int, index: int, incarnation: int = 0) -> int:
@@ -62,7 +57,7 @@ class RolloutWorker:
 
     def __init__(self, cfg: dict[str, Any] | ExperimentConfig, index: int = 0,
                  threads: int | None = None):
-        self.cfg = cfg if isinstance(cfg, ExperimentConfig) else config_from_dict(cfg)
+        self.cfg = cfg if isinstance(cfg, ExperimentConfig) else ExperimentConfig.from_dict(cfg)
         if not is_attention(self.cfg.model):
             raise ConfigError("distributed training needs an attention model (ram, ram_random)",
                               key="model.arch", source=self.cfg.source)

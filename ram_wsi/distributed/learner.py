@@ -1,4 +1,4 @@
-"""The learner: replays recorded episodes exactly and steps the single-process Trainer.
+"""The learner: replays recorded episodes exactly and updates through the single-process Trainer.
 
 The forward pass is rebuilt from the recorded glimpses and raw locations with
 ``model.unroll(ReplaySensor(glimpses), B, locations=locations)`` -- the very graph a live unroll
@@ -22,7 +22,8 @@ __all__ = ["Learner"]
 
 
 class Learner:
-    """Wraps a :class:`Trainer`; its ``step`` is the weights version."""
+    """Wraps a :class:`Trainer`; the trainer's ``step`` (optimiser steps applied) is the
+    weights version."""
 
     def __init__(self, trainer: Trainer, rho_clip: float = 1.0):
         self.trainer = trainer
@@ -58,7 +59,8 @@ class Learner:
 
     def update(self, batch: EpisodeBatch, off_policy: bool = False
                ) -> tuple[bool, dict[str, float]]:
-        """One optimiser step on ``batch`` (skipped, counted and logged when not finite)."""
+        """One update on ``batch``: an optimiser step, or skipped, counted and logged when the
+        loss or a gradient is not finite."""
         terms = self.loss(batch, off_policy)
         applied = self.trainer.apply_loss(terms)
         return applied, terms.as_dict()

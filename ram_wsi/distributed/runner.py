@@ -67,10 +67,10 @@ def actor_config(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config as a dict for the actors, with local paths made absolute (an actor's working
     directory need not be the driver's)."""
     d = cfg.to_dict()
-    for key in ("dir", "manifest"):
-        v = d["data"].get(key)
+    for section, key in (("mnist", "dir"), ("slides", "manifest")):
+        v = d["data"][section].get(key)
         if v and Path(v).exists():
-            d["data"][key] = str(Path(v).resolve())
+            d["data"][section][key] = str(Path(v).resolve())
     return d
 
 
@@ -190,7 +190,8 @@ class DistributedRunner:
         """``(batch, off_policy)``."""
         return self._async_batch() if self.mode == "async" else self._sync_batch()
 
-    def step(self) -> tuple[bool, dict[str, float]]:
+    def update(self) -> tuple[bool, dict[str, float]]:
+        """One update on the next batch: ``(applied, loss terms)``."""
         batch, off = self.next_batch()
         applied, loss = self.learner.update(batch, off_policy=off)
         if not applied:
@@ -198,8 +199,8 @@ class DistributedRunner:
         return applied, loss
 
     # -- the loop ---------------------------------------------------------------------------
-    def _update(self) -> dict[str, float]:
-        _, loss = self.step()
+    def _fit_update(self) -> dict[str, float]:
+        _, loss = self.update()
         if self.callback is not None:
             self.callback(self)
         return loss
@@ -221,10 +222,10 @@ class DistributedRunner:
         tr, d = self.trainer, self.cfg.distributed
         self.log(f"distributed {d.mode}: {d.actors} actors x {d.cpus_per_actor:g} CPU, "
                  f"{d.episodes_per_call} episodes per call, learner on {tr.device}; "
-                 f"{tr.steps_per_epoch} updates per epoch, epochs {tr.epoch + 1}.."
+                 f"{tr.updates_per_epoch} updates per epoch, epochs {tr.epoch + 1}.."
                  f"{self.cfg.train.epochs}")
         self._episodes_at_epoch = self.stats["episodes"]
-        return tr.fit(step=self._update, epoch_stats=self._epoch_stats,
+        return tr.fit(update=self._fit_update, epoch_stats=self._epoch_stats,
                       summary_extra=self._summary_extra)
 
     def summary(self) -> dict[str, Any]:

@@ -38,7 +38,7 @@ __all__ = [
 
 
 class Sensor(Protocol):
-    """Returns the glimpse ``(B, k, C, g, g)`` seen at step ``t`` from locations ``(B, 2)``."""
+    """Returns the glimpse ``(B, k, C, g, g)`` seen at glimpse ``t`` from locations ``(B, 2)``."""
 
     def __call__(self, t: int, loc: torch.Tensor) -> torch.Tensor: ...
 
@@ -60,10 +60,10 @@ class Trajectory:
     Attributes:
         locations: ``(B, T, 2)`` raw sampled locations (before clamping to ``[-1, 1]``); the
             sensor saw ``locations.clamp(-1, 1)``.
-        means: ``(B, T, 2)`` policy means (step 0: the first-location rule's value).
-        log_probs: ``(B, T)`` log-density of each location under the policy; 0 at step 0 and
+        means: ``(B, T, 2)`` policy means (glimpse 0: the first-location rule's value).
+        log_probs: ``(B, T)`` log-density of each location under the policy; 0 at glimpse 0 and
             wherever the location was not sampled from the policy.
-        baselines: ``(B, T)`` baseline ``b(h_{t-1})`` for the location chosen at step ``t``.
+        baselines: ``(B, T)`` baseline ``b(h_{t-1})`` for the location chosen at glimpse ``t``.
         logits: ``(B, classes)`` from the last hidden state.
         glimpses: ``(B, T, k, C, g, g)`` when kept (rollout actors send them to the learner).
         policy_mask: ``(T,)`` float, 1 where the location was drawn from the learned policy.
@@ -198,11 +198,11 @@ class RecurrentAttentionModel(nn.Module):
             device = next(self.parameters()).device
         if self.random_glimpses:
             policy = "random"
-        steps = self.cfg.glimpses
+        n_glimpses = self.cfg.glimpses
         state = self.core.initial_state(batch, device, dtype)
         locs, means, logps, bases, kept = [], [], [], [], []
-        mask = torch.zeros(steps, device=device)
-        for t in range(steps):
+        mask = torch.zeros(n_glimpses, device=device)
+        for t in range(n_glimpses):
             if t == 0:
                 if start is not None:
                     mean = start.to(device=device, dtype=dtype)
@@ -254,7 +254,7 @@ class RecurrentAttentionModel(nn.Module):
 
 
 class RetinaSensor:
-    """The live sensor over a batch of in-memory images: one pyramid, reused for every step."""
+    """The live sensor over a batch of in-memory images: one pyramid, reused for every glimpse."""
 
     def __init__(self, images: torch.Tensor, spec: RetinaSpec, fill: float = 0.0):
         self.spec = spec

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import SlideError
-from ..retina import Pyramid, RetinaSpec, build_pyramid, glimpse, pyramid_levels
+from ..retina import Pyramid, RetinaSpec, build_pyramid, glimpse, patch_levels
 from .base import GlimpseSource, SlideInfo, as_locations
 
 __all__ = ["ArraySource"]
@@ -102,7 +102,7 @@ class ArraySource(GlimpseSource):
 
     def pyramid(self, spec: RetinaSpec) -> Pyramid:
         """The 2x pyramid ``spec`` needs (built once per depth, white padding)."""
-        top = max(pyramid_levels(spec))
+        top = max(patch_levels(spec))
         pyr = self._pyramids.get(top)
         if pyr is None:
             pyr = self._pyramids[top] = build_pyramid(self._image[None], spec, fill=self.fill)

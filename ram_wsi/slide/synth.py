@@ -21,7 +21,6 @@ multi-level slide with ``openslide.mpp-x``; ``fmt="zarr"``: OME-Zarr NGFF 0.5 (z
 
 from __future__ import annotations
 
-import gzip
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,8 +33,7 @@ from ..io_utils import atomic_path
 from .ngff import create_level_array, default_compressor, ngff_attributes, publish_mode
 
 __all__ = [
-    "load_digits",
-    "pyramid_levels",
+    "pyramid_images",
     "write_pyramid_tiff",
     "write_pyramid_zarr",
     "write_synthetic_slide",
@@ -46,7 +44,7 @@ _DARK = np.array([60, 20, 95], dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- pyramids of images
-def pyramid_levels(image: np.ndarray, levels: int) -> list[np.ndarray]:
+def pyramid_images(image: np.ndarray, levels: int) -> list[np.ndarray]:
     """``levels`` uint8 ``(H_l, W_l, 3)`` levels of ``image`` made as
     :func:`ram_wsi.retina.build_pyramid` makes them (white padding, exact 2x2 means), rounded."""
     import torch
@@ -104,13 +102,13 @@ def write_pyramid_tiff(path: str | os.PathLike, image: np.ndarray, *, levels: in
                        tile: int = 64, compression: str = "none", quality: int = 95,
                        mpp: float | None = 0.5) -> Path:
     """Write ``image`` (``(H, W, 3)`` uint8) as a tiled pyramidal TIFF OpenSlide opens, levels
-    from :func:`pyramid_levels` (the in-memory retina's own pyramid)."""
+    from :func:`pyramid_images` (the in-memory retina's own pyramid)."""
     import tifffile
 
     enc = _encoder(compression, quality)
     path = Path(path)
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-        for i, lv in enumerate(pyramid_levels(image, levels)):
+        for i, lv in enumerate(pyramid_images(image, levels)):
             tw.write((enc(t) for t in _tiles_of(lv, tile)), shape=lv.shape, dtype=np.uint8,
                      **_tiff_writer_kwargs(compression, quality, tile, mpp, i))
     publish_mode(path)
@@ -119,13 +117,13 @@ def write_pyramid_tiff(path: str | os.PathLike, image: np.ndarray, *, levels: in
 
 def write_pyramid_zarr(path: str | os.PathLike, image: np.ndarray, *, levels: int = 3,
                        chunk: int = 64, mpp: float | None = 0.5) -> Path:
-    """Write ``image`` as OME-Zarr (NGFF 0.5) with :func:`pyramid_levels`'s levels."""
+    """Write ``image`` as OME-Zarr (NGFF 0.5) with :func:`pyramid_images`'s levels."""
     import zarr
 
     path = Path(path)
     with atomic_path(path, is_dir=True) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        for i, lv in enumerate(pyramid_levels(image, levels)):
+        for i, lv in enumerate(pyramid_images(image, levels)):
             arr = create_level_array(group, i, lv.shape[1], lv.shape[0], chunk)
             arr[:] = lv.transpose(2, 0, 1)
         group.attrs.update(ngff_attributes(levels, mpp, name=path.stem))
@@ -134,45 +132,31 @@ def write_pyramid_zarr(path: str | os.PathLike, image: np.ndarray, *, levels: in
 
 
 # ----------------------------------------------------------------------------- digits
-_DIGITS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+_DIGITS: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # MNIST train split, by directory
 
 
-def _default_mnist_dir() -> Path:
-    env = os.environ.get("RAM_WSI_MNIST_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
+def _train_digits(directory: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The train split of ``directory`` (:func:`ram_wsi.data.mnist.load_mnist`), read once;
+    None when there is no directory or no readable MNIST in it."""
+    from ..data.mnist import load_mnist
 
-
-def load_digits(directory: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(images (N, 28, 28) uint8, labels (N,))`` of real MNIST digits from ``directory``
-    (default ``../shared/data/mnist`` or ``$RAM_WSI_MNIST_DIR``). Raises DataError if absent."""
-    d = Path(directory) if directory else _default_mnist_dir()
-    key = str(d)
-    if key in _DIGITS:
-        return _DIGITS[key]
-    img_p, lab_p = d / "train-images-idx3-ubyte.gz", d / "train-labels-idx1-ubyte.gz"
-    if not img_p.exists() or not lab_p.exists():
-        raise DataError(d, "no MNIST idx files (train-images-idx3-ubyte.gz, "
-                           "train-labels-idx1-ubyte.gz)")
-    try:
-        with gzip.open(img_p) as fh:
-            raw = fh.read()
-        n, r, c = (int(v) for v in np.frombuffer(raw, ">i4", 3, 4))
-        images = np.frombuffer(raw, np.uint8, n * r * c, 16).reshape(n, r, c)
-        with gzip.open(lab_p) as fh:
-            rawl = fh.read()
-        labels = np.frombuffer(rawl, np.uint8, n, 8)
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(img_p, f"cannot read MNIST: {e}") from e
-    _DIGITS[key] = (images, labels)
-    return images, labels
+    if directory is None:
+        return None
+    key = str(directory)
+    if key not in _DIGITS:
+        try:
+            _DIGITS[key] = load_mnist(directory, "train")
+        except DataError:
+            return None
+    return _DIGITS[key]
 
 
 def _digit(rng: np.random.Generator, label: int | None, mnist_dir: Any) -> tuple[np.ndarray, int]:
-    try:
-        images, labels = load_digits(mnist_dir)
-    except DataError:
+    from ..data.mnist import default_mnist_dir
+
+    directory = Path(mnist_dir) if mnist_dir else default_mnist_dir()
+    digits = _train_digits(directory)
+    if digits is None:
         # No MNIST here: draw the numeral with PIL's font so the slide is still labelled.
         from PIL import Image, ImageDraw
 
@@ -180,12 +164,13 @@ def _digit(rng: np.random.Generator, label: int | None, mnist_dir: Any) -> tuple
         im = Image.new("L", (28, 28), 0)
         ImageDraw.Draw(im).text((9, 7), str(label), fill=255)
         return np.asarray(im), label
+    images, labels = digits
     if label is None:
         idx = int(rng.integers(len(labels)))
     else:
         cand = np.flatnonzero(labels == int(label))
         if cand.size == 0:
-            raise DataError(mnist_dir or _default_mnist_dir(), f"no digit with label {label}")
+            raise DataError(directory, f"no digit with label {label}")
         idx = int(cand[rng.integers(cand.size)])
     return images[idx], int(labels[idx])
 
@@ -482,7 +467,9 @@ def write_synthetic_slide(path: str | os.PathLike, size: int | tuple[int, int], 
         mpp: micrometres per level-0 pixel written to the file (None: no physical units).
         compression: TIFF tiles: ``"jpeg"`` or ``"none"`` (zarr always uses the converter's blosc codec).
         target_size: width of the target in level-0 pixels (default ``min(320, S / 8)``).
-        mnist_dir: where the MNIST idx files are (default ``../shared/data/mnist``).
+        mnist_dir: where the MNIST idx files are (default
+            :func:`ram_wsi.data.mnist.default_mnist_dir`: ``$RAM_WSI_MNIST``, else
+            ``../shared/data/mnist``); without them the digit is a drawn numeral.
 
     Returns:
         The sidecar dict also written to ``<path>.json``: ``label``, ``target_center_px``,

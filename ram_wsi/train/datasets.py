@@ -7,7 +7,6 @@ training, even inside clutter: each split draws its clutter from its own digits.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from ..config import ExperimentConfig
-from ..data.mnist import load_pool, split_indices
+from ..data.mnist import default_mnist_dir, load_pool, split_indices
 from ..data.synthetic_digits import synthetic_digits
 from ..data.tasks import EpisodeSampler, TaskSpec, task_preset
 from ..errors import DataError
@@ -39,22 +38,8 @@ class TaskData:
     classes: int = 10
 
 
-def default_mnist_dir() -> Path | None:
-    """``$RAM_WSI_MNIST``, else ``../shared/data/mnist`` beside the working directory or the
-    repository, if it exists."""
-    env = os.environ.get("RAM_WSI_MNIST")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parents[2]
-    for base in (Path.cwd(), here):
-        p = base.parent / "shared" / "data" / "mnist"
-        if p.is_dir():
-            return p
-    return None
-
-
 def task_spec(cfg: ExperimentConfig) -> TaskSpec:
-    d = cfg.data
+    d = cfg.data.mnist
     if d.task == "custom":
         return TaskSpec(kind=d.kind, canvas=int(d.canvas), clutter_pieces=d.clutter_pieces or 0,
                         clutter_size=d.clutter_size)
@@ -62,8 +47,8 @@ def task_spec(cfg: ExperimentConfig) -> TaskSpec:
 
 
 def _load_digits(cfg: ExperimentConfig, log) -> tuple[np.ndarray, np.ndarray, str]:
-    d = cfg.data
-    if d.source == "mnist":
+    d = cfg.data.mnist
+    if cfg.data.source == "mnist":
         directory = Path(d.dir) if d.dir else default_mnist_dir()
         if directory is not None and directory.is_dir():
             images, labels = load_pool(directory)
@@ -82,7 +67,7 @@ def split_digits(cfg: ExperimentConfig, log=print
     """The config's digit pool and its train / val / test index split. The one place the split
     is made: the trainer and the Ray actors must train on the same digits."""
     images, labels, desc = _load_digits(cfg, log)
-    split = split_indices(labels, cfg.data.val_fraction, cfg.data.test_fraction,
+    split = split_indices(labels, cfg.data.mnist.val_fraction, cfg.data.mnist.test_fraction,
                           seed=cfg.train.seed)
     return images, labels, desc, split
 
@@ -99,7 +84,7 @@ def build_task_data(cfg: ExperimentConfig, device: torch.device | str = "cpu",
                               spec, seed=seed, device=dev)
 
     def fixed(idx: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = cfg.data.eval_size or len(idx)
+        n = cfg.data.mnist.eval_size or len(idx)
         return sampler(idx, seed).fixed_set(n, seed=seed)
 
     train = sampler(tr, cfg.train.seed + 100)
@@ -107,5 +92,5 @@ def build_task_data(cfg: ExperimentConfig, device: torch.device | str = "cpu",
     val = fixed(va, 10_001) if len(va) else fixed(tr, 10_001)
     test = fixed(te, 20_002) if len(te) else val
     desc += f"; split {len(tr)}/{len(va)}/{len(te)} train/val/test digits"
-    return TaskData(cfg.data.task, train, val[:2], test[:2], spec.canvas, len(tr), desc,
+    return TaskData(cfg.data.mnist.task, train, val[:2], test[:2], spec.canvas, len(tr), desc,
                     test_centers=test[2])

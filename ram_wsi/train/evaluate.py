@@ -11,9 +11,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.tasks import DIGIT_SIZE
 from ..models import RecurrentAttentionModel, RetinaSensor
 
-__all__ = ["evaluate", "on_target_fraction"]
+__all__ = ["ON_TARGET_HALF_PX", "evaluate", "on_target_fraction", "on_target_half_width"]
+
+ON_TARGET_HALF_PX = DIGIT_SIZE / 2
+"""14 px: half a 28-px MNIST digit. A glimpse centred within this many canvas pixels of the
+digit's centre (per axis) lies inside the digit's 28x28 box, i.e. it is on target."""
+
+
+def on_target_half_width(canvas: int) -> float:
+    """:data:`ON_TARGET_HALF_PX` (14 px, half a 28-px digit) in ``[-1, 1]`` units of a square
+    canvas of side ``canvas`` pixels: the ``half_width`` of :func:`on_target_fraction`."""
+    return ON_TARGET_HALF_PX / (canvas / 2)
 
 
 @torch.no_grad()
@@ -53,8 +64,9 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, sa
 def on_target_fraction(model: RecurrentAttentionModel, images: torch.Tensor,
                        centers: torch.Tensor, half_width: float, *, policy: str = "sample",
                        batch_size: int = 1000, seed: int = 4321) -> float:
-    """Fraction of the policy's glimpses (steps 2..T) centred within ``half_width`` (in [-1, 1]
-    units, per axis) of the target's centre: did the agent learn *where* to look?"""
+    """Fraction of the policy's glimpses (the 2nd to the T-th) centred within ``half_width``
+    (in [-1, 1] units, per axis; :func:`on_target_half_width` for a digit) of the target's
+    centre: did the agent learn *where* to look?"""
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     hits, total = 0, 0

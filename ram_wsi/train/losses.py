@@ -28,11 +28,11 @@ class LossTerms:
     classification: torch.Tensor
     reinforce: torch.Tensor
     baseline: torch.Tensor
-    reward: torch.Tensor  # mean reward (accuracy of the stochastic rollout)
+    accuracy: torch.Tensor  # mean of the 0/1 reward: accuracy of the stochastic rollout
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(getattr(self, k).detach()) for k in
-                ("total", "classification", "reinforce", "baseline", "reward")}
+                ("total", "classification", "reinforce", "baseline", "accuracy")}
 
 
 def rewards_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

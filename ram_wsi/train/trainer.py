@@ -1,5 +1,11 @@
 """Single-process trainer: CPU or CUDA, big batches, schedule, early stopping, resumable.
 
+Vocabulary: a *step* is one applied optimiser update (``Trainer.step`` counts them; the schedule,
+the checkpoint's ``"step"`` and the summary's ``"steps"`` use that count). An *update* is one
+attempt on one batch -- loss, backward, and the optimiser step unless the loss or a gradient is
+not finite (then the update is skipped and counted in ``skipped_updates``). Within an episode
+the model takes *glimpses* (index ``t`` in :mod:`ram_wsi.models.ram`), never steps.
+
 The Ray learner (``ram_wsi.distributed``) reuses :meth:`Trainer.apply_loss`, the optimiser and the
 checkpoint format, so the two paths cannot drift apart.
 """
@@ -23,7 +29,7 @@ from ..models import RecurrentAttentionModel, RetinaSensor, build_model
 from ..models.ram import Trajectory
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import TaskData, build_task_data
-from .evaluate import evaluate, on_target_fraction
+from .evaluate import evaluate, on_target_fraction, on_target_half_width
 from .losses import LossTerms, hybrid_loss
 
 __all__ = ["Trainer", "build_optimizer", "lr_factor", "resolve_device"]
@@ -37,7 +43,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
-    """Multiplier of the base learning rate at ``step`` (paper: linear decay to 0)."""
+    """Multiplier of the base learning rate after ``step`` optimiser steps of ``total``
+    (paper: linear decay to 0)."""
     if warmup and step < warmup:
         return (step + 1) / warmup
     frac = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -93,15 +100,15 @@ class Trainer:
                                      self.data.classes).to(self.device)
         self.attention = isinstance(self.model, RecurrentAttentionModel)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.steps_per_epoch = t.steps_per_epoch or max(
+        self.updates_per_epoch = t.steps_per_epoch or max(
             1, self.data.train_size // t.batch_size)
-        self.total_steps = self.steps_per_epoch * t.epochs
+        self.total_steps = self.updates_per_epoch * t.epochs  # the schedule's length
         self.policy_gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)
-        self.step = 0
+        self.step = 0  # optimiser steps applied (the weights version)
         self.epoch = 0
         self.best_error = float("inf")
         self.bad_epochs = 0
-        self.skipped_steps = 0
+        self.skipped_updates = 0  # batches whose update was skipped (non-finite)
         self.out_dir = cfg.out_dir
         self.history: list[dict[str, Any]] = []
         self._unroll = self.model.unroll if self.attention else None
@@ -141,7 +148,7 @@ class Trainer:
         self._set_lr()
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(terms.total):
-            self.skipped_steps += 1
+            self.skipped_updates += 1
             self.log(f"step {self.step}: non-finite loss, batch skipped")
             return False
         terms.total.backward()
@@ -150,7 +157,7 @@ class Trainer:
                                         clip if clip else float("inf"))
         if not torch.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_steps += 1
+            self.skipped_updates += 1
             self.log(f"step {self.step}: non-finite gradient, batch skipped")
             return False
         self.optimizer.step()
@@ -158,6 +165,7 @@ class Trainer:
         return True
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
+        """One update on ``(images, labels)``: an optimiser step unless it is skipped."""
         terms = self.loss(images, labels)
         applied = self.apply_loss(terms)
         return StepResult(terms.as_dict(), not applied)
@@ -210,26 +218,26 @@ class Trainer:
         return True
 
     # -- the loop ---------------------------------------------------------------------------
-    def _local_step(self) -> dict[str, float]:
+    def _local_update(self) -> dict[str, float]:
         x, y = self.data.sampler.sample(self.cfg.train.batch_size)[:2]
         return self.train_step(x, y).loss
 
     def fit(self, until_epoch: int | None = None, *,
-            step: Callable[[], dict[str, float]] | None = None,
+            update: Callable[[], dict[str, float]] | None = None,
             epoch_stats: Callable[[float], dict[str, Any]] | None = None,
             summary_extra: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
         """Train until the epoch budget, early stopping, or ``max_minutes``; then test.
 
         ``until_epoch`` stops early at that epoch (an interruption, as far as the schedule and
         the checkpoint are concerned: a later ``resume()`` + ``fit()`` continues exactly).
-        ``step`` replaces the local update (the Ray runner passes one that takes a batch from
+        ``update`` replaces the local update (the Ray runner passes one that takes a batch from
         its actors and returns the loss terms); ``epoch_stats`` adds to each metrics row and
         ``summary_extra`` to the summary -- one epoch loop for both kinds of training.
         """
         from tqdm.auto import tqdm
 
         t = self.cfg.train
-        step = step or self._local_step
+        update = update or self._local_update
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.out_dir / "config.json", self.cfg.to_dict())
         metrics_path = self.out_dir / "metrics.jsonl"
@@ -240,13 +248,13 @@ class Trainer:
         while self.epoch < last:
             t0 = time.time()
             sums: dict[str, float] = {}
-            bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{t.epochs}",
+            bar = tqdm(range(self.updates_per_epoch), desc=f"epoch {self.epoch + 1}/{t.epochs}",
                        disable=not (t.progress and sys.stderr.isatty()), leave=False)
             for _ in bar:
-                loss = step()
+                loss = update()
                 for k, v in loss.items():
                     sums[k] = sums.get(k, 0.0) + v
-                bar.set_postfix(loss=f"{loss['total']:.3f}", acc=f"{loss['reward']:.3f}")
+                bar.set_postfix(loss=f"{loss['total']:.3f}", acc=f"{loss['accuracy']:.3f}")
             train_time = time.time() - t0
             self.epoch += 1
             errors = self.evaluate("val")
@@ -259,15 +267,15 @@ class Trainer:
                 self.bad_epochs += 1
             row = {"epoch": self.epoch, "step": self.step,
                    "lr": self.optimizer.param_groups[0]["lr"],
-                   **{f"train_{k}": v / self.steps_per_epoch for k, v in sums.items()},
+                   **{f"train_{k}": v / self.updates_per_epoch for k, v in sums.items()},
                    **{f"val_{k}": v for k, v in errors.items()},
-                   "images_per_s": self.steps_per_epoch * t.batch_size / max(train_time, 1e-9),
-                   "skipped_steps": self.skipped_steps, "elapsed_s": time.time() - start,
+                   "images_per_s": self.updates_per_epoch * t.batch_size / max(train_time, 1e-9),
+                   "skipped_updates": self.skipped_updates, "elapsed_s": time.time() - start,
                    **(epoch_stats(train_time) if epoch_stats else {})}
             self.history.append(row)
             append_jsonl(metrics_path, row)
             self.log(f"epoch {self.epoch}: loss {row['train_total']:.3f} "
-                     f"train-acc {row['train_reward']:.3f} val err (mean policy) "
+                     f"train-acc {row['train_accuracy']:.3f} val err (mean policy) "
                      f"{errors['error_mean']:.2f}% stoch {errors['error_stochastic']:.2f}% "
                      f"{row['images_per_s']:.0f} img/s")
             if improved:
@@ -298,10 +306,9 @@ class Trainer:
                    **{f"test_{k}": v for k, v in test.items()},
                    "test_size": int(self.data.test[1].shape[0])}
         if self.attention and self.data.test_centers is not None:
-            # The digit's 28x28 box, in [-1, 1] units of the canvas.
             x, _ = self.data.test
             summary["test_on_target"] = on_target_fraction(
-                self.model, x, self.data.test_centers, 14.0 / (self.data.canvas / 2))
+                self.model, x, self.data.test_centers, on_target_half_width(self.data.canvas))
         summary.update(extra or {})
         write_json(self.out_dir / "summary.json", summary)
         if self.history:

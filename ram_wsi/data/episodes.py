@@ -1,29 +1,30 @@
-"""Episode environments that live inside a rollout actor.
+"""Episode sources (environments) for the MNIST tasks and for slides.
 
 An environment turns "give me ``B`` episodes" into a live sensor, the labels, and optionally the
-first locations. It is built *inside* the actor from the config (a plain dict) -- the digits are
-loaded, or the slides opened, by the process that reads them; only paths travel.
+first locations. It is built from the config by the process that runs the episodes (a Ray
+rollout actor: the config travels as a plain dict) -- the digits are loaded, or the slides
+opened, by the process that reads them; only paths travel.
 
 * :class:`MnistEnv`: the paper's tasks, from the same digit pool and train split as the
   single-process trainer (:func:`ram_wsi.train.datasets.build_task_data`), with its own seed.
-* :class:`SlideEnv`: a CSV manifest ``path,label`` (paths relative to the manifest). An episode
+* :class:`SlideEnv`: a CSV manifest ``path,label`` (:mod:`.manifest`). An episode
   picks a slide uniformly, starts inside tissue (or uniformly), and every glimpse is read lazily
   through ``source.glimpse``.
 """
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ..config import ExperimentConfig
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..models import RetinaSensor
 from ..retina import RetinaSpec
+from .manifest import read_manifest
+from .tasks import EpisodeSampler
 
 __all__ = [
     "Env",
@@ -32,7 +33,6 @@ __all__ = [
     "SlideSensor",
     "build_env",
     "env_shape",
-    "read_manifest",
 ]
 
 
@@ -53,7 +53,6 @@ class MnistEnv:
     classes = 10
 
     def __init__(self, cfg: ExperimentConfig, seed: int, log=lambda *_: None):
-        from ..data.tasks import EpisodeSampler
         from ..train.datasets import split_digits, task_spec
 
         images, labels, self.description, (tr, _, _) = split_digits(cfg, log)
@@ -64,31 +63,6 @@ class MnistEnv:
     def episodes(self, batch: int):
         x, y, _ = self.sampler.sample(batch)
         return RetinaSensor(x, self.spec), y, None
-
-
-def read_manifest(path: str | Path) -> tuple[list[str], list[int], list[str]]:
-    """``(paths, label indices, class names)`` from a ``path,label`` CSV.
-
-    Paths are resolved against the manifest's folder. Labels that are all integers are used as
-    class indices; otherwise the sorted distinct labels are the classes.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "slide manifest not found")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "path" not in rows[0] or "label" not in rows[0]:
-        raise DataError(path, "manifest needs a header with columns path,label and >= 1 row")
-    paths = [str((path.parent / r["path"]).resolve()) if not Path(r["path"]).is_absolute()
-             else r["path"] for r in rows]
-    raw = [r["label"].strip() for r in rows]
-    if all(v.lstrip("-").isdigit() for v in raw):
-        labels = [int(v) for v in raw]
-        names = [str(i) for i in range(max(labels) + 1)]
-    else:
-        names = sorted(set(raw))
-        labels = [names.index(v) for v in raw]
-    return paths, labels, names
 
 
 def _open_source(path: str):
@@ -105,7 +79,7 @@ def _tissue_sampler(source: Any):
 
 
 class SlideSensor:
-    """Reads each step's glimpses lazily from the episode's slide."""
+    """Reads each glimpse's patches lazily from the episode's slide."""
 
     def __init__(self, sources: list[Any], slide_idx: np.ndarray, spec: RetinaSpec, units: str):
         self.sources = sources
@@ -130,7 +104,7 @@ class SlideEnv:
     channels = 3
 
     def __init__(self, cfg: ExperimentConfig, seed: int, log=lambda *_: None):
-        d = cfg.data
+        d = cfg.data.slides
         if not d.manifest:
             raise ConfigError("slides need data.manifest", key="data.manifest")
         self.paths, self.labels, self.class_names = read_manifest(d.manifest)
@@ -172,7 +146,7 @@ class SlideEnv:
 def env_shape(cfg: ExperimentConfig) -> tuple[int, int]:
     """``(channels, classes)`` of the model the config's environment needs."""
     if cfg.data.source == "slides":
-        _, _, names = read_manifest(cfg.data.manifest)
+        _, _, names = read_manifest(cfg.data.slides.manifest)
         return 3, max(2, len(names))
     return 1, 10
 

@@ -38,21 +38,33 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..retina import RetinaSpec, resample
-from . import cache as slide_cache
-from . import open_source, tissue_mask, write_synthetic_slide
+from ..slide import cache as slide_cache
+from ..slide import open_source, tissue_mask, write_synthetic_slide
+from . import _report
+
+__all__ = ["build_parser", "main", "naive_glimpse"]
 
 RESULTS: list[dict] = []
 
+# Options that are plain ints, as (flag, default): the timed phases, and the memory check's
+# (which the memory child process is handed again, see ``_memory_child_argv``).
+PHASE_OPTS = (("--n-cold", 300), ("--n-naive", 100), ("--batch", 256), ("--warm-reps", 10),
+              ("--threads", 1))
+MEM_OPTS = (("--mem-slides", 50), ("--mem-glimpses", 10000), ("--mem-size", 4096),
+            ("--mem-cache-mb", 128), ("--mem-openslide-mb", 32), ("--mem-max-open", 16))
+# What the memory child process needs from the parent's arguments besides MEM_OPTS.
+CHILD_FLAGS = ("--cache-dir", "--patch", "--scales", "--scale-factor", "--base", "--threads")
+
 
 def emit(rec: dict) -> None:
-    RESULTS.append(rec)
-    print(json.dumps(rec), flush=True)
+    _report.emit(rec, RESULTS)
 
 
 def slide_paths(cache_dir: Path, size: int, seed: int = 0) -> dict[str, Path]:
@@ -153,16 +165,26 @@ def set_phase(cold: bool, args) -> None:
                                 openslide_bytes=0 if cold else args.openslide_warm_mb << 20)
 
 
-def bench_one(backend: str, path: Path, size: int, spec: RetinaSpec, args) -> dict:
+def cold_start(paths: list[Path], spec: RetinaSpec, args, seed: int):
+    """The prelude of a cold measurement: empty caches, the cold phase, the slides opened,
+    ``--n-cold`` tissue locations on each, one untimed glimpse each (handles open, imports
+    done) and their files in the page cache. Returns ``(sources, masks, locations, seconds
+    spent warming the page cache per slide)``."""
     slide_cache.clear_caches()
     set_phase(True, args)
-    src = open_source(path)
-    mask = tissue_mask(src, 1024)
-    locs = mask.sample(args.n_cold, seed=1).astype(np.float64)
+    srcs = [open_source(p) for p in paths]
+    masks = [tissue_mask(s, 1024) for s in srcs]
+    locs = [m.sample(args.n_cold, seed=seed).astype(np.float64) for m in masks]
+    load_avg = os.getloadavg()[0]
+    for s in srcs:
+        s.glimpse(np.zeros((1, 2)), spec)
+    return srcs, masks, locs, [warm_page_cache(p) for p in paths], load_avg
+
+
+def bench_one(backend: str, path: Path, size: int, spec: RetinaSpec, args) -> dict:
+    (src,), (mask,), (locs,), (page_s,), load_avg = cold_start([path], spec, args, seed=1)
     rec = {"backend": backend, "size": size, "spec": vars(spec), "tissue": mask.fraction,
-           "load_avg_1m": os.getloadavg()[0]}
-    src.glimpse(np.zeros((1, 2)), spec)  # handles open, imports done
-    rec["page_cache_warm_s"] = round(warm_page_cache(path), 2)
+           "load_avg_1m": load_avg, "page_cache_warm_s": round(page_s, 2)}
     # cold: nothing decoded is cached
     w, c = cold_run(src, locs, spec)
     rec.update(cold_glimpses_per_s=len(w) / sum(w), cold_glimpses_per_cpu_s=len(c) / sum(c),
@@ -198,14 +220,7 @@ def bench_one(backend: str, path: Path, size: int, spec: RetinaSpec, args) -> di
 
 def size_ratio(backend: str, small: Path, large: Path, spec: RetinaSpec, args) -> None:
     """Small and large slide measured in alternation (load on a shared machine drifts)."""
-    slide_cache.clear_caches()
-    set_phase(True, args)
-    srcs = [open_source(small), open_source(large)]
-    locs = [tissue_mask(s, 1024).sample(args.n_cold, seed=3).astype(np.float64) for s in srcs]
-    for s in srcs:
-        s.glimpse(np.zeros((1, 2)), spec)
-    for p in (small, large):
-        warm_page_cache(p)
+    srcs, _, locs, _, _ = cold_start([small, large], spec, args, seed=3)
     cw, cc = [[], []], [[], []]
     k = max(1, args.n_cold // args.rounds)
     for r in range(args.rounds):
@@ -301,7 +316,7 @@ def memory_check(args) -> None:
           "handles_opened_total": slide_cache.handle_pool().opened})
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ram-wsi bench glimpse",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 131072])
@@ -313,23 +328,28 @@ def main(argv=None) -> int:
     ap.add_argument("--scales", type=int, default=3)
     ap.add_argument("--scale-factor", type=float, default=4.0)
     ap.add_argument("--base", type=float, default=1.0)
-    ap.add_argument("--n-cold", type=int, default=300)
-    ap.add_argument("--n-naive", type=int, default=100)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--warm-reps", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=1)
+    for flag, default in PHASE_OPTS:
+        ap.add_argument(flag, type=int, default=default)
     ap.add_argument("--rounds", type=int, default=6, help="alternations for the size ratio")
     ap.add_argument("--openslide-warm-mb", type=int, default=256,
                     help="OpenSlide's tile cache in the warm phases (MiB)")
-    ap.add_argument("--mem-slides", type=int, default=50)
-    ap.add_argument("--mem-glimpses", type=int, default=10000)
-    ap.add_argument("--mem-size", type=int, default=4096)
-    ap.add_argument("--mem-cache-mb", type=int, default=128)
-    ap.add_argument("--mem-openslide-mb", type=int, default=32)
-    ap.add_argument("--mem-max-open", type=int, default=16)
+    for flag, default in MEM_OPTS:
+        ap.add_argument(flag, type=int, default=default)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _memory_child_argv(args) -> list[str]:
+    """The memory check's command line: the parent's values of the options it reads."""
+    argv = ["--memory-only"]
+    for flag in (*CHILD_FLAGS, *(f for f, _ in MEM_OPTS)):
+        argv += [flag, str(getattr(args, flag[2:].replace("-", "_")))]
+    return argv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
     emit({"event": "config", "argv": sys.argv, "torch_threads": args.threads,
@@ -353,13 +373,7 @@ def main(argv=None) -> int:
             size_ratio(b, small[k], large[k], spec, args)
     if not args.no_memory:
         memory_slides(args)  # generated here, so the measuring process only reads
-        cmd = [sys.executable, "-m", "ram_wsi.slide.bench", "--memory-only", "--cache-dir", args.cache_dir,
-               "--patch", str(args.patch), "--scales", str(args.scales),
-               "--scale-factor", str(args.scale_factor), "--base", str(args.base),
-               "--mem-slides", str(args.mem_slides), "--mem-glimpses", str(args.mem_glimpses),
-               "--mem-size", str(args.mem_size), "--mem-cache-mb", str(args.mem_cache_mb),
-               "--mem-openslide-mb", str(args.mem_openslide_mb),
-               "--mem-max-open", str(args.mem_max_open), "--threads", str(args.threads)]
+        cmd = [sys.executable, "-m", "ram_wsi.bench.glimpse", *_memory_child_argv(args)]
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -378,8 +392,7 @@ def _finish(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "results.jsonl", "a") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in RESULTS)
+        _report.write_jsonl(out / "results.jsonl", RESULTS, mode="a")
     return 0
 
 

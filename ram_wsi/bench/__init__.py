@@ -1,0 +1,65 @@
+"""Benchmarks, one module each; every one prints JSON lines (one per measurement), then a table.
+
+* :mod:`.throughput`: training images/s, batched retina vs a per-sample crop loop
+  (``ram-wsi bench throughput``, ``pipelines/bench_throughput.py``).
+* :mod:`.mnist`: the paper's MNIST table, and the synthetic MNIST benchmark run by the tests
+  (``ram-wsi bench mnist``, ``pipelines/bench_mnist.py``).
+* :mod:`.glimpse`: lazy slide glimpses, OpenSlide vs OME-Zarr, small vs large slides
+  (``ram-wsi bench glimpse``, ``pipelines/bench_glimpse.py``).
+* :mod:`.scaling`: Ray rollout episodes/s against the number of actors
+  (``ram-wsi bench scaling``, ``pipelines/bench_scaling.py``).
+
+:func:`main` runs one by name: ``main(["throughput", "--steps", "3"])``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ._report import emit, print_table
+from .mnist import PAPER_NIPS, mnist_table, synthetic_benchmark
+from .throughput import measure_throughput, naive_glimpse
+
+__all__ = [
+    "BENCHMARKS",
+    "PAPER_NIPS",
+    "emit",
+    "main",
+    "measure_throughput",
+    "mnist_table",
+    "naive_glimpse",
+    "print_table",
+    "synthetic_benchmark",
+]
+
+# name -> (module, one-line help); each module has ``main(argv) -> int`` with its own parser.
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "mnist": (".mnist", "train the paper's rows; our errors beside the paper's"),
+    "throughput": (".throughput", "training images/s: batched retina vs crop loop"),
+    "glimpse": (".glimpse", "slide glimpse benchmark (`ram-wsi bench glimpse -h`)"),
+    "scaling": (".scaling", "Ray rollout episodes/s vs actors (`ram-wsi bench scaling -h`)"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``main([NAME, *ARGS])``: run benchmark NAME with its own command line ARGS; a user
+    mistake (bad config, missing files) prints one line and gives 2, as ``ram-wsi`` does."""
+    from ..cli import guarded
+
+    return guarded(_run, list(sys.argv[1:] if argv is None else argv))
+
+
+def _run(argv: list[str]) -> int:
+    if not argv or argv[0] not in BENCHMARKS:
+        known = ", ".join(BENCHMARKS)
+        if argv[:1] in (["-h"], ["--help"]):
+            print(f"usage: ram-wsi bench {{{known}}} ...\n")
+            for name, (_, text) in BENCHMARKS.items():
+                print(f"  {name:11} {text}")
+            return 0
+        print(f"ram-wsi bench: choose a benchmark: {known}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(BENCHMARKS[argv[0]][0], __name__)
+    return int(module.main(argv[1:]) or 0)

@@ -1,0 +1,97 @@
+"""The paper's MNIST table (our errors beside the paper's) and the synthetic MNIST benchmark.
+
+    ram-wsi bench mnist --config configs/cluttered60_8g.yaml [--archs ram,ram_random,conv,fc]
+    python pipelines/bench_mnist.py ...             # the same
+
+Each prints one JSON line per trained agent, then a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..config import ExperimentConfig, load_config
+from ..train.trainer import Trainer
+from ._report import emit, print_table
+
+__all__ = ["PAPER_NIPS", "build_parser", "main", "mnist_table", "synthetic_benchmark"]
+
+# The NIPS version of the paper's table (test error, %), for the rows we reproduce.
+PAPER_NIPS: dict[str, dict[str, float]] = {
+    "mnist28": {"ram": 1.07},
+    "translated60": {"ram": 1.20},
+    "cluttered60": {"ram": 4.04, "ram_random": 14.4, "conv": 8.09},
+    "cluttered100": {"ram": 8.11, "conv": 14.35},
+}
+def mnist_table(cfg: ExperimentConfig, archs: list[str], log=print) -> list[dict[str, Any]]:
+    """Train each row of the paper's table on the config's task; our errors beside the paper's."""
+    rows = []
+    for arch in archs:
+        c = replace(cfg, name=f"{cfg.name}-{arch}", model=replace(cfg.model, arch=arch))
+        c.validate()
+        summary = Trainer(c, log=log).fit()
+        row = {"bench": "mnist_table", "task": cfg.data.mnist.task, "model": arch,
+               "glimpses": cfg.model.glimpses if arch.startswith("ram") else None,
+               "ours_stochastic": summary["test_error_stochastic"],
+               "ours_mean": summary["test_error_mean"],
+               "ours_m_avg": summary["test_error_m_avg"],
+               "paper_nips": PAPER_NIPS.get(cfg.data.mnist.task, {}).get(arch),
+               "test_size": summary["test_size"], "epochs": summary["epochs"],
+               "minutes": summary["elapsed_s"] / 60, "digits": summary["digits"]}
+        rows.append(emit(row))
+    print_table(rows, ["task", "model", "ours_stochastic", "ours_mean", "ours_m_avg",
+                       "paper_nips", "test_size", "epochs", "minutes"])
+    return rows
+
+
+def synthetic_benchmark(out_dir: str, *, steps: int = 1500, batch: int = 128, seed: int = 0,
+                        eval_size: int = 1000, overrides: list[str] | None = None, log=None
+                        ) -> dict[str, dict[str, Any]]:
+    """The synthetic MNIST benchmark (in pytest): RAM vs the random-glimpse agent, trained the
+    same way on generated digits, 60x60 cluttered, fixed seeds, CPU, a few minutes at most.
+
+    Returns ``{arch: summary}``; prints one JSON line per agent and a table.
+    """
+    per_epoch = min(steps, 250)
+    base = ["data.source=synthetic", "data.mnist.synthetic_count=6000",
+            "data.mnist.task=cluttered60", f"data.mnist.eval_size={eval_size}", f"train.batch_size={batch}",
+            f"train.steps_per_epoch={per_epoch}", f"train.epochs={max(1, steps // per_epoch)}",
+            "train.lr=0.002", "train.warmup_steps=100", "train.eval_samples=4",
+            "train.patience=1000", f"train.seed={seed}", "train.progress=false",
+            *(overrides or [])]
+    rows, out = [], {}
+    for arch in ("ram", "ram_random"):
+        cfg = load_config(None, base + [f"model.arch={arch}", f"name=synthetic-{arch}",
+                                        f"train.out_dir={out_dir}/{arch}"])
+        s = Trainer(cfg, log=log or (lambda *_: None)).fit()
+        row = {"bench": "synthetic_mnist", "task": "cluttered60", "model": arch,
+               "steps": s["steps"], "error_stochastic": s["test_error_stochastic"],
+               "error_mean": s["test_error_mean"], "error_m_avg": s["test_error_m_avg"],
+               "on_target": s.get("test_on_target"), "seconds": s["elapsed_s"]}
+        rows.append(emit(row))
+        out[arch] = s
+    print_table(rows, ["model", "steps", "error_stochastic", "error_mean", "error_m_avg",
+                       "on_target", "seconds"])
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..cli import _add_config_args
+
+    bm = argparse.ArgumentParser(prog="ram-wsi bench mnist",
+                                 description="train the paper's rows; our errors beside the "
+                                             "paper's")
+    _add_config_args(bm)
+    bm.add_argument("--archs", default="ram,ram_random,conv,fc", help="rows of the table")
+    return bm
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..cli import _config
+
+    args = build_parser().parse_args(argv)
+    mnist_table(_config(args), args.archs.split(","))
+    return 0
