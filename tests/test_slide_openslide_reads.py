@@ -9,7 +9,7 @@ import torch
 
 from ram_wsi.errors import SlideError
 from ram_wsi.retina import RetinaSpec, choose_level
-from ram_wsi.slide import OpenSlideSource, open_source, openslide_source
+from ram_wsi.slide import OpenSlideSource, _openslide_lowlevel, open_source, openslide_source
 from ram_wsi.slide import cache as slide_cache
 from ram_wsi.slide.openslide_source import composite_over_white
 from ram_wsi.slide.synth import write_pyramid_tiff
@@ -73,7 +73,7 @@ def _corners(lw: int, lh: int, w: int, h: int, rng) -> tuple[np.ndarray, np.ndar
 @pytest.mark.parametrize("raw", [True, False], ids=["raw", "pil"])
 def test_read_regions_equal_crops_of_the_whole_level(slide, raw, monkeypatch):
     if not raw:
-        monkeypatch.setattr(openslide_source, "_RAW", False)
+        monkeypatch.setattr(_openslide_lowlevel, "_RAW", False)
     src = open_source(slide)
     assert isinstance(src, OpenSlideSource)
     assert src.level_downsamples == [1.0, 2.0, 4.0, 8.0]
@@ -99,8 +99,8 @@ def test_read_regions_equal_crops_of_the_whole_level(slide, raw, monkeypatch):
 def test_wholly_outside_regions_need_no_read(slide, monkeypatch):
     src = open_source(slide)
     calls = []
-    real = openslide_source._read_rgba
-    monkeypatch.setattr(openslide_source, "_read_rgba",
+    real = _openslide_lowlevel.read_rgba
+    monkeypatch.setattr(_openslide_lowlevel, "read_rgba",
                         lambda *a: calls.append(a) or real(*a))
     lw, lh = src.level_dimensions[1]
     got = src.read_regions(1, np.array([-40, lw, 3, 0]), np.array([0, 0, lh, -33]), 33, 33)
@@ -136,8 +136,8 @@ def test_non_integer_level_reads_where_region_offsets_say(tmp_path, levels_tiff,
     src = open_source(p)
     assert src._region_offsets(0, np.array([5]), np.array([7])) is None
     calls = []
-    real = openslide_source._read_rgba
-    monkeypatch.setattr(openslide_source, "_read_rgba",
+    real = _openslide_lowlevel.read_rgba
+    monkeypatch.setattr(_openslide_lowlevel, "read_rgba",
                         lambda *a: calls.append(a) or real(*a))
     rng = np.random.default_rng(0)
     for level in (1, 2):
@@ -171,8 +171,8 @@ def test_one_handle_per_level_and_close_drops_them(slide, monkeypatch):
     levels = _levels_of(src, spec)
     assert levels == [0, 2, 3]
     used = []
-    real = openslide_source._read_rgba
-    monkeypatch.setattr(openslide_source, "_read_rgba",
+    real = _openslide_lowlevel.read_rgba
+    monkeypatch.setattr(_openslide_lowlevel, "read_rgba",
                         lambda s, x, y, level, w, h: used.append((id(s), level))
                         or real(s, x, y, level, w, h))
     loc = torch.tensor([[0.1, -0.2], [0.5, 0.4], [-0.9, 0.95]])
@@ -214,7 +214,7 @@ def test_glimpse_uses_openslide_cache_not_block_cache(slide, monkeypatch):
     assert (len(bc), bc.hits, bc.misses, bc.nbytes) == before
     # every handle read through (one per level, each with OpenSlide's process-wide cache)
     assert len(caches) == len(_levels_of(src, spec))
-    assert all(c is slide_cache.openslide_cache() for c in caches)
+    assert all(c is openslide_source.openslide_cache() for c in caches)
 
 
 def test_read_error_names_file_and_level_and_drops_the_handle(slide, monkeypatch):
@@ -228,7 +228,7 @@ def test_read_error_names_file_and_level_and_drops_the_handle(slide, monkeypatch
     def boom(*a):
         raise openslide.OpenSlideError("TIFFReadEncodedTile failed")
 
-    monkeypatch.setattr(openslide_source, "_read_rgba", boom)
+    monkeypatch.setattr(_openslide_lowlevel, "read_rgba", boom)
     with pytest.raises(SlideError, match=r"level 2.*TIFFReadEncodedTile") as ei:
         src.read_regions(2, np.array([3]), np.array([4]), 8, 8)
     assert str(slide) in str(ei.value)

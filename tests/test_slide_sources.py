@@ -15,7 +15,7 @@ from ram_wsi.retina import RetinaSpec, choose_level, glimpse, resample
 from ram_wsi.slide import ArraySource, OpenSlideSource, ZarrSource, open_source
 from ram_wsi.slide import cache as slide_cache
 from ram_wsi.slide.openslide_source import composite_over_white
-from ram_wsi.slide.synth import pyramid_levels, write_pyramid_tiff, write_pyramid_zarr
+from ram_wsi.slide.synth import pyramid_images, write_pyramid_tiff, write_pyramid_zarr
 
 H, W, LEVELS = 256, 320, 4
 
@@ -288,9 +288,9 @@ def test_handle_pool_bounds_open_files(tmp_path):
         slide_cache.set_max_open(settings["max_open"])
 
 
-def test_pyramid_levels_match_build_pyramid():
+def test_pyramid_images_match_build_pyramid():
     img = _image(h=64, w=96)
-    lv = pyramid_levels(img, 3)
+    lv = pyramid_images(img, 3)
     assert [x.shape for x in lv] == [(64, 96, 3), (32, 48, 3), (16, 24, 3)]
     m = img.astype(np.float64).reshape(16, 4, 24, 4, 3).mean((1, 3))
     assert np.abs(lv[2] - m).max() <= 0.5 + 1e-9
@@ -347,7 +347,7 @@ def test_zarr_fast_chunk_path_equals_zarr_reads(tmp_path, monkeypatch):
     # The same image stored (y, x, c).
     q = tmp_path / "yxc.zarr"
     g = zarr.open_group(str(q), mode="w", zarr_format=3)
-    for i, lv in enumerate(pyramid_levels(img, 2)):
+    for i, lv in enumerate(pyramid_images(img, 2)):
         g.create_array(str(i), shape=lv.shape, chunks=(32, 32, 3), dtype="uint8",
                        fill_value=255)[:] = lv
     ms = json.loads((p / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]

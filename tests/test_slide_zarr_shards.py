@@ -17,7 +17,7 @@ from ram_wsi.errors import SlideError
 from ram_wsi.retina import RetinaSpec
 from ram_wsi.slide import ZarrSource, open_source
 from ram_wsi.slide.ngff import ngff_attributes
-from ram_wsi.slide.synth import pyramid_levels
+from ram_wsi.slide.synth import pyramid_images
 
 # Ragged on purpose: neither multiple of the shard (256) nor of the chunk (64).
 H, W = 700, 1000
@@ -46,7 +46,7 @@ def _write(path: Path, img: np.ndarray, *, shards: bool, index_location: str = "
     from zarr.codecs import BloscCodec
 
     g = zarr.open_group(str(path), mode="w", zarr_format=3)
-    for i, lv in enumerate(pyramid_levels(img, levels)):
+    for i, lv in enumerate(pyramid_images(img, levels)):
         kw: dict = {}
         if shards:
             kw["shards"] = (3, SHARD, SHARD)

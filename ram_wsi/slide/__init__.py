@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SlideError
+from ._paths import is_zarr_path
 from .array_source import ArraySource
 from .base import GlimpseSource
 from .cache import clear_caches, set_cache_bytes, set_max_open
@@ -45,12 +46,6 @@ __all__ = [
     "tissue_mask",
     "write_synthetic_slide",
 ]
-
-
-def is_zarr_path(path: str | os.PathLike) -> bool:
-    """A directory with a ``zarr.json``, or a name ending in ``.zarr``."""
-    p = Path(path)
-    return (p.is_dir() and (p / "zarr.json").exists()) or p.name.endswith(".zarr")
 
 
 def open_source(path: str | os.PathLike, **settings: Any) -> GlimpseSource:

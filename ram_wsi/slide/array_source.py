@@ -33,7 +33,7 @@ class ArraySource(GlimpseSource):
     backend = "memory"
 
     def __init__(self, image: Any, *, mpp: float | None = None, block: int = 256,
-                 path: str | None = None, _validate: bool = True):
+                 path: str | None = None):
         super().__init__(path, mpp=mpp, block=block)
         if isinstance(image, torch.Tensor):
             t = image.detach().cpu()

@@ -453,4 +453,8 @@ class GlimpseSource(abc.ABC):
 
 
 def _rebuild(cls, path, settings):
-    return cls(path, _validate=False, **settings)
+    # An unpickled source must not open its file (constructors open once to validate): the copy
+    # opens lazily in the process that reads it.
+    source = cls.__new__(cls)
+    GlimpseSource.__init__(source, path, **settings)
+    return source

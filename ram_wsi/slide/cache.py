@@ -10,16 +10,15 @@ Two things are bounded here, whatever the number of slides a process touches:
   groups). 1,000 slides do not mean 1,000 open files; an evicted handle is closed once no reader
   is using it.
 
-OpenSlide keeps its own decoded-tile cache, and that is the OpenSlide backend's tile cache:
-every OpenSlide handle gets the one process-wide ``openslide.OpenSlideCache`` from
-:func:`openslide_cache` (OpenSlide regions do not go through the block cache).
+A backend whose library keeps its own cache (OpenSlide's tile cache) owns it in its own module
+and registers it here with :func:`register_backend_cache`, so that :func:`set_cache_bytes`,
+:func:`cache_settings` and :func:`clear_caches` reach it by name without this module knowing
+any backend.
 
 Sizes: ``RAM_WSI_SLIDE_CACHE_BYTES`` (decoded blocks, default 256 MiB),
-``RAM_WSI_OPENSLIDE_CACHE_BYTES`` (OpenSlide's tile cache, default 256 MiB: it is the
-OpenSlide backend's only tile cache; 64 MiB cost a third of the slide actors' episodes/s),
 ``RAM_WSI_MAX_OPEN_SLIDES`` (open handles, default 192: OpenSlide keeps one per level read, so
-~64 slides under a 3-scale retina), or :func:`set_cache_bytes` / :func:`set_max_open`
-at run time.
+~64 slides under a 3-scale retina), a backend's own variable (see its module), or
+:func:`set_cache_bytes` / :func:`set_max_open` at run time.
 
 Fork safety: everything here is reset in a forked child (``os.register_at_fork``), so a child
 never reads through a handle its parent opened; handles are opened lazily where they are used.
@@ -45,8 +44,11 @@ __all__ = [
     "block_cache",
     "cache_settings",
     "clear_caches",
+    "drop_process_wide",
+    "env_int",
     "handle_pool",
-    "openslide_cache",
+    "process_wide",
+    "register_backend_cache",
     "set_cache_bytes",
     "set_max_open",
 ]
@@ -55,7 +57,7 @@ _MIB = 1 << 20
 _log = logging.getLogger(__name__)
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
     try:
         return int(float(os.environ.get(name, default)))
     except ValueError:
@@ -245,21 +247,36 @@ def _close(entry: _Entry) -> None:
 
 # ----------------------------------------------------------------------------- process state
 _state_lock = threading.Lock()
-# The process-wide objects by name ("block", "handles", "openslide"), created on first use.
+# The process-wide objects by name ("block", "handles", a backend's), created on first use.
 _process: dict[str, Any] = {}
 _settings = {
-    "block_bytes": _env_int("RAM_WSI_SLIDE_CACHE_BYTES", 256 * _MIB),
-    "openslide_bytes": _env_int("RAM_WSI_OPENSLIDE_CACHE_BYTES", 256 * _MIB),
-    "max_open": _env_int("RAM_WSI_MAX_OPEN_SLIDES", 192),
+    "block_bytes": env_int("RAM_WSI_SLIDE_CACHE_BYTES", 256 * _MIB),
+    "max_open": env_int("RAM_WSI_MAX_OPEN_SLIDES", 192),
 }
+# Backends' own caches by name: (its configured bytes, resize it to n bytes).
+_backend_caches: dict[str, tuple[Callable[[], int], Callable[[int], None]]] = {}
+
+
+def register_backend_cache(name: str, size: Callable[[], int],
+                           resize: Callable[[int], None]) -> None:
+    """Make a backend's own cache reachable as ``<name>_bytes`` in :func:`set_cache_bytes` and
+    :func:`cache_settings`; :func:`clear_caches` drops the process's instance ``name``."""
+    _backend_caches[name] = (size, resize)
 
 
 def cache_settings() -> dict[str, int]:
-    """The configured sizes: ``block_bytes``, ``openslide_bytes``, ``max_open``."""
-    return dict(_settings)
+    """The configured sizes: ``block_bytes``, ``max_open`` and ``<backend>_bytes`` for every
+    registered backend cache (``openslide_bytes``)."""
+    return {**_settings, **{f"{n}_bytes": size() for n, (size, _) in _backend_caches.items()}}
 
 
-def _process_wide(name: str, make: Callable[[], Any]) -> Any:
+def drop_process_wide(name: str) -> None:
+    """Forget this process's ``name`` object (made again on its next use)."""
+    with _state_lock:
+        _process.pop(name, None)
+
+
+def process_wide(name: str, make: Callable[[], Any]) -> Any:
     """This process's one ``name`` object, made on first use (double-checked under a lock)."""
     obj = _process.get(name)
     if obj is None:
@@ -272,38 +289,29 @@ def _process_wide(name: str, make: Callable[[], Any]) -> Any:
 
 def block_cache() -> BlockCache:
     """The process's decoded-block cache (created on first use)."""
-    return _process_wide("block", lambda: BlockCache(_settings["block_bytes"]))
+    return process_wide("block", lambda: BlockCache(_settings["block_bytes"]))
 
 
 def handle_pool() -> HandlePool:
     """The process's pool of open slide handles."""
-    return _process_wide("handles", lambda: HandlePool(_settings["max_open"]))
+    return process_wide("handles", lambda: HandlePool(_settings["max_open"]))
 
 
-def openslide_cache() -> Any:
-    """The process-wide ``openslide.OpenSlideCache`` set on every OpenSlide handle."""
-    def make() -> Any:
-        import openslide
-
-        return openslide.OpenSlideCache(max(0, _settings["openslide_bytes"]))
-
-    return _process_wide("openslide", make)
-
-
-def set_cache_bytes(block_bytes: int | None = None, openslide_bytes: int | None = None) -> None:
-    """Resize the process's caches. The decoded-block cache shrinks in place; a new OpenSlide
-    cache size takes effect for handles opened afterwards (open handles are closed and reopen
-    lazily with the new cache)."""
+def set_cache_bytes(block_bytes: int | None = None, **backend_bytes: int | None) -> None:
+    """Resize the process's caches: the decoded-block cache shrinks in place; a backend cache
+    named by ``<name>_bytes`` (``openslide_bytes=``) resizes as its backend defines (OpenSlide:
+    open handles are closed and reopen lazily with a new cache)."""
     if block_bytes is not None:
         _settings["block_bytes"] = int(block_bytes)
         if "block" in _process:
             _process["block"].resize(int(block_bytes))
-    if openslide_bytes is not None:
-        _settings["openslide_bytes"] = int(openslide_bytes)
-        with _state_lock:
-            _process.pop("openslide", None)
-        if "handles" in _process:
-            _process["handles"].clear()
+    for key, nbytes in backend_bytes.items():
+        name = key.removesuffix("_bytes")
+        if name not in _backend_caches or not key.endswith("_bytes"):
+            raise TypeError(f"set_cache_bytes() got an unexpected keyword argument {key!r}; "
+                            f"backend caches: {sorted(_backend_caches)}")
+        if nbytes is not None:
+            _backend_caches[name][1](int(nbytes))
 
 
 def set_max_open(n: int) -> None:
@@ -314,12 +322,12 @@ def set_max_open(n: int) -> None:
 
 
 def clear_caches() -> None:
-    """Drop every cached block, OpenSlide's shared tile cache, and every idle handle
-    (benchmarks: a cold start; the operating system's page cache is not touched)."""
+    """Drop every cached block, every backend's own cache (OpenSlide's tile cache), and every
+    idle handle (benchmarks: a cold start; the operating system's page cache is not touched)."""
     if "block" in _process:
         _process["block"].clear()
-    with _state_lock:
-        _process.pop("openslide", None)
+    for name in _backend_caches:
+        drop_process_wide(name)
     if "handles" in _process:
         _process["handles"].clear()
 

@@ -4,8 +4,9 @@ Regions are read directly: a glimpse's region of ``level`` at level pixel ``(x, 
 ``read_region((round(x * d), round(y * d)), level, (w, h))`` (``d`` the level's reported
 downsample), alpha-composited over white (OpenSlide returns non-premultiplied RGBA, alpha 0
 outside the scanned area and outside the level). OpenSlide's own process-wide
-``openslide.OpenSlideCache`` (:func:`~ram_wsi.slide.cache.openslide_cache`, set on every handle)
-is this backend's one bounded tile cache; the package's decoded-block cache is not used for
+``openslide.OpenSlideCache`` (:func:`openslide_cache`, set on every handle; its size
+``RAM_WSI_OPENSLIDE_CACHE_BYTES``, default 256 MiB -- 64 MiB cost a third of the slide actors'
+episodes/s -- or ``set_cache_bytes(openslide_bytes=...)``) is this backend's one bounded tile cache; the package's decoded-block cache is not used for
 OpenSlide regions. Why, measured on JPEG-tiled pyramidal TIFFs:
 
 * ``read_region`` costs what it paints, not what it decodes: a whole 256x256 tile ~1,350 us of
@@ -43,124 +44,42 @@ pixel-exact and cheaper still (OpenSlide's interpolated painting costs ~100 us a
 
 from __future__ import annotations
 
-import ctypes
-import math
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import SlideError
+from . import _openslide_lowlevel as _ll
+from ._openslide_lowlevel import composite_over_white
 from .base import GlimpseSource, SlideInfo
-from .cache import handle_pool, openslide_cache
+from .cache import drop_process_wide, env_int, handle_pool, process_wide, register_backend_cache
 
-__all__ = ["OpenSlideSource", "composite_over_white"]
+__all__ = ["OpenSlideSource", "composite_over_white", "openslide_cache"]
 
-
-def composite_over_white(rgba: np.ndarray) -> np.ndarray:
-    """``(h, w, 4)`` non-premultiplied RGBA uint8 -> ``(h, w, 3)`` RGB uint8 over white
-    (``rgb * a + 255 * (1 - a)``, rounded). Transparent pixels become white."""
-    rgb = rgba[..., :3]
-    a = rgba[..., 3:4]
-    if a.min() == 255:
-        return np.ascontiguousarray(rgb)
-    out = (rgb.astype(np.uint16) * a + 255 * (255 - a.astype(np.uint16)) + 127) // 255
-    return out.astype(np.uint8)
+# OpenSlide's tile cache is this backend's only one; it is registered with the package's cache
+# controls (set_cache_bytes(openslide_bytes=...), cache_settings, clear_caches) below.
+_cache_bytes = [env_int("RAM_WSI_OPENSLIDE_CACHE_BYTES", 256 << 20)]
 
 
-def _raw_reader() -> Any:
-    """``openslide.lowlevel._read_region`` (premultiplied native-endian ARGB into a caller's
-    buffer) when this openslide-python has it and the machine is little-endian, else None.
-    Reading straight into numpy skips the PIL image and its un-premultiplying copies (~10-25%
-    of a small read); the public ``read_region`` is the fallback."""
-    if sys.byteorder != "little":
-        return None
-    try:
-        from openslide import lowlevel
+def openslide_cache() -> Any:
+    """The process-wide ``openslide.OpenSlideCache`` set on every OpenSlide handle."""
+    def make() -> Any:
+        import openslide
 
-        fn = lowlevel._read_region
-        ptr = ctypes.POINTER(ctypes.c_uint32)
-    except (ImportError, AttributeError):
-        return None
-    return fn, ptr
+        return openslide.OpenSlideCache(max(0, _cache_bytes[0]))
+
+    return process_wide("openslide", make)
 
 
-_RAW: Any = None  # (function, pointer type), False when unavailable; resolved on first read
+def _resize_openslide_cache(nbytes: int) -> None:
+    # An OpenSlideCache cannot be resized: drop it and every handle that holds it.
+    _cache_bytes[0] = int(nbytes)
+    drop_process_wide("openslide")
+    handle_pool().clear()
 
 
-def _read_rgba(slide: Any, x: int, y: int, level: int, w: int, h: int) -> tuple[np.ndarray, bool]:
-    """OpenSlide's region ``(h, w, 4)`` uint8 and whether it is premultiplied BGRA (the raw
-    path) rather than non-premultiplied RGBA (``read_region``)."""
-    global _RAW
-    if _RAW is None:
-        _RAW = _raw_reader() or False
-    osr = getattr(slide, "_osr", None)
-    if _RAW and osr is not None:
-        fn, ptr = _RAW
-        buf = np.empty((h, w), dtype=np.uint32)
-        fn(osr, buf.ctypes.data_as(ptr), x, y, level, w, h)
-        return buf.view(np.uint8).reshape(h, w, 4), True
-    return np.asarray(slide.read_region((x, y), level, (w, h))), False
-
-
-def _level0(v: int, d: float) -> int:
-    """The level-0 coordinate requested for level pixel ``v`` (rounded half up, as
-    :meth:`OpenSlideSource._region_offsets` assumes)."""
-    return math.floor(v * d + 0.5)
-
-
-def _put(dst: np.ndarray, px: np.ndarray, bgra: bool) -> None:
-    """Write ``(h, w, 4)`` pixels from :func:`_read_rgba` over white into ``(h, w, 3)`` ``dst``:
-    premultiplied colour over white is ``c + 255 - a`` (exact, never above 255)."""
-    a = px[..., 3]
-    if not bgra:
-        dst[...] = px[..., :3] if a.min() == 255 else composite_over_white(px)
-    elif a.min() == 255:
-        dst[...] = px[..., 2::-1]
-    else:
-        np.add(px[..., 2::-1], (255 - a)[..., None], out=dst)
-
-
-def _resolve(path: str) -> str:
-    """A DICOM slide may be named by its directory: OpenSlide wants one of its files."""
-    p = Path(path)
-    if p.is_dir():
-        if (p / "zarr.json").exists():
-            raise SlideError(path, "is a zarr store; open it with ZarrSource")
-        dcm = sorted(p.glob("*.dcm"))
-        if dcm:
-            return str(dcm[0])
-        raise SlideError(path, "is a directory but neither a zarr store (no zarr.json) nor a "
-                               "DICOM slide (no .dcm files)")
-    return path
-
-
-def _open(path: str) -> Any:
-    import openslide
-
-    real = _resolve(path)
-    if not os.path.exists(real):
-        raise SlideError(path, "no such file")
-    try:
-        slide = openslide.OpenSlide(real)
-    except openslide.OpenSlideUnsupportedFormatError as e:
-        raise SlideError(path, f"not a slide OpenSlide can open (unsupported or unrecognised "
-                               f"format): {e or 'no vendor recognised'}") from e
-    except openslide.OpenSlideError as e:
-        raise SlideError(path, f"OpenSlide cannot open it (corrupt or unsupported): {e}") from e
-    except OSError as e:
-        raise SlideError(path, f"cannot read the file: {e}") from e
-    try:
-        slide.set_cache(openslide_cache())
-    except (AttributeError, openslide.OpenSlideError):  # OpenSlide < 4.0: private caches
-        pass
-    return slide
-
-
-def _close(slide: Any) -> None:
-    slide.close()
+register_backend_cache("openslide", lambda: _cache_bytes[0], _resize_openslide_cache)
 
 
 class OpenSlideSource(GlimpseSource):
@@ -182,10 +101,9 @@ class OpenSlideSource(GlimpseSource):
 
     backend = "openslide"
 
-    def __init__(self, path: str | os.PathLike, *, _validate: bool = True, **settings: Any):
+    def __init__(self, path: str | os.PathLike, **settings: Any):
         super().__init__(os.fspath(path), **settings)
-        if _validate:
-            _ = self.info
+        _ = self.info  # open once to validate (an unpickled copy skips this: see _unpickled)
 
     def _handle_key(self, level: int) -> tuple:
         return (self._cache_key(), int(level))
@@ -193,7 +111,8 @@ class OpenSlideSource(GlimpseSource):
     def _handle(self, level: int = 0):
         """The process's OpenSlide handle of this slide for reads of ``level`` (opened lazily;
         metadata and level-0 reads share level 0's)."""
-        return handle_pool().use(self._handle_key(level), lambda: _open(self._path), _close)
+        return handle_pool().use(self._handle_key(level), lambda: _ll.open_slide(self._path, openslide_cache()),
+                                 _ll.close_slide)
 
     def close(self) -> None:
         """Forget this source's open handles, one per level read (other sources of the same path
@@ -232,8 +151,7 @@ class OpenSlideSource(GlimpseSource):
 
     def _read_error(self, level: int, x: int, y: int, e: Exception) -> SlideError:
         handle_pool().discard(self._handle_key(level))  # OpenSlide errors are sticky
-        return SlideError(self._path, f"reading level {level} at level-0 ({x}, {y}) failed "
-                                      f"(corrupt tile data?): {e}")
+        return _ll.openslide_error(self._path, e, f"reading level {level} at level-0 ({x}, {y})")
 
     def read_regions(self, level: int, x0: np.ndarray, y0: np.ndarray, w: int, h: int,
                      use_cache: bool = True) -> np.ndarray:
@@ -268,14 +186,15 @@ class OpenSlideSource(GlimpseSource):
         # Python ints: OpenSlide wants them, and numpy scalars slow the loop down.
         xl, yl = xs.tolist(), ys.tolist()
         rx = ry = 0
+        read_rgba, put, level0 = _ll.read_rgba, _ll.put_over_white, _ll.level0_coordinate
         try:
             with self._handle(level) as s:
                 for i in idx:
                     x, y, dst = xl[i], yl[i], out[i]
                     xa, xb, ya, yb = max(x, 0), min(x + w, lw), max(y, 0), min(y + h, lh)
-                    rx, ry = _level0(xa, d), _level0(ya, d)
-                    _put(dst[ya - y:yb - y, xa - x:xb - x],
-                         *_read_rgba(s, rx, ry, level, xb - xa, yb - ya))
+                    rx, ry = level0(xa, d), level0(ya, d)
+                    put(dst[ya - y:yb - y, xa - x:xb - x],
+                        *read_rgba(s, rx, ry, level, xb - xa, yb - ya))
         except openslide.OpenSlideError as e:
             raise self._read_error(level, rx, ry, e) from e
         return out.transpose(0, 3, 1, 2)
