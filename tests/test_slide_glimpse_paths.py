@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ram_wsi.retina import RetinaSpec
-from ram_wsi.slide import base as slide_base
+from ram_wsi.slide import _plan as slide_plan
 from ram_wsi.slide import cache as slide_cache
 from ram_wsi.slide import open_source
 from ram_wsi.slide.synth import write_pyramid_zarr
@@ -71,16 +71,16 @@ def test_strided_path_equals_dense_path(tmp_path, levels_tiff, monkeypatch, kind
         z = np.zeros(1, np.int64)
         assert src._region_offsets(1, z + 77, z + 5) is not None
     fast = src.glimpse(locs, spec)
-    assert all(p.fi for g in src._plan(spec, len(locs)) for p in g.scales)
+    assert all(p.int_factor for g in src._plan(spec, len(locs)) for p in g.scales)
     calls = []
     with monkeypatch.context() as m:  # same plan, dense arithmetic
         m.setattr(retina, "_exact_integer", lambda *a: calls.append(a) or 0)
         same_plan = open_source(path).glimpse(locs, spec)
     assert calls
     torch.testing.assert_close(fast, same_plan, atol=2e-5, rtol=0)
-    monkeypatch.setattr(slide_base, "integer_factor", lambda *a: 0)  # exact factors, dense
+    monkeypatch.setattr(slide_plan, "integer_factor", lambda *a: 0)  # exact factors, dense
     dense_src = open_source(path)
     dense = dense_src.glimpse(locs, spec)
-    assert not any(p.fi for g in dense_src._plan(spec, len(locs)) for p in g.scales)
+    assert not any(p.int_factor for g in dense_src._plan(spec, len(locs)) for p in g.scales)
     tol = 2e-5 if kind == "zarr" else 1e-2
     torch.testing.assert_close(fast, dense, atol=tol, rtol=0)

@@ -338,7 +338,7 @@ def test_zarr_fast_chunk_path_equals_zarr_reads(tmp_path, monkeypatch):
     missing (white) chunks, and another axis order (y, x, c)."""
     import zarr
 
-    from ram_wsi.slide import zarr_source
+    from ram_wsi.slide import _zarr_decode
 
     img = _image(h=90, w=100)
     img[:40, :40] = 255  # a white chunk: not stored
@@ -361,7 +361,7 @@ def test_zarr_fast_chunk_path_equals_zarr_reads(tmp_path, monkeypatch):
     with ZarrSource(p)._handle() as hd:
         assert hd["fast"][0] is not None
     slide_cache.clear_caches()
-    monkeypatch.setattr(zarr_source, "_fast_reader", lambda *a: None)
+    monkeypatch.setattr(_zarr_decode, "fast_reader", lambda *a: None)
     slow = [ZarrSource(p).glimpse(loc, spec), ZarrSource(q).glimpse(loc, spec)]
     for a, b in zip(fast, slow):
         assert torch.equal(a, b)

@@ -15,7 +15,7 @@ import torch
 
 from ram_wsi.errors import SlideError
 from ram_wsi.retina import RetinaSpec
-from ram_wsi.slide import ZarrSource, open_source
+from ram_wsi.slide import ZarrSource, _zarr_decode, open_source
 from ram_wsi.slide.ngff import ngff_attributes
 from ram_wsi.slide.synth import pyramid_images
 
@@ -123,8 +123,8 @@ def test_fast_path_reads_exactly_what_zarr_reads(stores, loc, monkeypatch):
     src = ZarrSource(p)
     with src._handle() as hd:
         fast = hd["fast"]
-    assert all(f is not None and f["shard"] is not None for f in fast)
-    assert fast[0]["shard"]["loc"] == loc
+    assert all(f is not None and f.shard is not None for f in fast)
+    assert fast[0].shard.loc == loc
     assert src.info.block_sizes == [(CHUNK, CHUNK)] * 2
     refs = {}
     for level, (lw, lh) in enumerate(src.info.level_dimensions):
@@ -133,16 +133,16 @@ def test_fast_path_reads_exactly_what_zarr_reads(stores, loc, monkeypatch):
                 refs[level, bx, by] = _zarr_block(p, level, bx, by)
 
     inner_calls = []
-    real = ZarrSource._read_inner
+    real = _zarr_decode.read_inner
 
-    def counting(self, *a, **k):
+    def counting(*a, **k):
         inner_calls.append(a[1])
-        return real(self, *a, **k)
+        return real(*a, **k)
 
     def no_zarr(*a, **k):
         raise AssertionError("fell back to zarr")
 
-    monkeypatch.setattr(ZarrSource, "_read_inner", counting)
+    monkeypatch.setattr(_zarr_decode, "read_inner", counting)
     monkeypatch.setattr(zarr.Array, "__getitem__", no_zarr)
     for (level, bx, by), ref in refs.items():
         got = src._read_block(level, bx, by)
@@ -154,7 +154,7 @@ def test_fast_path_reads_exactly_what_zarr_reads(stores, loc, monkeypatch):
     assert (src._read_block(0, 6, 5) == 255).all()
     # each existing shard's index was parsed once, however many inner chunks it holds
     files = {f for f in inner_calls if os.path.exists(f)}
-    parsed = sum(f["shard"]["cache"].misses for f in fast)
+    parsed = sum(f.shard.cache.misses for f in fast)
     assert parsed == len(files)
 
 
@@ -244,7 +244,7 @@ def test_threads_under_index_cache_eviction(stores):
     with src._handle() as hd:
         for f in hd["fast"]:
             # room for one parsed index: every other read re-parses one
-            f["shard"]["cache"].resize(f["shard"]["index_size"])
+            f.shard.cache.resize(f.shard.index_size)
     lw, lh = src.info.level_dimensions[0]
     keys = [(bx, by) for by in range(-(-lh // CHUNK)) for bx in range(-(-lw // CHUNK))]
     refs = {k: _zarr_block(paths["end"], 0, *k) for k in keys}

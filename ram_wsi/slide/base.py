@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from ..errors import SlideError
-from ..retina import RetinaSpec, choose_level, integer_factor, resample, window_span
+from ..retina import RetinaSpec, choose_level, resample
+from ._plan import ScaleGroup, place_windows, plan_retina, select_groups
 from .cache import block_cache
 
 __all__ = ["GlimpseSource", "SlideInfo", "as_locations"]
@@ -52,41 +53,6 @@ class SlideInfo:
     reported_downsamples: list[float] | None = None  # as the file states them (OpenSlide)
     axis_downsamples: list[tuple[float, float]] | None = None  # overrides W0/W_l, H0/H_l
     properties: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class _ScalePlan:
-    """How scale ``j`` of a retina is read from a slide (fixed per slide and retina)."""
-
-    j: int
-    level: int
-    dx: float  # the level's per-axis downsample
-    dy: float
-    fx: float  # residual factor: level pixels per output pixel
-    fy: float
-    fi: int  # the integer factor when the strided path applies, else 0
-    cx: int  # region size read, level pixels
-    cy: int
-    half_x: float  # window half-width: level pixels (fi) or level-0 pixels (dense)
-    half_y: float
-    lw: int
-    lh: int
-    margin: int = 0  # extra level pixels read on each side (sub-pixel shifted readers)
-
-
-class _Group:
-    """Scales read and resampled together, with their per-scale constants as ``(k, 1)``
-    columns so that one numpy expression places every window of every scale."""
-
-    def __init__(self, scales: list[_ScalePlan]):
-        self.scales = scales
-
-        def col(name: str) -> np.ndarray:
-            return np.array([getattr(q, name) for q in scales], dtype=np.float64)[:, None]
-
-        self.arrays = {"dx": col("dx"), "dy": col("dy"), "hx": col("half_x"),
-                       "hy": col("half_y"), "lw": col("lw").astype(np.int64),
-                       "lh": col("lh").astype(np.int64)}
 
 
 def as_locations(loc: Any) -> np.ndarray:
@@ -122,7 +88,7 @@ class GlimpseSource(abc.ABC):
         self._settings = dict(settings)
         self._info: SlideInfo | None = None
         self._stamp: float | None = None
-        self._plans: dict[RetinaSpec, list[tuple[_Group, list[_Group]]]] = {}
+        self._plans: dict[RetinaSpec, list[tuple[ScaleGroup, list[ScaleGroup]]]] = {}
 
     # ----------------------------------------------------------------------- to implement
     @abc.abstractmethod
@@ -331,23 +297,10 @@ class GlimpseSource(abc.ABC):
         pxx = (locs[:, 0] + 1.0) * (0.5 * w0)
         pxy = (locs[:, 1] + 1.0) * (0.5 * h0)
         for group in self._plan(spec, n):
-            p, kg, arr = group.scales[0], len(group.scales), group.arrays
-            if p.fi:
-                # Integer residual factor: the region starts at the window's first pixel (the
-                # outside reads white), so resample takes its strided path.
-                left = pxx[None] / arr["dx"] - arr["hx"]  # (kg, n)
-                top = pxy[None] / arr["dy"] - arr["hy"]
-                x0 = np.floor(left).astype(np.int64) - p.margin
-                y0 = np.floor(top).astype(np.int64) - p.margin
-            else:
-                left = (pxx[None] - arr["hx"]) / arr["dx"]
-                top = (pxy[None] - arr["hy"]) / arr["dy"]
-                x0 = window_span(left, p.fx, g)[0] - p.margin
-                y0 = window_span(top, p.fy, g)[0] - p.margin
-                # Only what lies inside the level: resample fills the rest white.
-                x0 = np.minimum(np.maximum(x0, 0), arr["lw"] - p.cx)
-                y0 = np.minimum(np.maximum(y0, 0), arr["lh"] - p.cy)
-            regions = [self.read_regions(q.level, x0[i], y0[i], p.cx, p.cy)
+            p, kg = group.first, len(group.scales)
+            # Regions' top-left corners and windows' top-left corners, level pixels, (kg, n).
+            x0, y0, left, top = place_windows(group, pxx, pxy, g)
+            regions = [self.read_regions(q.level, x0[i], y0[i], p.region_w, p.region_h)
                        for i, q in enumerate(group.scales)]
             cl, ct = left - x0, top - y0  # window corners in region pixels, (kg, n)
             if p.margin:  # the reader's regions start a sub-pixel off (the plan probed it)
@@ -363,58 +316,31 @@ class GlimpseSource(abc.ABC):
             # and takes the dense path where the strided one does not apply.
             res = resample(torch.from_numpy(src).to(torch.float32),
                            torch.from_numpy(cl.T.reshape(-1)), torch.from_numpy(ct.T.reshape(-1)),
-                           p.fx, p.fy, g, fill=255.0 * self.fill,
-                           aligned=bool(p.fi) and not p.margin)
+                           p.factor_x, p.factor_y, g, fill=255.0 * self.fill,
+                           aligned=bool(p.int_factor) and not p.margin)
             res = res.mul_(1.0 / 255.0).clamp_(0.0, 1.0).view(n, kg, 3, g, g)
-            js = [q.j for q in group.scales]
-            if js == list(range(js[0], js[0] + kg)):
-                out[:, js[0]:js[0] + kg] = res
+            if group.j_slice is not None:
+                out[:, group.j_slice] = res
             else:
-                out[:, js] = res
+                out[:, group.js] = res
         return out
 
-    def _plan(self, spec: RetinaSpec, n: int) -> list[_Group]:
-        """Per scale: its level, residual factors and region size (cached per retina), grouped
-        so that scales alike (same region shape and factors) are resampled in one call while
-        the batch is small -- one dispatch instead of k for the same arithmetic; big merged
-        batches fall out of the CPU caches and run slower than per-scale calls."""
+    def _plan(self, spec: RetinaSpec, n: int) -> list[ScaleGroup]:
+        """The groups of scales to read for ``n`` locations (:func:`._plan.select_groups`) from
+        this slide's plan of ``spec`` (:func:`._plan.plan_retina`, cached per retina)."""
         plans = self._plans.get(spec)
         if plans is None:
-            downs, axis = self.level_downsamples, self.axis_downsamples
-            g = spec.patch
-            groups: dict[tuple, list[_ScalePlan]] = {}
-            for j in range(spec.scales):
-                f = spec.pixel_factor(j)
-                lvl = choose_level(f, downs)
-                dx, dy = axis[lvl]
-                lw, lh = self.info.level_dimensions[lvl]
-                fi = integer_factor(f / dx, f / dy, g)
-                # A reader whose regions start a sub-pixel off reads one more pixel around
-                # them, so that the shifted window still lies inside what was read.
-                z = np.zeros(1, np.int64)
-                m = 0 if self._region_offsets(lvl, z, z) is None else 1
-                if fi and g * fi + 1 + 2 * m <= min(lw, lh):
-                    # Centred on the exact location with width g * fi (level pixels).
-                    c = g * fi + 1 + 2 * m
-                    sp = _ScalePlan(j, lvl, dx, dy, float(fi), float(fi), fi, c, c,
-                                    0.5 * g * fi, 0.5 * g * fi, lw, lh, m)
-                else:
-                    cx = min(window_span(0.0, f / dx, g)[1] + 2 * m, lw)
-                    cy = min(window_span(0.0, f / dy, g)[1] + 2 * m, lh)
-                    half = 0.5 * spec.window(j)
-                    sp = _ScalePlan(j, lvl, dx, dy, f / dx, f / dy, 0, cx, cy, half, half, lw,
-                                    lh, m)
-                groups.setdefault((sp.cx, sp.cy, sp.fx, sp.fy, sp.fi, sp.margin), []).append(sp)
-            plans = self._plans[spec] = [
-                (_Group(scs), [_Group([sp]) for sp in scs]) for scs in groups.values()]
-        out = []
-        for group, singles in plans:
-            p = group.scales[0]
-            if len(singles) == 1 or n * len(singles) * p.cx * p.cy <= 60_000:
-                out.append(group)
-            else:
-                out += singles
-        return out
+            plans = self._plans[spec] = plan_retina(
+                spec, self.level_downsamples, self.axis_downsamples,
+                self.info.level_dimensions, self._margin)
+        return select_groups(plans, n)
+
+    def _margin(self, level: int) -> int:
+        """Extra level pixels to read on each side of a region of ``level``: 1 for a reader
+        whose regions start a sub-pixel off (so that the shifted window still lies inside what
+        was read), else 0."""
+        z = np.zeros(1, np.int64)
+        return 0 if self._region_offsets(level, z, z) is None else 1
 
     def thumbnail(self, max_size: int = 2048) -> np.ndarray:
         """``(h, w, 3)`` uint8 view of the whole slide, longest side ``<= max_size``, read from
@@ -434,14 +360,12 @@ class GlimpseSource(abc.ABC):
         return np.ascontiguousarray(img)
 
     def mtime(self) -> float:
-        """Modification time of the file (a zarr store: of its root ``zarr.json``), 0 if none."""
+        """Modification time of the slide's path (part of every cache key), 0 if none; a backend
+        whose slide is a directory says which file in it changes (ZarrSource: ``zarr.json``)."""
         if self._path is None:
             return 0.0
-        p = Path(self._path)
         try:
-            if p.is_dir() and (p / "zarr.json").exists():
-                return (p / "zarr.json").stat().st_mtime
-            return p.stat().st_mtime
+            return Path(self._path).stat().st_mtime
         except OSError:
             return 0.0
 

@@ -103,7 +103,7 @@ class OpenSlideSource(GlimpseSource):
 
     def __init__(self, path: str | os.PathLike, **settings: Any):
         super().__init__(os.fspath(path), **settings)
-        _ = self.info  # open once to validate (an unpickled copy skips this: see _unpickled)
+        _ = self.info  # open once to validate (an unpickled copy does not: base._rebuild)
 
     def _handle_key(self, level: int) -> tuple:
         return (self._cache_key(), int(level))

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import SlideError
+from . import _zarr_decode
 from .base import GlimpseSource, SlideInfo
-from .cache import BlockCache, handle_pool
+from .cache import handle_pool
 
 __all__ = ["ZarrSource", "read_multiscales"]
 
@@ -85,103 +86,10 @@ def _open(path: str) -> dict[str, Any]:
         if a.ndim != ndim:
             raise SlideError(path, f"level {i} has {a.ndim} dimensions, axes say {ndim}")
     unit = axes[ix].get("unit")
-    fast = [_fast_reader(a, Path(path) / str(d["path"]), ic) for a, d in
+    fast = [_zarr_decode.fast_reader(a, Path(path) / str(d["path"]), ic) for a, d in
             zip(arrays, ms["datasets"])]
     return {"group": group, "arrays": arrays, "scales": scales, "ix": ix, "iy": iy, "ic": ic,
             "unit": unit, "names": names, "name": ms.get("name"), "fast": fast}
-
-
-_MAX_U64 = 2**64 - 1
-
-
-def _crc32c_fn() -> Any:
-    """``crc32c(bytes) -> int`` when a crc32c package is installed (zarr 3 needs
-    ``google_crc32c``), else None (shard indexes are then checked for bounds only)."""
-    try:
-        import google_crc32c
-
-        return google_crc32c.value
-    except ImportError:
-        pass
-    try:
-        import crc32c
-
-        return crc32c.crc32c
-    except ImportError:
-        return None
-
-
-def _shard_layout(sc: Any, shard_shape: tuple[int, ...]) -> dict[str, Any] | None:
-    """The sharding codec's layout when the fast path can read it (index codecs ``bytes``
-    [+ ``crc32c``], a regular inner grid), else None."""
-    from zarr.codecs import BytesCodec, Crc32cCodec
-
-    inner = tuple(int(c) for c in sc.chunk_shape)
-    if len(inner) != len(shard_shape) or any(c <= 0 or s % c for s, c in zip(shard_shape, inner)):
-        return None
-    icodecs = list(sc.index_codecs)
-    if not icodecs or not isinstance(icodecs[0], BytesCodec) or len(icodecs) > 2:
-        return None
-    crc = len(icodecs) == 2
-    if crc and not isinstance(icodecs[1], Crc32cCodec):
-        return None
-    endian = getattr(getattr(icodecs[0], "endian", None), "value", None) or "little"
-    cps = tuple(s // c for s, c in zip(shard_shape, inner))
-    loc = getattr(sc.index_location, "value", sc.index_location)
-    if loc not in ("start", "end"):
-        return None
-    n = int(np.prod(cps))
-    return {"cps": cps, "loc": loc, "crc": crc, "crcfn": _crc32c_fn() if crc else None,
-            "dtype": np.dtype("<u8" if endian == "little" else ">u8"),
-            "index_size": 16 * n + (4 if crc else 0),
-            # parsed indexes by (shard file, size, mtime): a rewritten shard is parsed anew
-            "cache": BlockCache(32 << 20)}
-
-
-def _fast_reader(arr: Any, root: Path, ic: int | None) -> dict[str, Any] | None:
-    """How to decode a chunk of ``arr`` without zarr's machinery (4x cheaper per chunk): only
-    for the common case -- a local zarr v3 uint8 array, regular chunks, ``bytes`` + blosc (any
-    compressor) or zstd (or nothing), all channels in one chunk; unsharded, or sharded
-    (``sharding_indexed`` with those inner codecs, index ``bytes`` [+ ``crc32c``] at the start
-    or end), where the inner chunk is the block. None otherwise (zarr reads)."""
-    try:
-        import numcodecs
-        from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec, ZstdCodec
-
-        md = arr.metadata
-        if md.zarr_format != 3 or np.dtype(arr.dtype) != np.uint8 or not root.is_dir():
-            return None
-        codecs = list(md.codecs)
-        grid = tuple(int(c) for c in md.chunk_grid.chunk_shape)
-        shard = None
-        if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
-            shard = _shard_layout(codecs[0], grid)
-            if shard is None:
-                return None
-            chunks = tuple(int(c) for c in codecs[0].chunk_shape)
-            codecs = list(codecs[0].codecs)
-        else:
-            chunks = grid
-        if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
-            return None
-        if len(codecs) == 1:
-            decode = bytes
-        elif isinstance(codecs[1], BloscCodec):
-            decode = numcodecs.Blosc().decode
-        elif isinstance(codecs[1], ZstdCodec):
-            decode = numcodecs.Zstd().decode
-        else:
-            return None
-        if ic is not None and chunks[ic] < arr.shape[ic]:
-            return None
-        cke = md.chunk_key_encoding
-        sep = getattr(cke, "separator", "/")
-        prefix = "c" + sep if getattr(cke, "name", "default") == "default" else ""
-        fill = int(md.fill_value) if md.fill_value is not None else 0
-        return {"root": os.path.join(str(root), ""), "sep": sep, "prefix": prefix,
-                "chunks": chunks, "decode": decode, "fill": fill, "shard": shard}
-    except Exception:  # noqa: BLE001 -- anything unusual: let zarr read it
-        return None
 
 
 class ZarrSource(GlimpseSource):
@@ -197,10 +105,17 @@ class ZarrSource(GlimpseSource):
 
     backend = "zarr"
 
-    def __init__(self, path: str | os.PathLike, *, _validate: bool = True, **settings: Any):
+    def __init__(self, path: str | os.PathLike, **settings: Any):
         super().__init__(os.fspath(path), **settings)
-        if _validate:
-            _ = self.info
+        _ = self.info  # open once to validate (an unpickled copy does not: base._rebuild)
+
+    def mtime(self) -> float:
+        """A store is a directory: its root ``zarr.json`` is what a rewrite changes."""
+        meta = Path(self._path) / "zarr.json"
+        try:
+            return meta.stat().st_mtime
+        except OSError:
+            return super().mtime()
 
     def _handle(self):
         return handle_pool().use(self._cache_key(), lambda: _open(self._path), None)
@@ -259,94 +174,15 @@ class ZarrSource(GlimpseSource):
         out[:, :h, :w] = data[:3] if data.shape[0] in (2, 3) else _channels3(data)
         return out
 
-    def _read_fast(self, fast: dict[str, Any], hd: dict[str, Any], level: int, bx: int,
-                   by: int) -> np.ndarray | None:
+    def _read_fast(self, fast: _zarr_decode.FastReader, hd: dict[str, Any], level: int,
+                   bx: int, by: int) -> np.ndarray | None:
         """The decoded chunk ``(by, bx)`` as ``(3, bh, bw)`` uint8, or None to fall back."""
-        chunks = fast["chunks"]
-        idx = [0] * len(chunks)
-        idx[hd["ix"]], idx[hd["iy"]] = bx, by
-        shard = fast["shard"]
-        if shard is None:
-            f = fast["root"] + (fast["prefix"] + fast["sep"].join(map(str, idx)))
-            try:
-                with open(f, "rb") as fh:
-                    raw = fh.read()
-            except FileNotFoundError:
-                raw = None
-        else:
-            cps = shard["cps"]
-            f = fast["root"] + (fast["prefix"] + fast["sep"].join(
-                str(i // n) for i, n in zip(idx, cps)))
-            raw = self._read_inner(shard, f, tuple(i % n for i, n in zip(idx, cps)), level)
-        if raw is None:
-            data = np.full(chunks, fast["fill"], dtype=np.uint8)
-        else:
-            try:
-                data = np.frombuffer(fast["decode"](raw), dtype=np.uint8)
-                data = data.reshape(chunks)
-            except Exception as e:
-                raise SlideError(self._path, f"cannot decode level {level} chunk ({by}, {bx}) "
-                                             f"({f}): {type(e).__name__}: {e}") from e
-        sel, keep = _selection(hd, len(chunks), slice(None), slice(None))
+        data = _zarr_decode.read_chunk(fast, self._path, level, hd["ix"], hd["iy"], bx, by)
+        sel, keep = _selection(hd, len(fast.chunks), slice(None), slice(None))
         data = _as_cyx(data[sel], keep)
         if data.shape[0] == 3:
             return data
         return None if data.shape[0] not in (1, 4) else _channels3(data)
-
-    def _read_inner(self, shard: dict[str, Any], f: str, inner: tuple[int, ...],
-                    level: int) -> bytes | None:
-        """The encoded bytes of inner chunk ``inner`` of shard file ``f``, None when the shard
-        or the chunk is absent (fill value). The shard's index is parsed once (cached per file,
-        size and mtime); an inner chunk then costs one ``pread``."""
-        try:
-            fd = os.open(f, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            st = os.fstat(fd)
-            key = (f, st.st_size, st.st_mtime_ns)
-            index = shard["cache"].get(key)
-            if index is None:
-                index = shard["cache"].put(
-                    key, self._parse_shard_index(shard, fd, f, st.st_size, level))
-            off, nb = (int(v) for v in index[inner])
-            if off == _MAX_U64:
-                return None
-            raw = os.pread(fd, nb, off)
-        finally:
-            os.close(fd)
-        if len(raw) != nb:
-            raise SlideError(self._path, f"level {level} shard {f} is truncated: inner chunk "
-                                         f"{inner} needs bytes {off}..{off + nb}, read {len(raw)}")
-        return raw
-
-    def _parse_shard_index(self, shard: dict[str, Any], fd: int, f: str, size: int,
-                           level: int) -> np.ndarray:
-        isz = shard["index_size"]
-        if size < isz:
-            raise SlideError(self._path, f"level {level} shard {f} is truncated: {size} bytes, "
-                                         f"shorter than its {isz}-byte index")
-        start = 0 if shard["loc"] == "start" else size - isz
-        buf = os.pread(fd, isz, start)
-        if len(buf) != isz:
-            raise SlideError(self._path, f"level {level} shard {f}: short read of its index")
-        if shard["crc"]:
-            fn = shard["crcfn"]
-            if fn is not None and fn(buf[:-4]) != int.from_bytes(buf[-4:], "little"):
-                raise SlideError(self._path, f"level {level} shard {f}: index checksum (crc32c) "
-                                             "mismatch (corrupt or truncated shard)")
-            buf = buf[:-4]
-        index = np.frombuffer(buf, dtype=shard["dtype"]).astype(np.uint64)
-        index = index.reshape(shard["cps"] + (2,))
-        off, nb = index[..., 0], index[..., 1]
-        empty = off == _MAX_U64
-        lo, hi = (isz, size) if shard["loc"] == "start" else (0, size - isz)
-        o, n = off[~empty], nb[~empty]
-        if (np.any(empty & (nb != _MAX_U64)) or np.any(o < lo) or np.any(n > hi)
-                or np.any(o > hi - n)):
-            raise SlideError(self._path, f"level {level} shard {f}: its index points outside "
-                                         f"the shard ({size} bytes; corrupt or truncated shard)")
-        return index
 
 
 def _selection(hd: dict[str, Any], ndim: int, xs: slice, ys: slice
