@@ -131,7 +131,7 @@ def test_make_slides_pipeline_writes_manifest(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "pipelines" / "make_slides.py"
+    path = Path(__file__).parents[2] / "pipelines" / "make_slides.py"
     spec = importlib.util.spec_from_file_location("make_slides_cli", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -195,7 +195,7 @@ def _pipeline():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "pipelines" / "train.py"
+    path = Path(__file__).resolve().parents[2] / "pipelines" / "train.py"
     spec = importlib.util.spec_from_file_location("pipeline_train", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -18,7 +18,7 @@ from ram_wsi.slide.convert import _mean2x2, cli
 from ram_wsi.slide.openslide_source import composite_over_white
 from ram_wsi.slide.synth import write_pyramid_zarr
 
-SHARED = Path(__file__).parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).parents[2].parent / "shared" / "data"
 SLIDES = SHARED / "slides"
 needs_shared = pytest.mark.skipif(not (SLIDES / "boxes.tiff").exists(),
                                   reason="../shared/data/slides is not here")
