@@ -6,7 +6,7 @@ rollout actor: the config travels as a plain dict) -- the digits are loaded, or 
 opened, by the process that reads them; only paths travel.
 
 * :class:`MnistEnv`: the paper's tasks, from the same digit pool and train split as the
-  single-process trainer (:func:`ram_wsi.train.datasets.build_task_data`), with its own seed.
+  single-process trainer (:func:`ram_wsi.data.datasets.build_task_data`), with its own seed.
 * :class:`SlideEnv`: a CSV manifest ``path,label`` (:mod:`.manifest`). An episode
   picks a slide uniformly, starts inside tissue (or uniformly), and every glimpse is read lazily
   through ``source.glimpse``.
@@ -23,6 +23,7 @@ from ..config import ExperimentConfig
 from ..errors import ConfigError
 from ..models import RetinaSensor
 from ..retina import RetinaSpec
+from .datasets import split_digits, task_spec
 from .manifest import read_manifest
 from .tasks import EpisodeSampler
 
@@ -53,8 +54,6 @@ class MnistEnv:
     classes = 10
 
     def __init__(self, cfg: ExperimentConfig, seed: int, log=lambda *_: None):
-        from ..train.datasets import split_digits, task_spec
-
         images, labels, self.description, (tr, _, _) = split_digits(cfg, log)
         self.sampler = EpisodeSampler(torch.from_numpy(images[tr]), torch.from_numpy(labels[tr]),
                                       task_spec(cfg), seed=seed, device="cpu")

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from ..config import ExperimentConfig
+from ..data.datasets import TaskData, build_task_data
 from ..io_utils import append_jsonl, write_json
 from ..models import RecurrentAttentionModel, RetinaSensor, build_model
 from ..models.ram import Trajectory
 from .checkpoint import load_checkpoint, save_checkpoint
-from .datasets import TaskData, build_task_data
 from .evaluate import evaluate, on_target_fraction, on_target_half_width
 from .losses import LossTerms, hybrid_loss
 

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from ..config import ExperimentConfig
-from ..data.mnist import default_mnist_dir, load_pool, split_indices
-from ..data.synthetic_digits import synthetic_digits
-from ..data.tasks import EpisodeSampler, TaskSpec, task_preset
 from ..errors import DataError
+from .mnist import default_mnist_dir, load_pool, split_indices
+from .synthetic_digits import synthetic_digits
+from .tasks import EpisodeSampler, TaskSpec, task_preset
 
 __all__ = ["TaskData", "build_task_data", "default_mnist_dir", "split_digits", "task_spec"]
 
