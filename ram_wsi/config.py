@@ -109,21 +109,36 @@ class MnistDataConfig:
 
 @dataclass
 class SlideDataConfig:
-    """A CSV manifest of slides (columns path,label; paths relative to it) and the retina's
-    physical scale on them."""
+    """A CSV manifest of slides (``path,label`` and optional ``split``, ``case``; paths relative
+    to it) and how an agent reads them."""
 
     manifest: str | None = None
-    retina_base: float = 1.0  # first patch's output pixel, in level-0 px (or um, below)
-    retina_units: str = "px"  # px | um (needs mpp on every slide)
-    start: str = "tissue"  # first glimpse of a slide episode: tissue (inside the mask) | uniform
+    # The retina's first patch: one output pixel is retina_base level-0 px (units px) or um
+    # (units um: every slide must state its mpp; auto: um when all do, else px at fallback_mpp).
+    retina_base: float = 1.0
+    retina_units: str = "px"  # px | um | auto
+    fallback_mpp: float = 0.25  # auto, when a slide states no mpp: um per level-0 px assumed
+    start: str = "tissue"  # first glimpse without a context net: tissue (in the mask) | uniform
+    frame: str = "tissue"  # what [-1, 1]^2 spans: tissue (its bounding square) | slide
+    thumb_size: int = 512  # the one thumbnail per slide (mask, frame, context), longest side
+    holdout_val: float = 0.15  # seeded stratified split by case, when the manifest has none
+    holdout_test: float = 0.15
+    balanced: bool = False  # draw training slides class-balanced
+    drop_bad_rows: bool = False  # unreadable/missing/duplicate rows: drop them (said) or fail
+    class_names: list | None = None  # set by the run from the manifest (checkpoints keep it)
 
     def validate(self, src: str | None) -> None:
         if not self.manifest:
             raise ConfigError("slides need data.manifest (a CSV of path,label)",
                               key="data.manifest", source=src)
-        one_of(self.retina_units, ("px", "um"), "data.retina_units", src)
+        one_of(self.retina_units, ("px", "um", "auto"), "data.retina_units", src)
         one_of(self.start, ("tissue", "uniform"), "data.start", src)
+        one_of(self.frame, ("tissue", "slide"), "data.frame", src)
         positive(self.retina_base, "data.retina_base", src)
+        positive(self.fallback_mpp, "data.fallback_mpp", src)
+        at_least(self.thumb_size, 32, "data.thumb_size", src)
+        in_range(self.holdout_val, 0.0, 0.5, "data.holdout_val", src)
+        in_range(self.holdout_test, 0.0, 0.5, "data.holdout_test", src)
 
 
 @dataclass
@@ -169,6 +184,14 @@ class ModelConfig:
     loc_std: float = 0.15
     loc_mean: str = "tanh"  # tanh | clamp | linear: how the policy mean is kept in [-1, 1]
     first_location: str = "random"  # random (paper) | center
+    # Beyond the paper ("glance, then look"): ``thumbnail`` reads a small fixed-size view of
+    # the whole image (a slide's tissue frame) once per episode; it sets the core's first state
+    # and proposes the first location by a categorical policy over a context_grid^2 grid of
+    # cells (REINFORCE, like the later glimpses). ``none`` is the paper's model.
+    context: str = "none"  # none (paper) | thumbnail
+    context_size: int = 128  # side of the square thumbnail, pixels
+    context_grid: int = 16  # the first-location policy's cells per side
+    context_channels: int = 16  # width of the context convolutions
     fc_hidden: int = 256
     conv_filters: int = 8
     conv_kernel: int = 10
@@ -181,6 +204,13 @@ class ModelConfig:
         one_of(self.core, ("rnn", "lstm"), "model.core", src)
         one_of(self.loc_mean, ("tanh", "clamp", "linear"), "model.loc_mean", src)
         one_of(self.first_location, ("random", "center"), "model.first_location", src)
+        one_of(self.context, ("none", "thumbnail"), "model.context", src)
+        at_least(self.context_channels, 1, "model.context_channels", src)
+        at_least(self.context_grid, 1, "model.context_grid", src)
+        if self.context_size < 16 or self.context_size % self.context_grid:
+            raise ConfigError(f"must be >= 16 and a multiple of model.context_grid "
+                              f"({self.context_grid}), got {self.context_size}",
+                              key="model.context_size", source=src)
         at_least(self.glimpses, 1, "model.glimpses", src)
         in_range(self.loc_std, 0.0, 2.0, "model.loc_std", src, closed_low=False)
         for name in ("glimpse_hidden", "loc_hidden", "glimpse_out", "hidden", "fc_hidden",
@@ -224,6 +254,10 @@ class TrainConfig:
     # gradient to unit-size steps, so at the supervised rate the policy mean random-walks into
     # tanh saturation (glimpses parked in a corner); a smaller rate lets the signal accumulate.
     policy_lr_scale: float = 0.1
+    # The context net's first-location policy (model.context: thumbnail) relative to ``lr``: a
+    # categorical over cells is not prone to saturation like the Gaussian mean, and the first
+    # glimpse decides an episode, so it learns at the full rate.
+    context_lr_scale: float = 1.0
     patience: int = 20  # early stopping: epochs without validation improvement
     eval_samples: int = 10  # M, for the M-averaged error
     max_minutes: float | None = None  # wall-clock cap (the run still evaluates and saves)
@@ -356,6 +390,10 @@ def _coerce(value: Any, typ: Any, key: str, src: str | None) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"must be a number, got {value!r}", key=key, source=src)
         return float(value)
+    if base in ("list", "<class 'list'>"):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"must be a list, got {value!r}", key=key, source=src)
+        return [str(v) for v in value]
     if base in ("str", "<class 'str'>"):
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"must be a string, got {value!r}", key=key, source=src)

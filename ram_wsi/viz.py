@@ -20,7 +20,7 @@ from .io_utils import atomic_path
 from .models import RecurrentAttentionModel, RetinaSensor
 from .retina import loc_to_pixels
 
-__all__ = ["plot_curves", "plot_glimpses"]
+__all__ = ["composite_glimpse", "plot_curves", "plot_glimpses", "plot_slide_glimpses"]
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -107,6 +107,67 @@ def plot_glimpses(model: RecurrentAttentionModel, images: torch.Tensor, labels: 
             strip = torch.cat([glimpses[i, t, j] for j in range(k)], dim=2)  # (C, g, k*g)
             ax.imshow(strip[0] if strip.shape[0] == 1 else strip.permute(1, 2, 0),
                       cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(f"glimpse {t + 1}", fontsize=7)
+            ax.axis("off")
+    return _save(fig, path)
+
+
+def composite_glimpse(glimpse: torch.Tensor, factor: float, size: int = 192) -> torch.Tensor:
+    """One glimpse ``(k, C, g, g)`` as the paper's Figure 3 shows it: a ``(C, size, size)``
+    square where each scale is upscaled back to its true extent around the same centre, the
+    coarsest underneath and the full-resolution patch in the middle."""
+    k, c, g, _ = glimpse.shape
+    out = torch.empty(c, size, size)
+    widest = factor ** (k - 1)
+    for j in range(k - 1, -1, -1):
+        side = max(1, round(size * factor**j / widest))
+        up = torch.nn.functional.interpolate(glimpse[j][None].float(), size=(side, side),
+                                             mode="nearest")[0]
+        a = (size - side) // 2
+        out[:, a:a + side, a:a + side] = up
+    return out
+
+
+def plot_slide_glimpses(rows: Sequence[dict[str, Any]], spec, class_names: Sequence[str],
+                        path: str | Path) -> Path:
+    """Per slide: its frame (the tissue's bounding square) with the mean-policy path, the
+    fovea of each glimpse (first green, last red) and the widest scale of the first, then
+    each glimpse as :func:`composite_glimpse` shows it; the decision in the title.
+    ``rows`` are :func:`ram_wsi.train.slide_eval.rollout_slides` rows with glimpses kept."""
+    n = len(rows)
+    n_glimpses = rows[0]["glimpses"].shape[0]
+    fig = plt.figure(figsize=(3.2 + 1.6 * n_glimpses, 3.0 * n))
+    grid = fig.add_gridspec(n, 1 + n_glimpses, width_ratios=[2.0] + [1.0] * n_glimpses)
+    cmap = plt.get_cmap("autumn_r")
+    for i, r in enumerate(rows):
+        ax = fig.add_subplot(grid[i, 0])
+        prev = torch.as_tensor(r["preview"]).permute(1, 2, 0).numpy()
+        size = prev.shape[0]
+        ax.imshow(prev)
+        fr = r["frame"]
+        scale = size / fr["w"]  # preview px per level-0 px
+        pts = (torch.as_tensor(r["path_frame"]) + 1) * 0.5 * size - 0.5
+        ax.plot(pts[:, 0], pts[:, 1], "-", color="yellow", lw=0.8)
+        fovea, widest = r["windows_px"][0] * scale, r["windows_px"][-1] * scale
+        x0, y0 = pts[0].tolist()
+        ax.add_patch(Rectangle((x0 - widest / 2, y0 - widest / 2), widest, widest, fill=False,
+                               ec="lime", lw=0.6, ls=":"))
+        for t in range(n_glimpses):
+            col = "lime" if t == 0 else cmap(t / max(1, n_glimpses - 1))
+            x, y = pts[t].tolist()
+            box = max(fovea, 2.0)
+            ax.add_patch(Rectangle((x - box / 2, y - box / 2), box, box, fill=False, ec=col,
+                                   lw=1.0))
+            ax.text(x, y, str(t + 1), color=col, fontsize=6, ha="center", va="center")
+        pm = r["probs_mean"]
+        ax.set_title(f"{Path(str(r['path'])).name[:40]}\nlabel {class_names[r['label']]}, "
+                     f"predicted {class_names[int(pm.argmax())]} ({pm.max():.2f})", fontsize=7)
+        ax.axis("off")
+        g = torch.as_tensor(r["glimpses"]).float() / 255.0  # (T, k, C, g, g)
+        for t in range(n_glimpses):
+            ax = fig.add_subplot(grid[i, 1 + t])
+            ax.imshow(composite_glimpse(g[t], spec.scale_factor).permute(1, 2, 0).numpy(),
+                      interpolation="nearest")
             ax.set_title(f"glimpse {t + 1}", fontsize=7)
             ax.axis("off")
     return _save(fig, path)

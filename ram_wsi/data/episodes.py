@@ -7,13 +7,18 @@ opened, by the process that reads them; only paths travel.
 
 * :class:`MnistEnv`: the paper's tasks, from the same digit pool and train split as the
   single-process trainer (:func:`ram_wsi.data.datasets.build_task_data`), with its own seed.
-* :class:`SlideEnv`: a CSV manifest ``path,label`` (:mod:`.manifest`). An episode
-  picks a slide uniformly, starts inside tissue (or uniformly), and every glimpse is read lazily
-  through ``source.glimpse``.
+* :class:`SlideEnv`: the train split of a CSV manifest (:mod:`.manifest`). An episode picks a
+  slide (uniformly or class-balanced), starts inside tissue (or uniformly, or where the context
+  net says), and every glimpse is read lazily through ``source.glimpse``
+  (:mod:`.slides`: the slide's frame, thumbnail and context).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,17 +29,64 @@ from ..errors import ConfigError
 from ..models import RetinaSensor
 from ..retina import RetinaSpec
 from .datasets import split_digits, task_spec
-from .manifest import read_manifest
+from .manifest import SlideManifest, load_manifest, write_manifest
+from .slides import SlideSensor, SlideSet, resolve_units
 from .tasks import EpisodeSampler
 
 __all__ = [
     "Env",
+    "Episodes",
     "MnistEnv",
     "SlideEnv",
     "SlideSensor",
     "build_env",
+    "context_float",
     "env_shape",
+    "image_context",
+    "is_prepared",
+    "prepare_slide_data",
 ]
+
+
+@dataclass
+class Episodes:
+    """A batch of ``B`` episodes ready to run: what :meth:`RecurrentAttentionModel.unroll`
+    takes besides the model.
+
+    Attributes:
+        sensor: ``sensor(t, loc)`` -> ``(B, k, C, g, g)`` glimpses.
+        labels: ``(B,)`` int64.
+        start: ``(B, 2)`` first locations of a model without a context net, or None (the
+            paper's rule).
+        context: ``(B, C, S, S)`` uint8 thumbnails for a context net, or None. uint8 so that
+            the values the policy saw travel to a learner exactly.
+        slide_idx: ``(B,)`` which slide of the split each episode is on (slides only).
+    """
+
+    sensor: Any
+    labels: torch.Tensor
+    start: torch.Tensor | None = None
+    context: torch.Tensor | None = None
+    slide_idx: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def model_context(self) -> torch.Tensor | None:
+        """The thumbnails as the model reads them: float in [0, 1]."""
+        return None if self.context is None else context_float(self.context)
+
+
+def context_float(context: torch.Tensor) -> torch.Tensor:
+    """uint8 thumbnails -> float32 in [0, 1] (the same arithmetic on actor and learner)."""
+    return context.to(torch.float32) / 255.0
+
+
+def image_context(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, C, H, W)`` images in [0, 1] -> ``(B, C, size, size)`` uint8 thumbnails (area
+    resampling): the glance of an in-memory task."""
+    small = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="area")
+    return (small.clamp(0, 1) * 255.0).round().to(torch.uint8)
 
 
 class Env(Protocol):
@@ -42,8 +94,7 @@ class Env(Protocol):
     classes: int
     spec: RetinaSpec
 
-    def episodes(self, batch: int) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
-        """``(sensor, labels (B,), start (B, 2) or None)``."""
+    def episodes(self, batch: int) -> Episodes:
         ...
 
 
@@ -58,94 +109,111 @@ class MnistEnv:
         self.sampler = EpisodeSampler(torch.from_numpy(images[tr]), torch.from_numpy(labels[tr]),
                                       task_spec(cfg), seed=seed, device="cpu")
         self.spec = cfg.model.retina()
+        self.context_size = cfg.model.context_size if cfg.model.context != "none" else None
 
-    def episodes(self, batch: int):
+    def episodes(self, batch: int) -> Episodes:
         x, y, _ = self.sampler.sample(batch)
-        return RetinaSensor(x, self.spec), y, None
+        ctx = image_context(x, self.context_size) if self.context_size else None
+        return Episodes(RetinaSensor(x, self.spec), y, None, ctx)
 
 
-def _open_source(path: str):
+def slide_spec(cfg: ExperimentConfig) -> RetinaSpec:
+    """The model's retina with the slides' physical scale (``data.slides.retina_base``)."""
+    return dataclasses.replace(cfg.model.retina(), base=float(cfg.data.slides.retina_base))
+
+
+def slide_set(cfg: ExperimentConfig, records: list, class_names: list[str], units: str
+              ) -> SlideSet:
+    """A :class:`SlideSet` of ``records`` read as the config says."""
+    d, m = cfg.data.slides, cfg.model
+    return SlideSet(records, class_names, slide_spec(cfg), units, frame=d.frame,
+                    context_size=m.context_size if m.context != "none" else None,
+                    thumb_size=d.thumb_size, start=d.start)
+
+
+def load_slide_manifest(cfg: ExperimentConfig, *, check: bool = False) -> SlideManifest:
+    """The config's manifest with its split (seeded by ``train.seed``)."""
+    d = cfg.data.slides
+    return load_manifest(d.manifest, seed=cfg.train.seed, val_fraction=d.holdout_val,
+                         test_fraction=d.holdout_test, check_slides=check,
+                         drop_bad=d.drop_bad_rows)
+
+
+def prepare_slide_data(cfg: ExperimentConfig, log=print) -> ExperimentConfig:
+    """Check every slide once (metadata only), fix the split and the retina's units, and
+    return a config that reads them: ``data.slides.manifest`` becomes ``OUT/slides.csv``
+    (``path,label,split,case``, absolute paths, the bad rows gone) and ``retina_units`` /
+    ``retina_base`` their resolved values -- so every actor and a resumed run see the same
+    slides, split and units without opening them all again."""
     from ..slide import open_source
 
-    return open_source(path)
+    d = cfg.data.slides
+    man = load_slide_manifest(cfg, check=True)
+    log(man.describe())
+    for bad in man.dropped:
+        log(f"  dropped row {bad.row} ({bad.path}): {bad.reason}")
+    mpps = [open_source(r.path).mpp for r in man.records] if d.retina_units != "px" else []
+    units, base = resolve_units(d.retina_units, mpps, d.retina_base, d.fallback_mpp, log)
+    out = cfg.out_dir / "slides.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = man.class_names
+    write_manifest(out, [(r.path, names[r.label], r.split, r.case) for r in man.records])
+    new = copy.deepcopy(cfg)
+    new.data.slides.manifest = str(out.resolve())
+    new.data.slides.retina_units = units
+    new.data.slides.retina_base = base
+    new.data.slides.drop_bad_rows = False
+    new.data.slides.class_names = list(names)
+    return new
 
 
-def _tissue_sampler(source: Any):
-    """Draws first locations uniformly over the slide's tissue (thumbnail mask)."""
-    from ..slide import tissue_mask
-
-    return tissue_mask(source)
-
-
-class SlideSensor:
-    """Reads each glimpse's patches lazily from the episode's slide."""
-
-    def __init__(self, sources: list[Any], slide_idx: np.ndarray, spec: RetinaSpec, units: str):
-        self.sources = sources
-        self.slide_idx = slide_idx
-        self.spec = spec
-        self.units = units
-        self.groups = {int(s): np.nonzero(slide_idx == s)[0] for s in np.unique(slide_idx)}
-
-    def __call__(self, t: int, loc: torch.Tensor) -> torch.Tensor:
-        k, g = self.spec.scales, self.spec.patch
-        out = torch.empty((loc.shape[0], k, 3, g, g), dtype=torch.float32)
-        loc = loc.detach().cpu()
-        for s, rows in self.groups.items():
-            idx = torch.from_numpy(rows)
-            out[idx] = self.sources[s].glimpse(loc[idx], self.spec, units=self.units)
-        return out.to(loc.dtype)
+def is_prepared(cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg`` already reads the manifest :func:`prepare_slide_data` wrote."""
+    m = cfg.data.slides.manifest
+    return bool(m) and Path(m).resolve() == (cfg.out_dir / "slides.csv").resolve()
 
 
 class SlideEnv:
-    """Episodes over a manifest of slides, opened lazily in this process."""
+    """Training episodes over the manifest's train split, opened lazily in this process;
+    slides drawn uniformly or class-balanced (``data.slides.balanced``)."""
 
     channels = 3
 
     def __init__(self, cfg: ExperimentConfig, seed: int, log=lambda *_: None):
         d = cfg.data.slides
-        if not d.manifest:
-            raise ConfigError("slides need data.manifest", key="data.manifest")
-        self.paths, self.labels, self.class_names = read_manifest(d.manifest)
+        self.manifest = load_slide_manifest(cfg)
+        self.class_names = self.manifest.class_names
         self.classes = max(2, len(self.class_names))
-        import dataclasses
+        units = d.retina_units
+        if units == "auto":  # not prepared (a worker built directly): decide from the slides
+            from ..slide import open_source
 
-        self.spec = dataclasses.replace(cfg.model.retina(), base=float(d.retina_base))
-        self.units = d.retina_units
-        self.start_rule = d.start
+            mpps = [open_source(r.path).mpp for r in self.manifest.records]
+            units, base = resolve_units(units, mpps, d.retina_base, d.fallback_mpp, log)
+            cfg = copy.deepcopy(cfg)
+            cfg.data.slides.retina_base = base
+        self.units = units
+        self.train = slide_set(cfg, self.manifest.split("train"), self.class_names, units)
+        if not len(self.train):
+            raise ConfigError("the manifest's train split is empty", key="data.slides.manifest",
+                              source=cfg.source)
+        self.spec = self.train.spec
+        self.weights = self.manifest.sampling_weights("train", d.balanced)
         self.rng = np.random.default_rng(seed)
-        self._sources: dict[int, Any] = {}
-        self._tissue: dict[int, Any] = {}
 
-    def source(self, i: int):
-        if i not in self._sources:
-            self._sources[i] = _open_source(self.paths[i])
-        return self._sources[i]
+    def split(self, cfg: ExperimentConfig, name: str) -> SlideSet:
+        """The ``val`` or ``test`` slides, read like the training ones."""
+        return slide_set(cfg, self.manifest.split(name), self.class_names, self.units)
 
-    def _start(self, i: int, n: int) -> np.ndarray:
-        if self.start_rule == "uniform":
-            return self.rng.uniform(-1, 1, size=(n, 2))
-        if i not in self._tissue:
-            self._tissue[i] = _tissue_sampler(self.source(i))
-        return np.asarray(self._tissue[i].sample(n, self.rng), dtype=np.float64)
-
-    def episodes(self, batch: int):
-        idx = self.rng.integers(0, len(self.paths), size=batch)
-        start = np.zeros((batch, 2))
-        for s in np.unique(idx):
-            rows = np.nonzero(idx == s)[0]
-            start[rows] = self._start(int(s), len(rows))
-        used = set(idx.tolist())
-        sources = [self.source(i) if i in used else None for i in range(len(self.paths))]
-        labels = torch.as_tensor([self.labels[i] for i in idx], dtype=torch.long)
-        return (SlideSensor(sources, idx, self.spec, self.units), labels,
-                torch.from_numpy(start).float().clamp_(-1.0, 1.0))
+    def episodes(self, batch: int) -> Episodes:
+        idx = self.rng.choice(len(self.train), size=batch, p=self.weights)
+        return self.train.episodes(idx, self.rng)
 
 
 def env_shape(cfg: ExperimentConfig) -> tuple[int, int]:
     """``(channels, classes)`` of the model the config's environment needs."""
     if cfg.data.source == "slides":
-        _, _, names = read_manifest(cfg.data.slides.manifest)
+        names = cfg.data.slides.class_names or load_slide_manifest(cfg).class_names
         return 3, max(2, len(names))
     return 1, 10
 
@@ -155,3 +223,58 @@ def build_env(cfg: ExperimentConfig, seed: int, log=lambda *_: None):
     if cfg.data.source == "slides":
         return SlideEnv(cfg, seed, log)
     return MnistEnv(cfg, seed, log)
+
+
+class _NumpyRngState:
+    """A numpy Generator's state as a uint8 tensor (checkpoints hold tensors only)."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        import json
+
+        raw = json.dumps(self.rng.bit_generator.state).encode()
+        return {"generator": torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        import json
+
+        self.rng.bit_generator.state = json.loads(bytes(state["generator"].tolist()).decode())
+
+
+@dataclass
+class SlideTaskData:
+    """What the single-process trainer needs of a slide experiment (the slide counterpart of
+    :class:`~ram_wsi.data.datasets.TaskData`): training episodes, the val and test slides."""
+
+    env: SlideEnv
+    val: SlideSet
+    test: SlideSet
+    name: str
+    description: str
+    train_size: int  # training slides
+    channels: int = 3
+    canvas: int = 0
+    test_centers: None = None
+
+    @property
+    def classes(self) -> int:
+        return self.env.classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.env.class_names)
+
+    @property
+    def sampler(self) -> _NumpyRngState:
+        return _NumpyRngState(self.env.rng)
+
+
+def build_slide_data(cfg: ExperimentConfig, log=print) -> SlideTaskData:
+    """Training episodes and held-out slides of a (prepared) slide config."""
+    env = SlideEnv(cfg, cfg.train.seed, log)
+    man = env.manifest
+    return SlideTaskData(env, env.split(cfg, "val"), env.split(cfg, "test"),
+                         name=f"slides:{cfg.data.slides.manifest}",
+                         description=man.describe(), train_size=len(env.train))

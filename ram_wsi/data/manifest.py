@@ -1,56 +1,371 @@
-"""Slide manifests: a CSV with a header ``path,label``, paths relative to the manifest's folder.
+"""Slide manifests: a CSV with a header ``path,label[,split][,case]``, paths relative to the
+manifest's folder.
 
-The one place manifests are parsed (:func:`read_manifest`: slide episodes, the model's shape,
-benchmarks) and written (:func:`write_manifest`: ``pipelines/make_slides.py``, the scaling
-benchmark).
+The one place manifests are parsed (:func:`load_manifest`, and its old-style wrapper
+:func:`read_manifest`: slide episodes, the model's shape, benchmarks) and written
+(:func:`write_manifest`: ``pipelines/make_slides.py``, the scaling benchmark).
+
+:func:`load_manifest` checks every row (empty path or label, unknown split, duplicate slide,
+a slide that cannot be opened, a case split across train/val/test), collects *all* bad rows
+and either raises one :class:`~ram_wsi.errors.DataError` listing them or drops them
+(``drop_bad=True``). Rows without a split get a seeded split, stratified by label, at the case
+(patient) level, so no case ever straddles train and test.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..errors import DataError
+import numpy as np
+
+from ..errors import DataError, RamWsiError
 from ..io_utils import atomic_open
+from ..slide._paths import is_uri
 
-__all__ = ["read_manifest", "write_manifest"]
+__all__ = ["BadRow", "SlideManifest", "SlideRecord", "load_manifest", "read_manifest",
+           "write_manifest"]
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "valid": "val",
+                  "test": "test"}
+_COLUMNS = ("path", "label", "split", "case")
+_DROP_HINT = "set data.slides.drop_bad_rows: true to drop them"
+
+
+@dataclass(frozen=True)
+class SlideRecord:
+    """One good manifest row.
+
+    Attributes:
+        path: absolute path (relative ones resolved against the manifest's folder), or a URI
+            (``procedural:...``) exactly as written.
+        label: index into :attr:`SlideManifest.class_names`.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        case: case / patient id; a row without one is its own case (its path).
+        row: line number in the CSV (header = 1, first data row = 2).
+    """
+
+    path: str
+    label: int
+    split: str
+    case: str
+    row: int
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row that failed a check: its line number, (resolved) path and why."""
+
+    row: int
+    path: str
+    reason: str
+
+
+@dataclass
+class SlideManifest:
+    """A parsed manifest: the good rows (file order), the classes, and the rows dropped."""
+
+    source: Path
+    class_names: list[str]
+    records: list[SlideRecord]
+    dropped: list[BadRow] = field(default_factory=list)
+    seed: int = 0
+    split_method: str = "column"   # "column", "seeded", or "mixed": where the splits came from
+
+    def split(self, name: str) -> list[SlideRecord]:
+        """The records of one split (``train``/``val``/``test``; ``validation`` is ``val``)."""
+        key = _SPLIT_ALIASES.get(str(name).strip().lower())
+        if key is None:
+            raise ValueError(f"split must be one of train, val, test; got {name!r}")
+        return [r for r in self.records if r.split == key]
+
+    def class_counts(self, split: str | None = None) -> dict[str, int]:
+        """Slides per class name (every class, zeros included), in class order."""
+        recs = self.records if split is None else self.split(split)
+        counts = Counter(r.label for r in recs)
+        return {name: counts.get(i, 0) for i, name in enumerate(self.class_names)}
+
+    def sampling_weights(self, split: str = "train", balanced: bool = False) -> np.ndarray:
+        """One float64 weight per record of ``split`` (in order), summing to 1.
+
+        Uniform, or with ``balanced`` each class present in the split gets equal total mass.
+
+        Raises:
+            DataError: the split has no slides.
+        """
+        recs = self.split(split)
+        if not recs:
+            raise DataError(self.source, f"no slides in split {split!r}")
+        if not balanced:
+            return np.full(len(recs), 1.0 / len(recs), dtype=np.float64)
+        counts = Counter(r.label for r in recs)
+        w = np.array([1.0 / (len(counts) * counts[r.label]) for r in recs], dtype=np.float64)
+        return w / w.sum()
+
+    def describe(self) -> str:
+        """One line for a run log."""
+        n = {s: sum(r.split == s for r in self.records) for s in SPLITS}
+        classes = " / ".join(f"{k} {v}" for k, v in self.class_counts().items())
+        seeded = f"seeded stratified (seed {self.seed}) by case"
+        how = {"column": "column", "seeded": seeded}.get(self.split_method,
+                                                          f"column + {seeded}")
+        text = (f"manifest {self.source.name}: {len(self.records)} slides "
+                f"(train {n['train']}, val {n['val']}, test {n['test']}), classes {classes}, "
+                f"split: {how}")
+        if self.dropped:
+            k = len(self.dropped)
+            text += f", {k} row{'s' if k != 1 else ''} dropped"
+        return text
+
+
+def _resolve(cell: str, folder: Path) -> str:
+    if is_uri(cell):
+        return cell
+    p = Path(cell).expanduser()
+    return str((p if p.is_absolute() else folder / p).resolve())
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """``(line number, {column: stripped value})`` for each non-blank data row."""
+    if not path.is_file():
+        raise DataError(path, "slide manifest not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None or not any(h.strip() for h in header):
+                raise DataError(path, "manifest is empty; it needs a header with columns "
+                                      "path,label")
+            names = [h.strip().lower() for h in header]
+            for col in _COLUMNS:
+                if names.count(col) > 1:
+                    raise DataError(path, f"manifest header has column {col!r} twice")
+            missing = [c for c in ("path", "label") if c not in names]
+            if missing:
+                raise DataError(path, f"manifest header {','.join(h.strip() for h in header)!r}"
+                                      f" lacks column(s) {', '.join(missing)}; it needs "
+                                      "path,label (optional split, case)")
+            idx = {c: names.index(c) for c in _COLUMNS if c in names}
+            rows = []
+            prev = reader.line_num
+            for cells in reader:
+                start, prev = prev + 1, reader.line_num
+                if not any(c.strip() for c in cells):
+                    continue
+                rows.append((start, {c: (cells[i].strip() if i < len(cells) else "")
+                                     for c, i in idx.items()}))
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"manifest is not UTF-8 text: {e}") from None
+    except csv.Error as e:
+        raise DataError(path, f"manifest is not valid CSV: {e}") from None
+    return rows
+
+
+def _open_error(open_slide: Callable[[str], Any], path: str) -> str | None:
+    """None if the slide opens (and its ``.info`` reads), else the reason."""
+    try:
+        src = open_slide(path)
+        try:
+            src.info  # noqa: B018 -- touching it is the check
+        finally:
+            close = getattr(src, "close", None)
+            if callable(close):
+                close()
+    except (RamWsiError, OSError) as e:
+        cause = getattr(e, "cause", None)
+        return f"cannot open slide: {cause if isinstance(cause, str) else e}"
+    return None
+
+
+def _split_cases(cases: dict[str, list[int]], n_classes: int, seed: int, val_fraction: float,
+                 test_fraction: float) -> dict[str, str]:
+    """Seeded stratified split of ``{case: [labels]}`` -> ``{case: split}``."""
+    strata: dict[int, list[str]] = {}
+    for case, labels in cases.items():
+        counts = np.bincount(labels, minlength=n_classes)
+        strata.setdefault(int(np.argmax(counts)), []).append(case)   # argmax: ties -> smallest
+    rng = np.random.default_rng(seed)
+    out: dict[str, str] = {}
+    for stratum in sorted(strata):
+        members = strata[stratum]
+        order = rng.permutation(len(members))
+        n = len(members)
+        n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+        if n >= 3:
+            n_val = max(n_val, 1) if val_fraction > 0 else n_val
+            n_test = max(n_test, 1) if test_fraction > 0 else n_test
+        n_val = min(n_val, n)
+        n_test = min(n_test, n - n_val)
+        for k, i in enumerate(order):
+            out[members[i]] = "val" if k < n_val else "test" if k < n_val + n_test else "train"
+    return out
+
+
+def load_manifest(path: str | Path, *, seed: int = 0, val_fraction: float = 0.15,
+                  test_fraction: float = 0.15, check_slides: bool = True,
+                  drop_bad: bool = False, class_names: Sequence[str] | None = None,
+                  open_slide: Callable[[str], Any] | None = None) -> SlideManifest:
+    """Parse and check a slide manifest.
+
+    Args:
+        path: CSV with a header; columns ``path``, ``label`` required (names case-insensitive),
+            ``split`` (train/val/test, ``validation``/``valid`` = val, empty = unassigned) and
+            ``case`` (patient id; empty = the row is its own case) optional; others ignored.
+        seed, val_fraction, test_fraction: the seeded, label-stratified, case-level split of the
+            cases that have no explicit split (per stratum ``round(n * fraction)`` cases, at
+            least 1 when the stratum has >= 3 cases and the fraction is > 0).
+        check_slides: open every slide (``open_slide(path).info``) and treat failures as bad rows.
+        drop_bad: drop bad rows (returned in ``.dropped``) instead of raising.
+        class_names: the classes a checkpoint was trained on; labels must be among them.
+        open_slide: how a slide is opened (default :func:`ram_wsi.slide.open_source`). It is
+            also called for URIs; the parser itself never stats a URI.
+
+    Class names come from the labels of every row with a label (bad ones included), so that
+    dropping an unreadable slide never renumbers the classes: all-integer labels are class
+    indices (``["0", ..., str(max)]``), otherwise the sorted distinct labels.
+
+    Raises:
+        DataError: the file is missing or empty, the header lacks ``path``/``label``, any row is
+            bad (one error listing them all) unless ``drop_bad``, or no good row is left.
+        ValueError: impossible fractions.
+    """
+    path = Path(path)
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1
+            and val_fraction + test_fraction < 1):
+        raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must "
+                         "each be in [0, 1) with a sum below 1")
+    rows = _read_rows(path)
+    folder = path.parent.resolve()
+    reasons: dict[int, list[str]] = {}
+    shown: dict[int, str] = {}
+
+    def bad(line: int, why: str) -> None:
+        reasons.setdefault(line, []).append(why)
+
+    # classes
+    raw_labels = [r["label"] for _, r in rows if r["label"]]
+    integer = bool(raw_labels) and all(v.lstrip("-").isdigit() for v in raw_labels)
+    if class_names is not None:
+        names = [str(c) for c in class_names]
+    elif integer:
+        names = [str(i) for i in range(max(0, max(int(v) for v in raw_labels)) + 1)]
+    else:
+        names = sorted(set(raw_labels))
+    index = {n: i for i, n in enumerate(names)}
+
+    parsed: list[tuple[int, str, int, str | None, str | None]] = []   # line, path, label, split, case
+    first_seen: dict[str, int] = {}
+    for line, r in rows:
+        resolved = _resolve(r["path"], folder) if r["path"] else ""
+        shown[line] = resolved
+        if not resolved:
+            bad(line, "path is empty")
+        elif resolved in first_seen:
+            bad(line, f"duplicate of row {first_seen[resolved]}")
+        else:
+            first_seen[resolved] = line
+        label = -1
+        if not r["label"]:
+            bad(line, "label is empty")
+        elif class_names is not None:
+            if r["label"] in index:
+                label = index[r["label"]]
+            else:
+                bad(line, f"label {r['label']!r} is not one of the checkpoint's classes "
+                          f"{', '.join(names)}")
+        elif integer:
+            label = int(r["label"])
+            if label < 0:
+                bad(line, f"label {r['label']!r} is not a class index (0 or more)")
+        else:
+            label = index[r["label"]]
+        split = None
+        cell = r.get("split", "")
+        if cell:
+            split = _SPLIT_ALIASES.get(cell.lower())
+            if split is None:
+                bad(line, f"split {cell!r} is not one of train, val, test")
+        parsed.append((line, resolved, label, split, r.get("case") or None))
+
+    if check_slides:
+        if open_slide is None:
+            from ..slide import open_source as open_slide
+        for line, resolved, *_ in parsed:
+            if resolved and first_seen.get(resolved) == line:
+                why = _open_error(open_slide, resolved)
+                if why:
+                    bad(line, why)
+
+    # a case's explicit splits must agree (over every row that names a valid split)
+    explicit: dict[str, dict[str, int]] = {}
+    for line, resolved, _, split, case in parsed:
+        if split is not None:
+            explicit.setdefault(case or resolved, {}).setdefault(split, line)
+    for case, seen in explicit.items():
+        if len(seen) > 1:
+            parts = [f"{s} (row {ln})" for s, ln in sorted(seen.items(), key=lambda kv: kv[1])]
+            why = (f"case {case} is split across {', '.join(parts[:-1])} and {parts[-1]}")
+            for line, resolved, _, _, c in parsed:
+                if (c or resolved) == case:
+                    bad(line, why)
+
+    bad_rows = [BadRow(line, shown[line], "; ".join(whys)) for line, whys in
+                sorted(reasons.items())]
+    if bad_rows and not drop_bad:
+        k = len(bad_rows)
+        listing = "\n".join(f"  row {b.row} ({b.path or '-'}): {b.reason}" for b in bad_rows)
+        raise DataError(path, f"{k} of {len(rows)} row{'s' if len(rows) != 1 else ''} "
+                              f"{'is' if k == 1 else 'are'} bad:\n{listing}\n{_DROP_HINT}")
+    good = [p for p in parsed if p[0] not in reasons]
+    if not good:
+        raise DataError(path, "manifest has no usable rows" if not rows else
+                        f"all {len(rows)} rows are bad; nothing left to load")
+
+    # splits: explicit ones, spread over each case; then seeded for the rest
+    case_split: dict[str, str] = {}
+    for _, resolved, _, split, case in good:
+        if split is not None:
+            case_split[case or resolved] = split
+    n_column = sum((c or p) in case_split for _, p, _, _, c in good)
+    todo: dict[str, list[int]] = {}
+    for _, resolved, label, _, case in good:
+        key = case or resolved
+        if key not in case_split:
+            todo.setdefault(key, []).append(label)
+    case_split.update(_split_cases(todo, len(names), seed, val_fraction, test_fraction))
+    records = [SlideRecord(resolved, label, case_split[case or resolved], case or resolved, line)
+               for line, resolved, label, _, case in good]
+    method = ("column" if n_column == len(good) else "seeded" if n_column == 0 else "mixed")
+    return SlideManifest(source=path, class_names=names, records=records, dropped=bad_rows,
+                         seed=seed, split_method=method)
 
 
 def read_manifest(path: str | Path) -> tuple[list[str], list[int], list[str]]:
-    """``(paths, label indices, class names)`` from a ``path,label`` CSV.
+    """``(paths, label indices, class names)`` of every row, in file order (slides are not
+    opened). See :func:`load_manifest` for the rules; any bad row raises ``DataError``."""
+    m = load_manifest(path, check_slides=False)
+    return [r.path for r in m.records], [r.label for r in m.records], list(m.class_names)
 
-    Paths are resolved against the manifest's folder. Labels that are all integers are used as
-    class indices; otherwise the sorted distinct labels are the classes.
-    """
+
+def write_manifest(path: str | Path, rows: Iterable[Sequence[Any]]) -> Path:
+    """Write ``(path, label)``, ``(path, label, split)`` or ``(path, label, split, case)``
+    rows (paths relative to the manifest) atomically, under a header with as many of
+    ``path,label,split,case`` as the longest row; returns the manifest's path."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "slide manifest not found")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "path" not in rows[0] or "label" not in rows[0]:
-        raise DataError(path, "manifest needs a header with columns path,label and >= 1 row")
-    paths = [str((path.parent / r["path"]).resolve()) if not Path(r["path"]).is_absolute()
-             else r["path"] for r in rows]
-    raw = [r["label"].strip() for r in rows]
-    if all(v.lstrip("-").isdigit() for v in raw):
-        labels = [int(v) for v in raw]
-        names = [str(i) for i in range(max(labels) + 1)]
-    else:
-        names = sorted(set(raw))
-        labels = [names.index(v) for v in raw]
-    return paths, labels, names
-
-
-def write_manifest(path: str | Path, rows: Iterable[tuple[str, int | str]]) -> Path:
-    """Write ``(path, label)`` rows (paths relative to the manifest) under a ``path,label``
-    header, atomically; returns the manifest's path."""
-    path = Path(path)
+    rows = [tuple(r) for r in rows]
+    width = max((len(r) for r in rows), default=2)
+    if not 2 <= width <= len(_COLUMNS) or any(len(r) < 2 for r in rows):
+        raise ValueError("manifest rows must be (path, label[, split[, case]]) tuples")
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "label"])
-    w.writerows(rows)
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(_COLUMNS[:width])
+    w.writerows(r + ("",) * (width - len(r)) for r in rows)
     with atomic_open(path) as fh:
         fh.write(buf.getvalue())
     return path

@@ -40,14 +40,12 @@ def train_distributed(cfg, *, resume: bool = True, log: Callable[[str], None] = 
     """
     import ray
 
-    from ..errors import ConfigError
     from ..train.trainer import Trainer
 
-    if cfg.data.source == "slides":  # fail before starting anything
-        raise ConfigError("distributed training on slides needs a learner with slide "
-                          "evaluation, which the Trainer does not have yet; slide episodes are "
-                          "available to RolloutWorker and pipelines/bench_scaling.py",
-                          key="data.source", source=cfg.source)
+    if cfg.data.source == "slides":  # check every slide before starting anything
+        from ..data.episodes import prepare_slide_data
+
+        cfg = prepare_slide_data(cfg, log)
     if cfg.distributed.learner_device != "auto":
         cfg.train.device = cfg.distributed.learner_device
     started = init_ray(cfg.distributed.address, log=log)

@@ -74,12 +74,22 @@ class RolloutWorker:
         self.model.requires_grad_(False)
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.version = -1
+        self._splits: dict[str, Any] = {}  # val/test SlideSets, opened on first evaluation
         self.episodes = 0
         self.calls = 0
 
     def set_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
         self.model.load_state_dict(state)
         self.version = int(version)
+
+    def _take_weights(self, weights: list | dict | None, version: int) -> None:
+        """Load ``weights`` (``[ObjectRef]`` or a state dict) unless ``version`` is current."""
+        if weights is not None and int(version) != self.version:
+            if isinstance(weights, list):
+                import ray
+
+                weights = ray.get(weights[0])
+            self.set_weights(weights, version)
 
     def rollout(self, weights: list | dict | None, version: int,
                 episodes: int | None = None) -> EpisodeBatch:
@@ -90,27 +100,42 @@ class RolloutWorker:
                 None (keep the current weights).
         """
         t0 = time.perf_counter()
-        if weights is not None and int(version) != self.version:
-            if isinstance(weights, list):
-                import ray
-
-                weights = ray.get(weights[0])
-            self.set_weights(weights, version)
+        self._take_weights(weights, version)
         b = int(episodes or self.cfg.distributed.episodes_per_call)
         dtype = self.cfg.distributed.glimpse_dtype
-        sensor, labels, start = self.env.episodes(b)
+        ep = self.env.episodes(b)
         with torch.no_grad():
-            traj = self.model.unroll(QuantizingSensor(sensor, dtype), b, generator=self.gen,
-                                     keep_glimpses=True, start=start)
-        rewards = rewards_from_logits(traj.logits, labels)
+            traj = self.model.unroll(QuantizingSensor(ep.sensor, dtype), b, generator=self.gen,
+                                     keep_glimpses=True, start=ep.start,
+                                     context=ep.model_context())
+        rewards = rewards_from_logits(traj.logits, ep.labels)
         self.episodes += b
         self.calls += 1
         return EpisodeBatch(glimpses=quantize(traj.glimpses, dtype),
                             locations=traj.locations.contiguous(),
                             behaviour_log_probs=traj.log_probs.contiguous(),
-                            labels=labels.long(), rewards=rewards, version=self.version,
-                            actor=self.index, seconds=time.perf_counter() - t0,
+                            labels=ep.labels.long(), rewards=rewards, version=self.version,
+                            context=ep.context, actor=self.index,
+                            seconds=time.perf_counter() - t0,
                             info={"pid": os.getpid(), "incarnation": self.incarnation})
+
+    def evaluate(self, weights: list | dict | None, version: int, split: str,
+                 indices: list[int], samples: int, seed: int, keep_glimpses: int = 0
+                 ) -> list[dict[str, Any]]:
+        """:func:`~ram_wsi.train.slide_eval.rollout_slides` on slides ``indices`` of the
+        ``val`` or ``test`` split, with weights ``version`` (the actor reads the slides)."""
+        from ..train.slide_eval import rollout_slides
+
+        self._take_weights(weights, version)
+        if split not in self._splits:
+            self._splits[split] = self.env.split(self.cfg, split)
+        # Seeded per slide, so that rows do not depend on how slides were dealt to actors.
+        rows = []
+        for n, i in enumerate(indices):
+            rows += rollout_slides(self.model, self._splits[split], [i], samples=samples,
+                                   seed=seed + 7_919 * int(i),
+                                   keep_glimpses=int(n < keep_glimpses))
+        return rows
 
     def info(self) -> dict[str, Any]:
         return {"index": self.index, "pid": os.getpid(), "incarnation": self.incarnation,

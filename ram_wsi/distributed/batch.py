@@ -60,7 +60,8 @@ class EpisodeBatch:
         labels: ``(B,)`` int64.
         rewards: ``(B,)`` float32, 1 where the actor's classification was right.
         version: the weights version the actor acted with.
-        start: ``(B, 2)`` first locations (for the record; the learner replays ``locations``).
+        context: ``(B, C, S, S)`` uint8 thumbnails the context net read (None without one):
+            the learner replays the first location from them, never from the slide.
         actor: index of the actor that produced it; ``seconds``: time spent producing it.
     """
 
@@ -70,6 +71,7 @@ class EpisodeBatch:
     labels: torch.Tensor
     rewards: torch.Tensor
     version: int
+    context: torch.Tensor | None = None
     actor: int = -1
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
@@ -80,7 +82,8 @@ class EpisodeBatch:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (
-            self.glimpses, self.locations, self.behaviour_log_probs, self.labels, self.rewards))
+            self.glimpses, self.locations, self.behaviour_log_probs, self.labels, self.rewards,
+            self.context) if t is not None)
 
     def float_glimpses(self) -> torch.Tensor:
         return dequantize(self.glimpses)
@@ -89,7 +92,8 @@ class EpisodeBatch:
         return replace(self, glimpses=self.glimpses.to(device),
                        locations=self.locations.to(device),
                        behaviour_log_probs=self.behaviour_log_probs.to(device),
-                       labels=self.labels.to(device), rewards=self.rewards.to(device))
+                       labels=self.labels.to(device), rewards=self.rewards.to(device),
+                       context=None if self.context is None else self.context.to(device))
 
     @staticmethod
     def concat(batches: list[EpisodeBatch]) -> EpisodeBatch:
@@ -106,6 +110,8 @@ class EpisodeBatch:
             labels=torch.cat([b.labels for b in batches]),
             rewards=torch.cat([b.rewards for b in batches]),
             version=min(b.version for b in batches),
+            context=(None if batches[0].context is None else
+                     torch.cat([b.context for b in batches])),
             actor=-1,
             seconds=max(b.seconds for b in batches),
         )

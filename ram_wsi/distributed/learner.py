@@ -4,7 +4,7 @@ The forward pass is rebuilt from the recorded glimpses and raw locations with
 ``model.unroll(ReplaySensor(glimpses), B, locations=locations)`` -- the very graph a live unroll
 builds -- and the loss is :func:`~ram_wsi.train.losses.hybrid_loss`. Backward, gradient
 clipping, the non-finite guard, the optimiser and the learning-rate schedule are
-:meth:`Trainer.apply_loss`: one optimisation code path for both modes.
+:meth:`Trainer.update`: one optimisation code path for both modes.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..data.episodes import context_float
 from ..models.ram import ReplaySensor, Trajectory
 from ..train.losses import LossTerms, hybrid_loss
 from ..train.trainer import Trainer
@@ -40,8 +41,9 @@ class Learner:
     def replay(self, batch: EpisodeBatch) -> Trajectory:
         """The differentiable unroll of recorded episodes (on the learner's device)."""
         b = batch.to(self.device)
+        ctx = None if b.context is None else context_float(b.context)
         return self.trainer.model.unroll(ReplaySensor(b.float_glimpses()), len(b),
-                                         locations=b.locations.float())
+                                         locations=b.locations.float(), context=ctx)
 
     def loss(self, batch: EpisodeBatch, off_policy: bool = False) -> LossTerms:
         """Hybrid loss of a batch; ``off_policy`` weights REINFORCE by the clipped
@@ -61,9 +63,8 @@ class Learner:
                ) -> tuple[bool, dict[str, float]]:
         """One update on ``batch``: an optimiser step, or skipped, counted and logged when the
         loss or a gradient is not finite."""
-        terms = self.loss(batch, off_policy)
-        applied = self.trainer.apply_loss(terms)
-        return applied, terms.as_dict()
+        result = self.trainer.update(lambda: self.loss(batch, off_policy))
+        return not result.skipped, result.loss
 
     def weights(self) -> dict[str, Any]:
         """A CPU copy of the model's state dict, for ``ray.put``."""

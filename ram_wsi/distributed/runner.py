@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig
-from ..errors import ConfigError
 from ..train.trainer import Trainer
 from .actors import actor_class
 from .batch import EpisodeBatch
@@ -82,15 +81,10 @@ class DistributedRunner:
                  callback: Callable[[DistributedRunner], None] | None = None):
         import ray
 
-        if cfg.data.source == "slides":
-            raise ConfigError("distributed training on slides needs a learner with slide "
-                              "evaluation, which the Trainer does not have yet; slide episodes "
-                              "are available to RolloutWorker / bench_scaling", key="data.source",
-                              source=cfg.source)
-        self.cfg = cfg
         self.log = log
         self.callback = callback
         self.trainer = trainer if trainer is not None else Trainer(cfg, log=log)
+        self.cfg = cfg = self.trainer.cfg  # slides: the prepared config (OUT/slides.csv)
         self.learner = Learner(self.trainer, cfg.distributed.rho_clip)
         d = cfg.distributed
         self.mode = d.mode
@@ -105,6 +99,8 @@ class DistributedRunner:
                       "staleness_sum": 0, "skipped_updates": 0}
         self.contributions: dict[str, int] = {}  # "actor:pid" -> episodes received
         self._ray = ray
+        if self.trainer.slides:  # evaluation rollouts on the actors: the learner reads no slide
+            self.trainer.slide_rollouts = self.remote_slide_rollouts
 
     # -- weights ----------------------------------------------------------------------------
     def publish(self) -> None:
@@ -235,6 +231,28 @@ class DistributedRunner:
                                 "mean_staleness": self.stats["staleness_sum"] / used,
                                 "episodes_by_actor_pid": dict(self.contributions),
                                 "updates": self.trainer.step}}
+
+    def remote_slide_rollouts(self, split: str, keep_glimpses: int = 0
+                              ) -> list[dict[str, Any]]:
+        """:func:`~ram_wsi.train.slide_eval.rollout_slides` of the ``split``'s slides, dealt
+        round-robin to the actors with the newest weights; rows back in slide order."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        self.drain()  # no training call in flight competes with the evaluation
+        self.publish()
+        n = self.trainer.data.val if split == "val" else self.trainer.data.test
+        shards = [list(range(i, len(n), len(self.actors))) for i in range(len(self.actors))]
+        t = self.cfg.train
+        for attempt in range(3):
+            refs = [a.evaluate.remote([self.weights_ref], self.weights_version, split, idx,
+                                      t.eval_samples, t.seed + 7, keep_glimpses)
+                    for a, idx in zip(self.actors, shards) if idx]
+            try:
+                rows = [r for part in self._ray.get(refs) for r in part]
+                return sorted(rows, key=lambda r: r["index"])
+            except (RayActorError, RayTaskError) as exc:
+                self._failed(-1, exc)
+        raise RuntimeError(f"evaluation of the {split} slides failed three times")
 
     def actor_info(self) -> list[dict[str, Any]]:
         return self._ray.get([a.info.remote() for a in self.actors])

@@ -15,17 +15,18 @@ same graph, hence the same gradients.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import nn
+from torch.distributions import Categorical, Normal
 
 from ..config import ModelConfig
 from ..retina import RetinaSpec, build_pyramid, glimpse
 
 __all__ = [
+    "ContextNetwork",
     "CoreNetwork",
     "GlimpseNetwork",
     "LocationNetwork",
@@ -66,7 +67,8 @@ class Trajectory:
         baselines: ``(B, T)`` baseline ``b(h_{t-1})`` for the location chosen at glimpse ``t``.
         logits: ``(B, classes)`` from the last hidden state.
         glimpses: ``(B, T, k, C, g, g)`` when kept (rollout actors send them to the learner).
-        policy_mask: ``(T,)`` float, 1 where the location was drawn from the learned policy.
+        policy_mask: ``(T,)`` float, 1 where the location was drawn from the learned policy
+            (glimpse 0 too when a context net chose it).
     """
 
     locations: torch.Tensor
@@ -137,14 +139,111 @@ class LocationNetwork(nn.Module):
             return mu.clamp(-1.0, 1.0)
         return mu
 
-    def log_prob(self, mean: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
-        var = self.std**2
-        return (-((loc - mean) ** 2) / (2 * var) - math.log(self.std)
-                - 0.5 * math.log(2 * math.pi)).sum(-1)
+    def act(self, h: torch.Tensor, loc: torch.Tensor | None = None, *, policy: str = "sample",
+            generator: torch.Generator | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample (``loc=None``) or replay (``loc`` given) the next location from ``h``.
+
+        Returns ``(loc (B, 2) detached, mean (B, 2), log_prob (B,))``. ``policy``: ``sample``,
+        ``mean`` (deterministic) or ``random`` (uniform in [-1, 1]^2, log-prob 0: the
+        random-glimpse agent). The log-prob is differentiable in the mean only.
+        """
+        b = h.shape[0]
+        if policy == "random":
+            if loc is None:
+                loc = torch.rand(b, 2, device=h.device, dtype=h.dtype, generator=generator)
+                loc = loc * 2.0 - 1.0
+            zero = torch.zeros(b, device=h.device, dtype=h.dtype)
+            return loc.detach(), torch.zeros_like(loc), zero
+        mean = self(h)
+        dist = Normal(mean, self.std, validate_args=False)  # NaN weights: skipped later
+        if loc is None:
+            if policy == "mean":
+                loc = mean.detach()
+            else:  # Normal.sample takes no generator: the same draw, from ours
+                noise = torch.randn(b, 2, device=h.device, dtype=h.dtype, generator=generator)
+                loc = (mean + self.std * noise).detach()
+        loc = loc.detach()
+        return loc, mean, dist.log_prob(loc).sum(-1)
+
+
+def _strided_convs(cin: int, width: int, size: int, grid: int) -> nn.Sequential:
+    """Stride-2 convolutions from ``size`` down towards ``grid`` (then an adaptive pool to
+    exactly ``grid``): ``(B, cin, size, size)`` -> ``(B, width, grid, grid)``."""
+    layers: list[nn.Module] = []
+    c, s = cin, size
+    while s // 2 >= grid and s >= 4:
+        layers += [nn.Conv2d(c, width, 5 if c == cin else 3, stride=2,
+                             padding=2 if c == cin else 1), nn.ReLU()]
+        c, s = width, s // 2
+    if c == cin:  # already at the grid: one plain convolution
+        layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU()]
+    layers.append(nn.AdaptiveAvgPool2d(grid))
+    return nn.Sequential(*layers)
+
+
+class ContextNetwork(nn.Module):
+    """The glance: reads a ``(B, C, S, S)`` thumbnail once per episode.
+
+    Two paths, so that each loss moves only what it should (as for the glimpse-time nets):
+
+    * ``encoder`` -> ``h0 (B, hidden)``: the core's first state, trained by cross-entropy;
+    * ``policy`` -> ``(B, G*G)`` logits of a categorical first location over the thumbnail's
+      ``G x G`` cells, trained by REINFORCE only. Fully convolutional, so what it learns about
+      one cell (a dark lesion is worth a look) holds for every cell: the first location is
+      learned from few episodes.
+    """
+
+    def __init__(self, channels: int, size: int, grid: int, width: int, hidden: int):
+        super().__init__()
+        self.size, self.grid = int(size), int(grid)
+        self.encoder = nn.Sequential(_strided_convs(channels, width, size, max(1, grid // 2)),
+                                     nn.Flatten(), nn.Linear(width * max(1, grid // 2) ** 2,
+                                                             hidden), nn.Tanh())
+        self.policy = nn.Sequential(_strided_convs(channels, width, size, grid),
+                                    nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                                    nn.Conv2d(width, 1, 1), nn.Flatten())
+
+    @staticmethod
+    def _centre(x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0 - 1.0  # [0, 1] pixels -> [-1, 1]
+
+    def initial_hidden(self, thumb: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self._centre(thumb))
+
+    def cell_centres(self, cells: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``(B,)`` cell indices (row-major) -> ``(B, 2)`` ``(x, y)`` centres in [-1, 1]."""
+        g = self.grid
+        row, col = torch.div(cells, g, rounding_mode="floor"), cells % g
+        return torch.stack([(col.to(dtype) + 0.5) / g, (row.to(dtype) + 0.5) / g], -1) * 2 - 1
+
+    def cells_of(self, loc: torch.Tensor) -> torch.Tensor:
+        """The cell each ``(B, 2)`` location lies in (the inverse of :meth:`cell_centres`)."""
+        g = self.grid
+        ij = ((loc + 1.0) * 0.5 * g).floor().long().clamp_(0, g - 1)
+        return ij[:, 1] * g + ij[:, 0]
+
+    def act(self, thumb: torch.Tensor, loc: torch.Tensor | None = None, *,
+            policy: str = "sample", generator: torch.Generator | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first location, as :meth:`LocationNetwork.act`: ``(loc (B, 2), mean (B, 2),
+        log_prob (B,))``; ``mean`` is the centre of the most probable cell."""
+        logits = self.policy(self._centre(thumb)).float()
+        dist = Categorical(logits=logits, validate_args=False)
+        if loc is None:
+            if policy == "mean":
+                cells = logits.argmax(-1)
+            else:
+                cells = torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
+            loc = self.cell_centres(cells, thumb.dtype)
+        else:
+            cells = self.cells_of(loc)
+        mean = self.cell_centres(logits.argmax(-1), thumb.dtype)
+        return loc.detach(), mean, dist.log_prob(cells).to(thumb.dtype)
 
 
 class RecurrentAttentionModel(nn.Module):
-    """RAM: glimpse net, core, location net, action net, baseline."""
+    """RAM: glimpse net, core, location net, action net, baseline; optionally a context net."""
 
     def __init__(self, cfg: ModelConfig, channels: int = 1, classes: int = 10):
         super().__init__()
@@ -158,29 +257,52 @@ class RecurrentAttentionModel(nn.Module):
         self.baseline = nn.Linear(cfg.hidden, 1)
         self.classifier = nn.Linear(cfg.hidden, classes)
         self.random_glimpses = cfg.arch == "ram_random"
+        self.context = (ContextNetwork(channels, cfg.context_size, cfg.context_grid,
+                                       cfg.context_channels, cfg.hidden)
+                        if cfg.context == "thumbnail" else None)
+
+    @property
+    def context_size(self) -> int | None:
+        """Side of the thumbnail the model reads, or None (the paper's model reads none)."""
+        return None if self.context is None else self.context.size
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by role: which loss may move them."""
+        ctx = self.context
         return {
             "supervised": [*self.glimpse_net.parameters(), *self.core.parameters(),
-                           *self.classifier.parameters()],
+                           *self.classifier.parameters(),
+                           *(ctx.encoder.parameters() if ctx is not None else ())],
             "policy": list(self.locator.parameters()),
+            "context_policy": list(ctx.policy.parameters()) if ctx is not None else [],
             "baseline": list(self.baseline.parameters()),
         }
 
     def _first_location(self, batch: int, device: torch.device, dtype: torch.dtype,
-                        generator: torch.Generator | None) -> tuple[torch.Tensor, bool]:
+                        generator: torch.Generator | None) -> torch.Tensor:
+        """The paper's first location (no context): uniform, or the centre."""
         if self.cfg.first_location == "center" and not self.random_glimpses:
-            return torch.zeros(batch, 2, device=device, dtype=dtype), False
+            return torch.zeros(batch, 2, device=device, dtype=dtype)
         u = torch.rand(batch, 2, device=device, dtype=dtype, generator=generator)
-        return u * 2.0 - 1.0, False
+        return u * 2.0 - 1.0
+
+    def _begin(self, batch: int, context: torch.Tensor | None, device: torch.device,
+               dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """The core's first state: zeros (paper), or ``h0`` from the thumbnail."""
+        state = self.core.initial_state(batch, device, dtype)
+        if self.context is None:
+            return state
+        if context is None:
+            raise ValueError("this model reads a thumbnail: pass context=(B, C, S, S)")
+        h0 = self.context.initial_hidden(context.to(device=device, dtype=dtype))
+        return (h0, *state[1:])
 
     def unroll(self, sensor: Sensor, batch: int, *, policy: str = "sample",
                locations: torch.Tensor | None = None, generator: torch.Generator | None = None,
                keep_glimpses: bool = False, device: torch.device | None = None,
-               dtype: torch.dtype = torch.float32, start: torch.Tensor | None = None
-               ) -> Trajectory:
-        """Run ``T`` glimpses.
+               dtype: torch.dtype = torch.float32, start: torch.Tensor | None = None,
+               context: torch.Tensor | None = None) -> Trajectory:
+        """Run ``T`` glimpses: act, look, update the state; then classify.
 
         Args:
             sensor: ``sensor(t, loc)`` -> glimpse. Live (retina over images or a slide) or a
@@ -191,63 +313,52 @@ class RecurrentAttentionModel(nn.Module):
             locations: ``(B, T, 2)`` recorded raw locations to replay instead of sampling.
             generator: RNG for sampling (actors and tests pass their own; nothing global).
             keep_glimpses: keep the glimpse tensors in the trajectory.
-            start: ``(B, 2)`` first locations to use instead of the first-location rule (a
-                slide episode starts inside tissue); ignored when ``locations`` is given.
+            start: ``(B, 2)`` first locations to use instead of the paper's first-location rule
+                (a slide episode starts inside tissue); unused by a context model.
+            context: ``(B, C, S, S)`` thumbnails in [0, 1], for a model with a context net.
         """
         if device is None:
             device = next(self.parameters()).device
         if self.random_glimpses:
             policy = "random"
         n_glimpses = self.cfg.glimpses
-        state = self.core.initial_state(batch, device, dtype)
+        state = self._begin(batch, context, device, dtype)
+        learned_first = self.context is not None and policy != "random"
         locs, means, logps, bases, kept = [], [], [], [], []
-        mask = torch.zeros(n_glimpses, device=device)
         for t in range(n_glimpses):
-            if t == 0:
-                if start is not None:
-                    mean = start.to(device=device, dtype=dtype)
-                else:
-                    mean, _ = self._first_location(batch, device, dtype, generator)
-                loc = mean if locations is None else locations[:, 0]
-                logp = torch.zeros(batch, device=device, dtype=dtype)
+            given = None if locations is None else locations[:, t]
+            h = state[0].detach()  # the policy and the baseline never move the core
+            if t == 0 and learned_first:
+                base = self.baseline(h).squeeze(-1)
+                loc, mean, logp = self.context.act(context.to(device=device, dtype=dtype), given,
+                                                   policy=policy, generator=generator)
+            elif t == 0:  # the paper: a given or random first glimpse, not learned
                 base = torch.zeros(batch, device=device, dtype=dtype)
+                mean = (start.to(device=device, dtype=dtype) if start is not None else
+                        self._first_location(batch, device, dtype, generator))
+                loc, logp = (mean if given is None else given).detach(), torch.zeros_like(base)
             else:
-                h_in = state[0].detach()
-                base = self.baseline(h_in).squeeze(-1)
-                if policy == "random":
-                    mean = torch.zeros(batch, 2, device=device, dtype=dtype)
-                    loc = (torch.rand(batch, 2, device=device, dtype=dtype, generator=generator)
-                           * 2.0 - 1.0) if locations is None else locations[:, t]
-                    logp = torch.zeros(batch, device=device, dtype=dtype)
-                else:
-                    mean = self.locator(h_in)
-                    if locations is not None:
-                        loc = locations[:, t]
-                    elif policy == "mean":
-                        loc = mean.detach()
-                    else:
-                        noise = torch.randn(batch, 2, device=device, dtype=dtype,
-                                            generator=generator)
-                        loc = (mean + self.locator.std * noise).detach()
-                    logp = self.locator.log_prob(mean, loc.detach())
-                    mask[t] = 1.0
-            loc = loc.detach()
+                base = self.baseline(h).squeeze(-1)
+                loc, mean, logp = self.locator.act(h, given, policy=policy, generator=generator)
             rho = sensor(t, loc.clamp(-1.0, 1.0))
             if keep_glimpses:
                 kept.append(rho)
-            g = self.glimpse_net(rho, loc.clamp(-1.0, 1.0))
-            state = self.core(g, state)
+            state = self.core(self.glimpse_net(rho, loc.clamp(-1.0, 1.0)), state)
             locs.append(loc)
             means.append(mean)
             logps.append(logp)
             bases.append(base)
-        logits = self.classifier(state[0])
+        mask = torch.ones(n_glimpses, device=device)
+        if policy == "random":
+            mask.zero_()
+        elif not learned_first:
+            mask[0] = 0.0
         return Trajectory(
             locations=torch.stack(locs, 1),
             means=torch.stack(means, 1),
             log_probs=torch.stack(logps, 1),
             baselines=torch.stack(bases, 1),
-            logits=logits,
+            logits=self.classifier(state[0]),
             policy_mask=mask,
             glimpses=torch.stack(kept, 1) if keep_glimpses else None,
         )

@@ -5,11 +5,21 @@ which directories are zarr stores and which are DICOM slides. Written once so th
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ..errors import SlideError
 
-__all__ = ["is_zarr_path", "resolve_dicom_dir"]
+__all__ = ["is_uri", "is_zarr_path", "resolve_dicom_dir"]
+
+_URI = re.compile(r"^[a-z][a-z0-9+.-]*:(?![\\/])", re.IGNORECASE)
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+    """A slide named by a URI (``procedural:needle?size=...``) rather than a file: never
+    resolved against a folder, never stat-ed. A Windows drive (``C:\\``) is not one."""
+    text = os.fspath(path)
+    return bool(_URI.match(text)) and len(text.split(":", 1)[0]) > 1
 
 
 def is_zarr_path(path: str | os.PathLike) -> bool:

@@ -156,10 +156,11 @@ def fast_reader(arr: Any, root: Path, ic: int | None) -> FastReader | None:
 
 
 def read_chunk(fast: FastReader, path: str, level: int, ix: int, iy: int, bx: int,
-               by: int) -> np.ndarray:
+               by: int, counts: dict[str, int] | None = None) -> np.ndarray:
     """The decoded chunk ``(by, bx)`` (x on axis ``ix``, y on ``iy``, 0 on the others) as a
     ``fast.chunks``-shaped uint8 array; the fill value when absent. ``path`` (the store) and
-    ``level`` name it in errors. Raises SlideError."""
+    ``level`` name it in errors; the encoded bytes read are added to ``counts["bytes_read"]``.
+    Raises SlideError."""
     chunks = fast.chunks
     idx = [0] * len(chunks)
     idx[ix], idx[iy] = bx, by
@@ -178,6 +179,8 @@ def read_chunk(fast: FastReader, path: str, level: int, ix: int, iy: int, bx: in
         raw = read_inner(shard, f, tuple(i % n for i, n in zip(idx, cps)), level, path)
     if raw is None:
         return np.full(chunks, fast.fill, dtype=np.uint8)
+    if counts is not None:
+        counts["bytes_read"] += len(raw)
     try:
         data = np.frombuffer(fast.decode(raw), dtype=np.uint8)
         return data.reshape(chunks)

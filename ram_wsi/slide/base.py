@@ -39,7 +39,14 @@ from ..retina import RetinaSpec, choose_level, resample
 from ._plan import ScaleGroup, place_windows, plan_retina, select_groups
 from .cache import block_cache
 
-__all__ = ["GlimpseSource", "SlideInfo", "as_locations"]
+__all__ = ["COUNTERS", "GlimpseSource", "SlideInfo", "as_locations"]
+
+COUNTERS = ("regions", "pixels_requested", "blocks_decoded", "pixels_decoded", "bytes_read")
+"""What every source counts (:attr:`GlimpseSource.counters`): regions asked for and their
+pixels; blocks (chunks, tiles) decoded and their pixels -- a block served from the cache costs
+nothing, so a cold source counts what a first read of the slide really decodes -- and the
+encoded bytes read from storage where the backend knows them (zarr: chunk bytes; OpenSlide:
+an estimate from the file's mean bytes per pixel)."""
 
 
 @dataclasses.dataclass
@@ -89,6 +96,7 @@ class GlimpseSource(abc.ABC):
         self._info: SlideInfo | None = None
         self._stamp: float | None = None
         self._plans: dict[RetinaSpec, list[tuple[ScaleGroup, list[ScaleGroup]]]] = {}
+        self._counts = dict.fromkeys(COUNTERS, 0)
 
     # ----------------------------------------------------------------------- to implement
     @abc.abstractmethod
@@ -198,6 +206,24 @@ class GlimpseSource(abc.ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._path!r})"
 
+    # ----------------------------------------------------------------------- counting
+    @property
+    def counters(self) -> dict[str, int]:
+        """A copy of this source's read counters (:data:`COUNTERS`), since it was created or
+        :meth:`reset_counters` was called: how "pixels read per slide" is measured."""
+        return dict(self._counts)
+
+    def reset_counters(self) -> dict[str, int]:
+        """Zero the counters; returns their values before."""
+        before = dict(self._counts)
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        return before
+
+    def _count(self, **amounts: int) -> None:
+        counts = self._counts
+        for key, value in amounts.items():
+            counts[key] += int(value)
+
     # ----------------------------------------------------------------------- reading
     def _cache_key(self) -> tuple:
         if self._stamp is None:
@@ -206,12 +232,15 @@ class GlimpseSource(abc.ABC):
 
     def _block(self, level: int, bx: int, by: int, use_cache: bool = True) -> np.ndarray:
         if not use_cache:
-            return self._read_block(level, bx, by)
+            blk = self._read_block(level, bx, by)
+            self._count(blocks_decoded=1, pixels_decoded=blk.shape[-1] * blk.shape[-2])
+            return blk
         cache = block_cache()
         key = (self._cache_key(), level, bx, by)
         blk = cache.get(key)
         if blk is None:
             blk = cache.put(key, np.ascontiguousarray(self._read_block(level, bx, by)))
+            self._count(blocks_decoded=1, pixels_decoded=blk.shape[-1] * blk.shape[-2])
         return blk
 
     def read_regions(self, level: int, x0: np.ndarray, y0: np.ndarray, w: int, h: int,
@@ -224,6 +253,7 @@ class GlimpseSource(abc.ABC):
         x0 = np.asarray(x0, dtype=np.int64).reshape(-1)
         y0 = np.asarray(y0, dtype=np.int64).reshape(-1)
         n = x0.shape[0]
+        self._count(regions=n, pixels_requested=n * w * h)
         out = np.full((n, 3, h, w), 255, dtype=np.uint8)
         lw, lh = self.info.level_dimensions[level]
         bw, bh = self.info.block_sizes[level]

@@ -105,6 +105,8 @@ class OpenSlideSource(GlimpseSource):
         super().__init__(os.fspath(path), **settings)
         _ = self.info  # open once to validate (an unpickled copy does not: base._rebuild)
 
+    _bpp: float | None = None  # encoded bytes per level pixel, for the bytes_read estimate
+
     def _handle_key(self, level: int) -> tuple:
         return (self._cache_key(), int(level))
 
@@ -181,6 +183,7 @@ class OpenSlideSource(GlimpseSource):
             out[~inside] = 255
         touch = (xs < lw) & (ys < lh) & (xs + w > 0) & (ys + h > 0)
         idx = np.flatnonzero(touch).tolist()
+        self._count_reads(level, xs[touch], ys[touch], w, h, n)
         if not idx:
             return out.transpose(0, 3, 1, 2)
         # Python ints: OpenSlide wants them, and numpy scalars slow the loop down.
@@ -198,6 +201,36 @@ class OpenSlideSource(GlimpseSource):
         except openslide.OpenSlideError as e:
             raise self._read_error(level, rx, ry, e) from e
         return out.transpose(0, 3, 1, 2)
+
+    def _count_reads(self, level: int, xs: np.ndarray, ys: np.ndarray, w: int, h: int,
+                     n: int) -> None:
+        """Count a call's regions and the file tiles they touch (what a cold OpenSlide read
+        decodes: its own tile cache is not visible from here), bytes estimated from the file's
+        mean encoded bytes per level pixel."""
+        info = self.info
+        lw, lh = info.level_dimensions[level]
+        props = info.properties
+        tw = int(props.get(f"openslide.level[{level}].tile-width", 0) or 0) or 256
+        th = int(props.get(f"openslide.level[{level}].tile-height", 0) or 0) or 256
+        tiles: set[tuple[int, int]] = set()
+        for x, y in zip(np.clip(xs, 0, lw - 1).tolist(), np.clip(ys, 0, lh - 1).tolist()):
+            xe, ye = min(x + w, lw) - 1, min(y + h, lh) - 1
+            tiles.update((tx, ty) for tx in range(x // tw, xe // tw + 1)
+                         for ty in range(y // th, ye // th + 1))
+        decoded = len(tiles) * tw * th
+        self._count(regions=n, pixels_requested=n * w * h, blocks_decoded=len(tiles),
+                    pixels_decoded=decoded,
+                    bytes_read=round(decoded * self._bytes_per_pixel()))
+
+    def _bytes_per_pixel(self) -> float:
+        if self._bpp is None:
+            try:
+                size = os.path.getsize(self._path)
+            except OSError:
+                size = 0
+            total = sum(w * h for w, h in self.info.level_dimensions)
+            self._bpp = size / max(total, 1)
+        return self._bpp
 
     def _region_offsets(self, level: int, x0: np.ndarray, y0: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray] | None:

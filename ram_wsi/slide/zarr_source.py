@@ -177,7 +177,8 @@ class ZarrSource(GlimpseSource):
     def _read_fast(self, fast: _zarr_decode.FastReader, hd: dict[str, Any], level: int,
                    bx: int, by: int) -> np.ndarray | None:
         """The decoded chunk ``(by, bx)`` as ``(3, bh, bw)`` uint8, or None to fall back."""
-        data = _zarr_decode.read_chunk(fast, self._path, level, hd["ix"], hd["iy"], bx, by)
+        data = _zarr_decode.read_chunk(fast, self._path, level, hd["ix"], hd["iy"], bx, by,
+                                      self._counts)
         sel, keep = _selection(hd, len(fast.chunks), slice(None), slice(None))
         data = _as_cyx(data[sel], keep)
         if data.shape[0] == 3:

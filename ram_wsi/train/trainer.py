@@ -6,8 +6,9 @@ attempt on one batch -- loss, backward, and the optimiser step unless the loss o
 not finite (then the update is skipped and counted in ``skipped_updates``). Within an episode
 the model takes *glimpses* (index ``t`` in :mod:`ram_wsi.models.ram`), never steps.
 
-The Ray learner (``ram_wsi.distributed``) reuses :meth:`Trainer.apply_loss`, the optimiser and the
-checkpoint format, so the two paths cannot drift apart.
+The Ray learner (``ram_wsi.distributed``) reuses :meth:`Trainer.update` (learning rate, loss,
+backward, clip, step), the optimiser and the checkpoint format, so the two paths cannot drift
+apart.
 """
 
 from __future__ import annotations
@@ -25,14 +26,42 @@ from torch import nn
 
 from ..config import ExperimentConfig
 from ..data.datasets import TaskData, build_task_data
+from ..data.episodes import (Episodes, SlideTaskData, build_slide_data, context_float,
+                             image_context, is_prepared, prepare_slide_data)
 from ..io_utils import append_jsonl, write_json
 from ..models import RecurrentAttentionModel, RetinaSensor, build_model
 from ..models.ram import Trajectory
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate, on_target_fraction, on_target_half_width
 from .losses import LossTerms, hybrid_loss
+from .slide_eval import rollout_slides, slide_metrics, write_slide_rows
 
-__all__ = ["Trainer", "build_optimizer", "lr_factor", "resolve_device"]
+__all__ = ["Trainer", "build_optimizer", "lr_factor", "resolve_device", "scoring_metadata"]
+
+SLIDE_UPDATES_PER_EPOCH = 20  # slides: an epoch is this many updates unless steps_per_epoch
+
+
+def scoring_metadata(cfg: ExperimentConfig, model: nn.Module,
+                     data: TaskData | SlideTaskData) -> dict[str, Any]:
+    """What scoring needs besides the weights, stated plainly in every checkpoint: the class
+    names, the retina as the slides are read (units, base), the context settings, and the
+    package version that wrote it."""
+    from .. import __version__
+
+    meta: dict[str, Any] = {"package_version": __version__, "data_source": cfg.data.source,
+                            "channels": int(data.channels), "classes": int(data.classes)}
+    if isinstance(data, SlideTaskData):
+        d = cfg.data.slides
+        meta["class_names"] = data.class_names
+        meta["retina"] = {"patch": cfg.model.patch, "scales": cfg.model.scales,
+                          "scale_factor": cfg.model.scale_factor, "base": float(d.retina_base),
+                          "units": data.env.units, "frame": d.frame,
+                          "thumb_size": d.thumb_size}
+    else:
+        meta["class_names"] = [str(i) for i in range(int(data.classes))]
+    meta["context"] = {"kind": cfg.model.context, "size": cfg.model.context_size,
+                       "grid": cfg.model.context_grid}
+    return meta
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,6 +91,8 @@ def build_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Opti
         g = model.parameter_groups()
         groups = [{"params": g["supervised"] + g["baseline"], "lr_scale": 1.0},
                   {"params": g["policy"], "lr_scale": t.policy_lr_scale}]
+        if g["context_policy"]:
+            groups.append({"params": g["context_policy"], "lr_scale": t.context_lr_scale})
     else:
         groups = [{"params": list(model.parameters()), "lr_scale": 1.0}]
     for group in groups:
@@ -92,7 +123,14 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(t.device)
-        self.data = data if data is not None else build_task_data(cfg, self.device)
+        self.slides = cfg.data.source == "slides"
+        if self.slides and data is None and not is_prepared(cfg):
+            # Every slide checked once, the split and the units fixed in OUT/slides.csv.
+            cfg = self.cfg = prepare_slide_data(cfg, self.log)
+        if data is None:
+            data = build_slide_data(cfg, self.log) if self.slides else build_task_data(
+                cfg, self.device)
+        self.data = data
         # Parameters are initialised from a seeded generator, not the global RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(t.seed)
@@ -100,8 +138,8 @@ class Trainer:
                                      self.data.classes).to(self.device)
         self.attention = isinstance(self.model, RecurrentAttentionModel)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.updates_per_epoch = t.steps_per_epoch or max(
-            1, self.data.train_size // t.batch_size)
+        self.updates_per_epoch = t.steps_per_epoch or (
+            SLIDE_UPDATES_PER_EPOCH if self.slides else max(1, self.data.train_size // t.batch_size))
         self.total_steps = self.updates_per_epoch * t.epochs  # the schedule's length
         self.policy_gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)
         self.step = 0  # optimiser steps applied (the weights version)
@@ -114,6 +152,9 @@ class Trainer:
         self._unroll = self.model.unroll if self.attention else None
         if t.compile and self.attention:
             self._unroll = torch.compile(self.model.unroll)
+        # Per-slide evaluation rollouts (:func:`rollout_slides`); the Ray runner replaces this
+        # with one that runs them on its actors, so that the learner never reads a slide.
+        self.slide_rollouts: Callable[[str], list[dict[str, Any]]] = self._local_slide_rollouts
 
     # -- one update -------------------------------------------------------------------------
     def _set_lr(self) -> float:
@@ -126,8 +167,22 @@ class Trainer:
     def rollout(self, images: torch.Tensor, *, keep_glimpses: bool = False) -> Trajectory:
         """A live, stochastic unroll over in-memory images (with gradients)."""
         sensor = RetinaSensor(images, self.model.spec)
+        size = self.model.context_size
+        ctx = None if size is None else context_float(image_context(images, size))
         return self._unroll(sensor, images.shape[0], generator=self.policy_gen,
-                            keep_glimpses=keep_glimpses)
+                            keep_glimpses=keep_glimpses, context=ctx)
+
+    def episode_loss(self, ep: Episodes) -> LossTerms:
+        """The hybrid loss of a live batch of episodes (slides: glimpses read lazily)."""
+        amp = self.cfg.train.amp and self.device.type == "cuda"
+        ctx = ep.model_context()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            traj = self._unroll(ep.sensor, len(ep), generator=self.policy_gen,
+                                start=None if ep.start is None else ep.start.to(self.device),
+                                context=None if ctx is None else ctx.to(self.device))
+            return hybrid_loss(traj, ep.labels.to(self.device),
+                               rl_weight=self.cfg.train.rl_weight,
+                               baseline_weight=self.cfg.train.baseline_weight)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> LossTerms:
         """The loss of one batch (hybrid for RAM, cross-entropy for the whole-image rows)."""
@@ -143,38 +198,51 @@ class Trainer:
         zero = ce.new_zeros(())
         return LossTerms(ce, ce, zero, zero, acc)
 
-    def apply_loss(self, terms: LossTerms) -> bool:
-        """Backward and step, unless the loss or a gradient is not finite (then skip, log)."""
+    def update(self, loss_fn: Callable[[], LossTerms]) -> StepResult:
+        """One update, in the order it happens: learning rate, loss, backward, clip, step.
+
+        ``loss_fn`` builds the loss of one batch: a live rollout here, a replay of recorded
+        episodes in the Ray learner -- the only difference between the two modes. The step is
+        skipped (counted, logged) when the loss or the gradient norm is not finite.
+        """
         self._set_lr()
+        terms = loss_fn()
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(terms.total):
-            self.skipped_updates += 1
-            self.log(f"step {self.step}: non-finite loss, batch skipped")
-            return False
+            return self._skip(terms, "non-finite loss")
         terms.total.backward()
         clip = self.cfg.train.grad_clip
         norm = nn.utils.clip_grad_norm_(self.model.parameters(),
                                         clip if clip else float("inf"))
         if not torch.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_updates += 1
-            self.log(f"step {self.step}: non-finite gradient, batch skipped")
-            return False
+            return self._skip(terms, "non-finite gradient")
         self.optimizer.step()
         self.step += 1
-        return True
+        return StepResult(terms.as_dict(), False)
+
+    def _skip(self, terms: LossTerms, why: str) -> StepResult:
+        self.skipped_updates += 1
+        self.log(f"step {self.step}: {why}, batch skipped")
+        return StepResult(terms.as_dict(), True)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
         """One update on ``(images, labels)``: an optimiser step unless it is skipped."""
-        terms = self.loss(images, labels)
-        applied = self.apply_loss(terms)
-        return StepResult(terms.as_dict(), not applied)
+        return self.update(lambda: self.loss(images, labels))
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, split: str = "val", samples: int | None = None) -> dict[str, float]:
+        if self.slides:
+            return slide_metrics(self.slide_rollouts(split), self.data.class_names)
         x, y = self.data.val if split == "val" else self.data.test
         return evaluate(self.model, x, y, samples=samples or self.cfg.train.eval_samples,
                         seed=self.cfg.train.seed + 7)
+
+    def _local_slide_rollouts(self, split: str, keep_glimpses: int = 0
+                              ) -> list[dict[str, Any]]:
+        slides = self.data.val if split == "val" else self.data.test
+        return rollout_slides(self.model, slides, samples=self.cfg.train.eval_samples,
+                              seed=self.cfg.train.seed + 7, keep_glimpses=keep_glimpses)
 
     @staticmethod
     def selection_error(errors: dict[str, float]) -> float:
@@ -193,6 +261,7 @@ class Trainer:
             "policy_rng": self.policy_gen.get_state(),
             "data_rng": self.data.sampler.state_dict()["generator"],
             "config": self.cfg.to_dict(),
+            **scoring_metadata(self.cfg, self.model, self.data),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -219,7 +288,11 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def _local_update(self) -> dict[str, float]:
-        x, y = self.data.sampler.sample(self.cfg.train.batch_size)[:2]
+        b = self.cfg.train.batch_size
+        if self.slides:
+            ep = self.data.env.episodes(b)
+            return self.update(lambda: self.episode_loss(ep)).loss
+        x, y = self.data.sampler.sample(b)[:2]
         return self.train_step(x, y).loss
 
     def fit(self, until_epoch: int | None = None, *,
@@ -298,6 +371,8 @@ class Trainer:
         best = self.out_dir / "best.pt"
         if best.is_file():
             self.model.load_state_dict(load_checkpoint(best, self.device)["model"])
+        if self.slides:
+            return self._finish_slides(stop_reason, elapsed, extra)
         test = self.evaluate("test")
         summary = {"name": self.cfg.name, "arch": self.cfg.model.arch, "task": self.data.name,
                    "digits": self.data.description, "epochs": self.epoch, "steps": self.step,
@@ -324,4 +399,34 @@ class Trainer:
         self.log(f"test error: stochastic {test['error_stochastic']:.2f}%  mean "
                  f"{test['error_mean']:.2f}%  M={self.cfg.train.eval_samples} avg "
                  f"{test['error_m_avg']:.2f}%  ({summary['test_size']} images)")
+        return summary
+
+    def _finish_slides(self, stop_reason: str, elapsed: float,
+                       extra: dict[str, Any] | None) -> dict[str, Any]:
+        """The slide run's test: metrics, one row per test slide, the glimpse figure."""
+        from ..viz import plot_curves, plot_slide_glimpses
+
+        rows = self.slide_rollouts("test", keep_glimpses=4)
+        test = slide_metrics(rows, self.data.class_names)
+        summary = {"name": self.cfg.name, "arch": self.cfg.model.arch,
+                   "context": self.cfg.model.context, "task": self.data.name,
+                   "slides": self.data.description, "class_names": self.data.class_names,
+                   "epochs": self.epoch, "steps": self.step, "stop_reason": stop_reason,
+                   "elapsed_s": elapsed, "best_val_error_mean": self.best_error,
+                   **{f"test_{k}": v for k, v in test.items()}, "test_size": len(rows),
+                   **(extra or {})}
+        write_json(self.out_dir / "summary.json", summary)
+        write_slide_rows(self.out_dir / "test_slides.csv", rows, self.data.class_names)
+        if self.history:
+            plot_curves(self.history, self.out_dir / "curve.png", title=self.cfg.name)
+        shown = [r for r in rows if "glimpses" in r]
+        if shown:
+            plot_slide_glimpses(shown, self.model.spec, self.data.class_names,
+                                self.out_dir / "glimpses.png")
+        self.log(f"test ({len(rows)} slides): error mean policy {test['error_mean']:.2f}%  "
+                 f"stochastic {test['error_stochastic']:.2f}%  M={self.cfg.train.eval_samples}"
+                 f" avg {test['error_m_avg']:.2f}%  balanced acc "
+                 f"{test.get('balanced_accuracy', float('nan')):.3f}  AUC "
+                 f"{test.get('auc', float('nan')):.3f}  "
+                 f"{test.get('pixels_decoded_per_slide', 0) / 1e6:.2f} Mpx decoded per slide")
         return summary

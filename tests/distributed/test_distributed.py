@@ -166,12 +166,18 @@ def test_slide_episodes(tmp_path):
     assert set(batch.labels.tolist()) <= {0, 1}  # normal=0, tumor=1 (sorted names)
     env = worker.env
     assert env.class_names == ["normal", "tumor"]
-    # which slide each episode read: the label tells (one slide per class here)
+    # which slide each episode read: the label tells (one slide per class here); locations
+    # are in the slide's tissue frame, which lies inside the slide
     for lab, name in ((1, "s0.tiff"), (0, "s1.tiff")):
         rows_ = batch.labels == lab
         if rows_.any():
+            i = next(j for j, r in enumerate(env.train.records) if r.path.endswith(name))
+            view = env.train.view(i)
+            assert view.on_tissue(batch.locations[rows_, 0]).all()
+            # the frame is the tissue's square: the slide's own mask agrees
             mask = tissue_mask(open_source(tmp_path / name))
-            assert mask.contains(batch.locations[rows_, 0]).all()
+            inside = mask.contains(view.frame.to_slide(batch.locations[rows_, 0]).numpy())
+            assert inside.mean() > 0.9
     with torch.no_grad():
         traj = worker.model.unroll(ReplaySensor(batch.float_glimpses()), len(batch),
                                    locations=batch.locations)
@@ -215,13 +221,14 @@ def test_pipeline_single_mode_and_bad_config(tmp_path, capsys):
     assert '"steps": 2' in capsys.readouterr().out
 
 
-def test_slides_training_is_refused_before_starting_ray(tmp_path):
+def test_bad_slide_manifest_fails_before_starting_ray(tmp_path):
     from ram_wsi.distributed import train_distributed
-    from ram_wsi.errors import ConfigError
+    from ram_wsi.errors import DataError
 
     (tmp_path / "m.csv").write_text("path,label\nx.tiff,0\n")
-    cfg = load_config(None, ["data.source=slides", f"data.manifest={tmp_path}/m.csv"])
-    with pytest.raises(ConfigError, match="slide"):
+    cfg = load_config(None, ["data.source=slides", f"data.manifest={tmp_path}/m.csv",
+                             f"train.out_dir={tmp_path}/run"])
+    with pytest.raises(DataError, match=r"row 2 .*x\.tiff.*no such file"):
         train_distributed(cfg)
     import ray
 

@@ -1,0 +1,204 @@
+"""Evaluation on held-out slides: per-slide rollouts, then slide-level metrics.
+
+Two stages, so that the process that reads slides (a rollout actor, or the single-process
+trainer) need not be the one that computes metrics (the Ray learner never reads a slide):
+
+* :func:`rollout_slides` runs, per slide, one mean-policy episode and ``M`` sampled ones and
+  returns one plain :class:`dict` per slide (probabilities, the path, on-tissue / on-target,
+  what was read -- measured by the source's counters, the thumbnail included);
+* :func:`slide_metrics` turns those rows into accuracy, balanced accuracy, AUC (binary; macro
+  one-vs-rest for more classes), the confusion matrix, the three errors reported separately
+  (stochastic M=1, mean policy, M-averaged), on-tissue and on-target fractions, pixels and
+  seconds per slide.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.episodes import context_float
+from ..data.slides import SlideSensor, SlideSet
+from ..models import RecurrentAttentionModel
+
+__all__ = ["auc_binary", "auc_macro", "rollout_slides", "slide_metrics", "write_slide_rows"]
+
+_COUNT_KEYS = ("pixels_decoded", "pixels_requested", "bytes_read", "blocks_decoded")
+
+
+@torch.no_grad()
+def rollout_slides(model: RecurrentAttentionModel, slides: SlideSet,
+                   indices: list[int] | None = None, *, samples: int = 10, seed: int = 1234,
+                   keep_glimpses: int = 0, cold: bool = True) -> list[dict[str, Any]]:
+    """One row per slide of ``indices`` (default all), in that order.
+
+    Args:
+        samples: M, the sampled rollouts per slide (the first is the stochastic M=1 decision).
+        seed: the episodes' RNG (starts, sampled locations): the same seed, the same rows.
+        keep_glimpses: keep the mean-policy glimpses (uint8) of the first this-many slides
+            (for the glimpse figure).
+        cold: drop the process's block caches before each slide, so that ``pixels_decoded``
+            is what one decision on a slide not seen before decodes.
+
+    A slide that cannot be read gives a row with ``error`` set (and no probabilities).
+    """
+    from ..errors import SlideError
+    from ..slide import clear_caches
+
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+    for n, i in enumerate(range(len(slides)) if indices is None else indices):
+        rec = slides.records[i]
+        row: dict[str, Any] = {"index": int(i), "path": rec.path, "label": int(rec.label)}
+        t0 = time.perf_counter()
+        try:
+            if cold:
+                clear_caches()
+            view = slides.view(i)
+            src = view.source
+            src.reset_counters()
+            # The mean-policy decision alone is what "one decision" costs.
+            mean = _run(model, slides, i, 1, "mean", gen, rng, dev, keep=n < keep_glimpses)
+            read = src.counters
+            t_mean = time.perf_counter() - t0
+            stoch = _run(model, slides, i, samples, "sample", gen, rng, dev)
+        except SlideError as exc:
+            row["error"] = str(exc)
+            rows.append(row)
+            continue
+        locs = torch.cat([mean.locations, stoch.locations]).clamp(-1, 1)  # (1+M, T, 2)
+        flat = locs.reshape(-1, 2).cpu()
+        row.update({
+            "probs_mean": torch.softmax(mean.logits.float(), -1)[0].cpu().numpy(),
+            "probs_samples": torch.softmax(stoch.logits.float(), -1).cpu().numpy(),
+            "path_frame": mean.locations[0].clamp(-1, 1).cpu().numpy(),
+            "path_px": view.frame.to_pixels(mean.locations[0].clamp(-1, 1).cpu().double()
+                                            ).numpy(),
+            "on_tissue": float(view.on_tissue(flat).mean()),
+            "seconds": t_mean,
+            "frame": view.frame.as_dict(),
+            "windows_px": [float(w) for w in _windows_px(src, slides)],
+            **{k: int(read[k] + view.open_counters[k]) for k in _COUNT_KEYS},
+        })
+        hit = view.on_target(flat)
+        if hit is not None:
+            # The learned glimpses only (the first is the start rule's in the paper's model).
+            hit = hit.view(locs.shape[0], locs.shape[1])[:, 1:]
+            row["on_target"] = float(hit.double().mean())
+        if mean.glimpses is not None:
+            row["glimpses"] = (mean.glimpses[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+            row["preview"] = view.preview.numpy()
+        rows.append(row)
+    model.train(was_training)
+    return rows
+
+
+def _windows_px(source, slides: SlideSet) -> list[float]:
+    """Each scale's window side in level-0 pixels on this slide (units resolved)."""
+    spec = source._px_spec(slides.spec, slides.units)
+    return [spec.window(j) for j in range(spec.scales)]
+
+
+def _run(model, slides: SlideSet, i: int, b: int, policy: str, gen, rng, dev, keep=False):
+    ep = slides.episodes(np.full(b, i), rng)
+    ctx = ep.model_context()
+    return model.unroll(ep.sensor, b, policy=policy, generator=gen, start=ep.start,
+                        context=None if ctx is None else ctx.to(dev), keep_glimpses=keep)
+
+
+def auc_binary(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positive`` (Mann-Whitney U,
+    ties counted half); NaN when one class is absent."""
+    scores = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def auc_macro(probs: np.ndarray, labels: np.ndarray, classes: int) -> float:
+    """Binary AUC of class 1 for two classes; else the mean one-vs-rest AUC over the classes
+    present."""
+    if classes == 2:
+        return auc_binary(probs[:, 1], labels == 1)
+    vals = [auc_binary(probs[:, c], labels == c) for c in range(classes)]
+    vals = [v for v in vals if np.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def slide_metrics(rows: list[dict[str, Any]], class_names: list[str]) -> dict[str, Any]:
+    """Slide-level metrics of :func:`rollout_slides` rows (errors in percent, like MNIST's)."""
+    classes = max(2, len(class_names))
+    ok = [r for r in rows if "error" not in r]
+    out: dict[str, Any] = {"slides": len(rows), "slides_failed": len(rows) - len(ok)}
+    if not ok:
+        return {**out, "error_mean": 100.0, "error_stochastic": 100.0, "error_m_avg": 100.0}
+    y = np.asarray([r["label"] for r in ok])
+    p_mean = np.stack([r["probs_mean"] for r in ok])
+    p_first = np.stack([r["probs_samples"][0] for r in ok])
+    p_avg = np.stack([r["probs_samples"].mean(0) for r in ok])
+    for name, p in (("mean", p_mean), ("stochastic", p_first), ("m_avg", p_avg)):
+        out[f"error_{name}"] = 100.0 * float((p.argmax(1) != y).mean())
+    pred = p_mean.argmax(1)
+    conf = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(conf, (y, pred), 1)
+    recall = [conf[c, c] / conf[c].sum() for c in range(classes) if conf[c].sum()]
+    out.update({
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": float(np.mean(recall)),
+        "auc": auc_macro(p_mean, y, classes),
+        "auc_m_avg": auc_macro(p_avg, y, classes),
+        "confusion": conf.tolist(),  # rows: true class, columns: predicted (mean policy)
+        "on_tissue": float(np.mean([r["on_tissue"] for r in ok])),
+        "seconds_per_slide": float(np.mean([r["seconds"] for r in ok])),
+        **{f"{k}_per_slide": float(np.mean([r[k] for r in ok])) for k in _COUNT_KEYS},
+    })
+    hits = [r["on_target"] for r in ok if "on_target" in r]
+    if hits:
+        out["on_target"] = float(np.mean(hits))
+    return out
+
+
+def write_slide_rows(path, rows: list[dict[str, Any]], class_names: list[str]) -> None:
+    """One CSV line per evaluated slide: its label, the mean-policy decision and
+    probabilities, the M-averaged probabilities, where it looked and what it read."""
+    import csv
+    import io
+
+    from ..io_utils import atomic_open
+
+    names = list(class_names)
+    head = ["path", "label", "predicted", *[f"prob_{c}" for c in names],
+            *[f"prob_m_avg_{c}" for c in names], "on_tissue", "on_target", *_COUNT_KEYS,
+            "seconds", "error"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(head)
+    for r in rows:
+        if "error" in r:
+            w.writerow([r["path"], names[r["label"]], "", *[""] * (2 * len(names)), "", "",
+                        *[""] * len(_COUNT_KEYS), "", r["error"]])
+            continue
+        pm, pa = r["probs_mean"], r["probs_samples"].mean(0)
+        w.writerow([r["path"], names[r["label"]], names[int(pm.argmax())],
+                    *[f"{v:.6f}" for v in pm[:len(names)]],
+                    *[f"{v:.6f}" for v in pa[:len(names)]], f"{r['on_tissue']:.4f}",
+                    "" if "on_target" not in r else f"{r['on_target']:.4f}",
+                    *[r[k] for k in _COUNT_KEYS], f"{r['seconds']:.4f}", ""])
+    with atomic_open(path) as fh:
+        fh.write(buf.getvalue())
