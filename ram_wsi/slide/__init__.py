@@ -6,6 +6,7 @@ read from the pyramid level that suits it, and only the pixels under the window 
 Public API::
 
     src = open_source(path)                 # OpenSlide (SVS, TIFF, DICOM...) or OME-Zarr
+    src = open_source("procedural:needle?size=131072&seed=3")  # drawn on demand, no file
     g = src.glimpse(loc, spec, units="px")  # (N, k, 3, g, g) float32 in [0, 1]
     mask = tissue_mask(src)                 # thumbnail-based tissue detection
     convert_to_ome_zarr(src_path, dst_path) # parallel, chunked, atomic
@@ -22,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SlideError
-from ._paths import is_zarr_path
+from ._paths import is_uri, is_zarr_path
 from .array_source import ArraySource
 from .base import GlimpseSource
 from .cache import clear_caches, set_cache_bytes, set_max_open
 from .convert import convert_to_ome_zarr
 from .openslide_source import OpenSlideSource
+from .procedural import ProceduralSource, is_procedural, procedural_uri
 from .synth import write_synthetic_slide
 from .tissue import TissueMask, tissue_mask
 from .zarr_source import ZarrSource
@@ -36,11 +38,13 @@ __all__ = [
     "ArraySource",
     "GlimpseSource",
     "OpenSlideSource",
+    "ProceduralSource",
     "TissueMask",
     "ZarrSource",
     "clear_caches",
     "convert_to_ome_zarr",
     "open_source",
+    "procedural_uri",
     "set_cache_bytes",
     "set_max_open",
     "tissue_mask",
@@ -51,12 +55,19 @@ __all__ = [
 def open_source(path: str | os.PathLike, **settings: Any) -> GlimpseSource:
     """Open a slide with the backend that suits it: OME-Zarr for a zarr store (a directory with
     ``zarr.json`` or a ``.zarr`` name), OpenSlide for everything else (a DICOM slide may be given
-    as one of its files or as its directory).
+    as one of its files or as its directory); a ``procedural:<kind>?...`` URI is a synthetic
+    slide drawn on demand (:class:`ProceduralSource`).
 
     Raises:
         SlideError: the path does not exist, is a directory that is neither a zarr store nor a
-            DICOM slide, or the backend cannot open it -- naming the path and the cause.
+            DICOM slide, is a URI of another scheme or a bad procedural one, or the backend
+            cannot open it -- naming the path and the cause.
     """
+    if isinstance(path, str) and is_uri(path):
+        if is_procedural(path):
+            return ProceduralSource(path, **settings)
+        raise SlideError(path, f"unsupported URI scheme {path.split(':', 1)[0]!r} (only "
+                               "'procedural:' slides are known)")
     p = Path(path)
     if not p.exists():
         raise SlideError(p, "no such file or directory")

@@ -12,7 +12,7 @@ from ..errors import SlideError
 
 __all__ = ["is_uri", "is_zarr_path", "resolve_dicom_dir"]
 
-_URI = re.compile(r"^[a-z][a-z0-9+.-]*:(?![\\/])", re.IGNORECASE)
+_URI = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 
 
 def is_uri(path: str | os.PathLike) -> bool:

@@ -1,9 +1,26 @@
 """Synthetic whole-slide images of any size, written tile by tile in small memory.
 
-A slide is white background, a few pinkish textured tissue blobs, and one *target*: a real MNIST
-digit drawn as a dark stain a few hundred level-0 pixels wide at a random place inside tissue.
-Everything follows from ``seed``. A sidecar JSON (``<path>.json``) records the label, the target
-centre (level-0 pixels and ``[-1, 1]``), its size, and the geometry.
+A slide is white background, a few pinkish textured tissue blobs, and one *target* at a random
+place inside tissue. Everything follows from ``seed``. A sidecar JSON (``<path>.json``) records
+the label, the target centre (level-0 pixels and ``[-1, 1]``), its size, and the geometry.
+
+Two kinds of target (``kind=``):
+
+* ``"digit"``: a real MNIST digit drawn as a dark stain a few hundred level-0 pixels wide
+  (10 classes).
+* ``"needle"``: the benchmark for classifying gigapixel slides from a few glimpses. One lesion,
+  a darker purple disk ``lesion_size`` level-0 pixels wide (a dark spot even on a thumbnail),
+  filled with a fine pattern of period ``period`` level-0 pixels: class 0 a square lattice of
+  round dots, class 1 parallel stripes (0, 45, 90 or 135 degrees, by the seed). Both patterns
+  ink the same fraction of the area (:data:`NEEDLE_INK_FRACTION`), so their mean colour is the
+  same: *where* the lesion is shows at low resolution, *what* it is only at level 0 and 1. The
+  pattern is drawn consistently across levels: a level of downsample ``f < period`` averages the
+  ``f x f`` level-0 pixels under each of its pixels (exactly); levels with ``f >= period`` show the
+  exact mean colour of the pattern, the same for both classes.
+
+:class:`ram_wsi.slide.procedural.ProceduralSource` serves the same pixels without writing
+anything (``procedural:needle?size=131072&seed=3``): writers and source share
+:meth:`_Scene.tile_pixels`.
 
 Speed (131,072^2 in a minute or so): tissue is a smooth field on a coarse grid, thresholded;
 tiles are classified per level from samples of the field. All-white tiles are one encoded tile
@@ -33,6 +50,9 @@ from ..io_utils import atomic_path
 from .ngff import create_level_array, default_compressor, ngff_attributes, publish_mode
 
 __all__ = [
+    "KINDS",
+    "NEEDLE_CLASSES",
+    "NEEDLE_INK_FRACTION",
     "pyramid_images",
     "write_pyramid_tiff",
     "write_pyramid_zarr",
@@ -41,6 +61,13 @@ __all__ = [
 
 _WHITE = 255
 _DARK = np.array([60, 20, 95], dtype=np.float32)
+_LESION = np.array([150, 86, 162], dtype=np.float32)  # the needle lesion's base colour
+
+KINDS = ("digit", "needle")
+NEEDLE_CLASSES = ("dots", "stripes")
+NEEDLE_INK_FRACTION = 0.35  # the share of a needle pattern's area that is ink, both classes
+_NEEDLE_ANGLES = (0, 45, 90, 135)
+_CLASS_BLOCK = 8  # _Scene.tile_class classifies blocks of 8 x 8 tiles at once
 
 
 # ----------------------------------------------------------------------------- pyramids of images
@@ -197,6 +224,54 @@ def _bilinear(grid: np.ndarray, gy: np.ndarray, gx: np.ndarray, cval: float | No
     return top * (1 - ty)[:, None] + bot * ty[:, None]
 
 
+def _level_shape(width: int, height: int, level: int) -> tuple[int, int]:
+    """``(W_l, H_l)`` of a synthetic slide's level ``l`` (halving, rounding up)."""
+    return -(-int(width) // 2**level), -(-int(height) // 2**level)
+
+
+def _level_count(width: int, height: int, tile: int) -> int:
+    """Levels a synthetic slide has: halve until the level fits in one tile."""
+    n = 1
+    while max(_level_shape(width, height, n - 1)) > tile:
+        n += 1
+    return n
+
+
+def _pattern_table(label: int, angle: int, period: int) -> np.ndarray:
+    """Ink (``[0, 1]``) of the level-0 pixels of one ``period x period`` cell of a needle
+    pattern: label 0 a round dot in the middle of the cell, label 1 a stripe (``angle`` 0:
+    horizontal, 90: vertical, 45 / 135: diagonal; its ink depends on ``y``, ``x``, ``x + y`` or
+    ``x - y`` modulo ``period``, so the pattern repeats on the pixel grid every ``period``
+    pixels along both axes). Edges ramp over one pixel; the size of the dot or stripe is solved
+    for so that the cell's mean ink is :data:`NEEDLE_INK_FRACTION` (to ~1e-12)."""
+    p = int(period)
+    j, i = np.mgrid[0:p, 0:p].astype(np.float64)  # j: row (y), i: column (x)
+    if label == 0:
+        dist = np.hypot(i + 0.5 - p / 2, j + 0.5 - p / 2)
+    else:
+        t = {0: j, 90: i, 45: (i + j) % p, 135: (i - j) % p}[int(angle)]
+        dist = np.abs(t + 0.5 - p / 2)
+
+    def table(r: float) -> np.ndarray:
+        return np.clip(r + 0.5 - dist, 0.0, 1.0)
+
+    lo, hi = -0.5, float(p)
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if table(mid).mean() < NEEDLE_INK_FRACTION else (lo, mid)
+    return table(0.5 * (lo + hi))
+
+
+def _pooled_table(table: np.ndarray, f: int) -> np.ndarray:
+    """``out[a, b]``: the mean ink of the ``f x f`` level-0 pixels from ``(row a, column b)``
+    of the periodic ``table`` on (what one pixel of a level of downsample ``f`` averages)."""
+    acc = np.zeros_like(table)
+    for dy in range(f):
+        for dx in range(f):
+            acc += np.roll(table, (-dy, -dx), axis=(0, 1))
+    return acc / (f * f)
+
+
 class _Scene:
     """A deterministic synthetic slide, drawn at any level and tile."""
 
@@ -204,9 +279,13 @@ class _Scene:
     VARIANTS = 4
 
     def __init__(self, width: int, height: int, *, seed: int, label: int | None, tile: int,
-                 target_size: int | None, mnist_dir: Any, tissue_blobs: int | None):
+                 target_size: int | None, mnist_dir: Any, tissue_blobs: int | None,
+                 kind: str = "digit", lesion_size: int = 1024, period: int = 8):
         from scipy import ndimage
 
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.kind = kind
         self.w, self.h, self.tile = int(width), int(height), int(tile)
         rng = np.random.default_rng(seed)
         self.cell = max(self.w, self.h) / self.GRID
@@ -230,9 +309,27 @@ class _Scene:
                                np.abs(np.diff(field, axis=1)).max(initial=0))) + 0.02
         self.textures = [self._texture(rng) for _ in range(self.VARIANTS)]
         self._tex_levels: dict[int, list[np.ndarray]] = {}
-        # The target: a digit fully inside tissue.
-        self.digit, self.label = _digit(rng, label, mnist_dir)
-        self.tsize = int(target_size or max(64, min(320, min(self.w, self.h) // 8)))
+        self._tiles_u8: dict[tuple[int, int], np.ndarray] = {}
+        self._classes: dict[tuple[int, int, int], np.ndarray] = {}
+        if kind == "digit":
+            # The target: a digit fully inside tissue.
+            self.digit, self.label = _digit(rng, label, mnist_dir)
+            self.tsize = int(target_size or max(64, min(320, min(self.w, self.h) // 8)))
+        else:
+            # The lesion: class and stripe angle are drawn whatever ``label`` says, so that
+            # slides of one seed differ in their class only (same tissue, same position).
+            drawn, angle = int(rng.integers(2)), int(rng.integers(len(_NEEDLE_ANGLES)))
+            if label is not None and int(label) not in (0, 1):
+                raise ValueError(f"a needle slide's label is 0 (dots) or 1 (stripes), got {label}")
+            self.label = drawn if label is None else int(label)
+            self.angle = _NEEDLE_ANGLES[angle]
+            self.period = int(period)
+            self.tsize = int(lesion_size)
+            if self.period < 1 or self.tsize < 1:
+                raise ValueError(f"period and lesion_size must be >= 1, got {period}, "
+                                 f"{lesion_size}")
+            self._table = _pattern_table(self.label, self.angle, self.period)
+            self._pooled: dict[int, np.ndarray] = {}
         margin = int(np.ceil(0.75 * self.tsize / self.cell)) + 1
         inside = ndimage.minimum_filter(field, size=2 * margin + 1, mode="constant", cval=-1)
         ok = np.argwhere(inside > self.thr + self.slack)
@@ -281,35 +378,94 @@ class _Scene:
         return ((tx * 73856093) ^ (ty * 19349663) ^ (level * 83492791)) % self.VARIANTS
 
     def level_shape(self, level: int) -> tuple[int, int]:
-        return -(-self.w // 2**level), -(-self.h // 2**level)
+        return _level_shape(self.w, self.h, level)
 
-    def classify(self, level: int) -> np.ndarray:
-        """Per tile of ``level``: 0 all white, 1 all tissue (and not on the target), 2 compose."""
+    def classify(self, level: int, rows: tuple[int, int] | None = None,
+                 cols: tuple[int, int] | None = None) -> np.ndarray:
+        """Per tile of ``level``: 0 all white, 1 all tissue (and not on the target), 2 compose.
+        ``rows`` / ``cols``: only tile rows ``[r0, r1)`` / columns ``[c0, c1)`` (the same values
+        as that part of the whole level: every tile's samples are computed alone)."""
         lw, lh = self.level_shape(level)
         t, f = self.tile, 2**level
         nx, ny = -(-lw // t), -(-lh // t)
+        r0, r1 = (0, ny) if rows is None else (max(0, int(rows[0])), min(ny, int(rows[1])))
+        c0, c1 = (0, nx) if cols is None else (max(0, int(cols[0])), min(nx, int(cols[1])))
+        nr, nc = max(r1 - r0, 0), max(c1 - c0, 0)
         span = t * f / self.cell  # tile width in cells
         if span > 32:  # few tiles at such levels: compose them all
-            return np.full((ny, nx), 2, np.int8)
+            return np.full((nr, nc), 2, np.int8)
         s = int(max(9, np.ceil(span) + 2))  # samples at most one cell apart
         off = (np.arange(s) / (s - 1)) * t * f  # level-0 offsets of samples inside a tile
-        gx = ((np.arange(nx)[:, None] * t * f + off[None]) / self.cell - 0.5).reshape(-1)
-        gy = ((np.arange(ny)[:, None] * t * f + off[None]) / self.cell - 0.5).reshape(-1)
-        vals = _bilinear(self.field, gy, gx, None).reshape(ny, s, nx, s)
+        gx = ((np.arange(c0, c1)[:, None] * t * f + off[None]) / self.cell - 0.5).reshape(-1)
+        gy = ((np.arange(r0, r1)[:, None] * t * f + off[None]) / self.cell - 0.5).reshape(-1)
+        vals = _bilinear(self.field, gy, gx, None).reshape(nr, s, nc, s)
         lo, hi = vals.min((1, 3)), vals.max((1, 3))
-        cls = np.full((ny, nx), 2, np.int8)
+        cls = np.full((nr, nc), 2, np.int8)
         cls[hi < self.thr - self.slack] = 0
         cls[lo > self.thr + self.slack] = 1
         # Tiles cut by the level border, and tiles on the target, are composed.
-        if lw % t:
+        if lw % t and c1 == nx and nc:
             cls[:, -1] = np.where(cls[:, -1] == 0, 0, 2)
-        if lh % t:
+        if lh % t and r1 == ny and nr:
             cls[-1, :] = np.where(cls[-1, :] == 0, 0, 2)
         half = 0.5 * self.tsize
+        if self.kind == "needle":
+            half += f  # the lesion's soft edge reaches half a level pixel further
         x0, x1 = (self.tx - half) / f // t, (self.tx + half) / f // t
         y0, y1 = (self.ty - half) / f // t, (self.ty + half) / f // t
-        cls[int(max(y0, 0)):int(y1) + 1, int(max(x0, 0)):int(x1) + 1] = 2
+        ya, yb = int(max(y0, 0)) - r0, int(y1) + 1 - r0
+        xa, xb = int(max(x0, 0)) - c0, int(x1) + 1 - c0
+        if yb > 0 and ya < nr and xb > 0 and xa < nc:
+            cls[max(ya, 0):yb, max(xa, 0):xb] = 2
         return cls
+
+    def tile_class(self, level: int, tx: int, ty: int) -> tuple[int, int]:
+        """``(class, variant)`` of tile ``(tx, ty)`` of ``level`` (:meth:`classify`'s class,
+        computed for a block of ``_CLASS_BLOCK^2`` tiles at a time and kept)."""
+        b = _CLASS_BLOCK
+        by, bx = int(ty) // b, int(tx) // b
+        cls = self._classes.get((level, by, bx))
+        if cls is None:
+            cls = self._classes[(level, by, bx)] = self.classify(
+                level, (by * b, (by + 1) * b), (bx * b, (bx + 1) * b))
+        return (int(cls[int(ty) - by * b, int(tx) - bx * b]),
+                int(self.variant(level, np.int64(tx), np.int64(ty))))
+
+    def tile_pixels(self, level: int, tx: int, ty: int, cls: int | None = None,
+             variant: int | None = None) -> np.ndarray:
+        """The ``(tile, tile, 3)`` uint8 pixels of tile ``(tx, ty)`` of ``level``, chosen as
+        every writer and :class:`~ram_wsi.slide.procedural.ProceduralSource` choose them: class 0
+        the white tile, class 1 the level's texture ``variant`` (both shared and read-only),
+        class 2 :meth:`draw`. ``cls`` / ``variant``: :meth:`tile_class`'s, when known."""
+        if cls is None:
+            cls, variant = self.tile_class(level, tx, ty)
+        if cls == 0:
+            key = (-1, 0)
+        elif cls == 1:
+            if variant is None:
+                variant = int(self.variant(level, np.int64(tx), np.int64(ty)))
+            key = (level, int(variant))
+        else:
+            return self.draw(level, tx, ty)
+        out = self._tiles_u8.get(key)
+        if out is None:
+            t = self.tile
+            out = (np.full((t, t, 3), _WHITE, np.uint8) if cls == 0 else
+                   np.clip(self.texture(level, key[1]) + 0.5, 0, 255).astype(np.uint8))
+            out.flags.writeable = False
+            self._tiles_u8[key] = out
+        return out
+
+    def _lesion_ink(self, level: int, qx: np.ndarray, qy: np.ndarray) -> np.ndarray | float:
+        """Mean ink of the level pixels ``qy`` (rows) x ``qx`` (columns) of ``level``: the
+        exact mean of the level-0 pixels under each (``f < period``), else the pattern's mean."""
+        f, p = 2**level, self.period
+        if f >= p:
+            return NEEDLE_INK_FRACTION
+        pooled = self._pooled.get(f)
+        if pooled is None:
+            pooled = self._pooled[f] = _pooled_table(self._table, f)
+        return pooled[np.ix_((qy * f) % p, (qx * f) % p)].astype(np.float32)
 
     def draw(self, level: int, tx: int, ty: int) -> np.ndarray:
         """The ``(tile, tile, 3)`` uint8 tile ``(tx, ty)`` of ``level`` (white outside)."""
@@ -323,6 +479,18 @@ class _Scene:
         alpha = np.clip((field - self.thr) / ramp + 0.5, 0, 1)[..., None]
         tex = self.texture(level, int(self.variant(level, np.int64(tx), np.int64(ty))))
         img = 255.0 * (1 - alpha) + tex * alpha
+        if self.kind == "needle":
+            img = self._draw_lesion(img, level, tx, ty, px, py)
+        else:
+            img = self._draw_digit(img, f, px, py)
+        out = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        if (tx + 1) * t > lw:
+            out[:, lw - tx * t:] = _WHITE
+        if (ty + 1) * t > lh:
+            out[lh - ty * t:, :] = _WHITE
+        return out
+
+    def _draw_digit(self, img: np.ndarray, f: int, px: np.ndarray, py: np.ndarray) -> np.ndarray:
         dsc = self.digit.shape[0] / self.tsize
         dy = (py - self.ty) * dsc + self.digit.shape[0] / 2 - 0.5
         dx = (px - self.tx) * dsc + self.digit.shape[1] / 2 - 0.5
@@ -336,25 +504,50 @@ class _Scene:
                 dig = self.digit.astype(np.float32)
             d = _bilinear(dig / 255.0, dy, dx, 0.0)[..., None] * 0.9
             img = img * (1 - d) + _DARK * d
-        out = np.clip(img + 0.5, 0, 255).astype(np.uint8)
-        if (tx + 1) * t > lw:
-            out[:, lw - tx * t:] = _WHITE
-        if (ty + 1) * t > lh:
-            out[lh - ty * t:, :] = _WHITE
-        return out
+        return img
+
+    def _draw_lesion(self, img: np.ndarray, level: int, tx: int, ty: int, px: np.ndarray,
+                     py: np.ndarray) -> np.ndarray:
+        f, t = 2**level, self.tile
+        reach = 0.5 * self.tsize + f  # the disk and its soft edge, in level-0 pixels
+        if (px.max() < self.tx - reach or px.min() > self.tx + reach
+                or py.max() < self.ty - reach or py.min() > self.ty + reach):
+            return img
+        d = np.hypot((px - self.tx)[None, :], (py - self.ty)[:, None])
+        # Soft edge one level pixel wide, as the tissue border.
+        a = np.clip((0.5 * self.tsize - d) / f + 0.5, 0, 1).astype(np.float32)[..., None]
+        qx = tx * t + np.arange(t, dtype=np.int64)
+        qy = ty * t + np.arange(t, dtype=np.int64)
+        ink = self._lesion_ink(level, qx, qy)
+        ink = ink[..., None] if isinstance(ink, np.ndarray) else np.float32(ink)
+        lesion = _LESION * (1 - ink) + _DARK * ink
+        return img * (1 - a) + lesion * a
 
     def levels(self) -> int:
-        n = 1
-        while max(self.level_shape(n - 1)) > self.tile:
-            n += 1
-        return n
+        return _level_count(self.w, self.h, self.tile)
+
+    def meta(self, *, seed: int, mpp: float | None) -> dict[str, Any]:
+        """What a sidecar says about the slide itself (not about a file): the label and the
+        target, the geometry, the kind (and, for a needle, its class names and pattern)."""
+        m: dict[str, Any] = {
+            "seed": seed, "label": self.label, "size": [self.w, self.h], "mpp": mpp,
+            "levels": self.levels(), "tile": self.tile,
+            "target_center_px": [self.tx, self.ty],
+            "target_center_loc": [self.tx / self.w * 2 - 1, self.ty / self.h * 2 - 1],
+            "target_size_px": self.tsize, "kind": self.kind,
+        }
+        if self.kind == "needle":
+            m.update(class_names=list(NEEDLE_CLASSES), lesion_size_px=self.tsize,
+                     period_px=self.period, ink_fraction=NEEDLE_INK_FRACTION,
+                     pattern=NEEDLE_CLASSES[self.label],
+                     stripe_angle_deg=self.angle if self.label == 1 else None)
+        return m
 
 
 def _tile_stream(scene: _Scene, level: int, enc, stats: dict[str, int]) -> Iterator[bytes]:
     cls = scene.classify(level)
     ny, nx = cls.shape
-    t = scene.tile
-    white = enc(np.full((t, t, 3), _WHITE, np.uint8))
+    white = enc(scene.tile_pixels(level, 0, 0, 0))
     full: dict[int, bytes] = {}
     for ty in range(ny):
         row = cls[ty]
@@ -368,13 +561,12 @@ def _tile_stream(scene: _Scene, level: int, enc, stats: dict[str, int]) -> Itera
                 v = int(var[tx])
                 b = full.get(v)
                 if b is None:
-                    b = full[v] = enc(np.clip(scene.texture(level, v) + 0.5, 0, 255)
-                                      .astype(np.uint8))
+                    b = full[v] = enc(scene.tile_pixels(level, tx, ty, 1, v))
                 stats["tissue"] += 1
                 yield b
             else:
                 stats["composed"] += 1
-                yield enc(scene.draw(level, tx, ty))
+                yield enc(scene.tile_pixels(level, tx, ty, 2))
 
 
 def _write_tiff(scene: _Scene, path: Path, compression: str, quality: int,
@@ -408,7 +600,7 @@ def _write_zarr(scene: _Scene, path: Path, mpp: float | None, stats: dict[str, i
         chunk_file.write_bytes(blosc.encode(np.ascontiguousarray(tile_hwc.transpose(2, 0, 1))))
 
     def compose(lvl: int, ty: int, tx: int) -> None:
-        put(path / str(lvl) / "c" / "0" / str(ty) / str(tx), scene.draw(lvl, tx, ty))
+        put(path / str(lvl) / "c" / "0" / str(ty) / str(tx), scene.tile_pixels(lvl, tx, ty, 2))
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -438,7 +630,7 @@ def _write_zarr(scene: _Scene, path: Path, mpp: float | None, stats: dict[str, i
                         continue
                     except OSError:
                         pass
-                put(chunk_file, np.clip(scene.texture(lvl, v) + 0.5, 0, 255).astype(np.uint8))
+                put(chunk_file, scene.tile_pixels(lvl, tx, ty, 1, v))
                 first_full[v] = chunk_file
             for j in jobs:
                 j.result()
@@ -456,13 +648,15 @@ def write_synthetic_slide(path: str | os.PathLike, size: int | tuple[int, int], 
                           label: int | None = None, fmt: str = "tiff", tile: int = 256,
                           mpp: float | None = 0.25, compression: str = "jpeg", quality: int = 85,
                           target_size: int | None = None, tissue_blobs: int | None = None,
-                          mnist_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                          mnist_dir: str | os.PathLike | None = None, kind: str = "digit",
+                          lesion_size: int = 1024, period: int = 8) -> dict[str, Any]:
     """Write a synthetic slide of ``size`` (``S`` or ``(W, H)``) level-0 pixels.
 
     Args:
         path: output file (``fmt="tiff"``) or store directory (``fmt="zarr"``).
         seed: everything (tissue, texture, target position, which digit) follows from it.
-        label: the digit class (0-9) of the target; random when None.
+        label: the class of the target (digit: 0-9; needle: 0 dots, 1 stripes); random when
+            None. A needle slide's lesion is at the same place whatever its label.
         tile: TIFF tile / zarr chunk size (a multiple of 16).
         mpp: micrometres per level-0 pixel written to the file (None: no physical units).
         compression: TIFF tiles: ``"jpeg"`` or ``"none"`` (zarr always uses the converter's blosc codec).
@@ -470,11 +664,17 @@ def write_synthetic_slide(path: str | os.PathLike, size: int | tuple[int, int], 
         mnist_dir: where the MNIST idx files are (default
             :func:`ram_wsi.data.mnist.default_mnist_dir`: ``$RAM_WSI_MNIST``, else
             ``../shared/data/mnist``); without them the digit is a drawn numeral.
+        kind: ``"digit"`` (an MNIST digit) or ``"needle"`` (a lesion whose pattern, dots or
+            stripes, only shows at level 0 and 1; see the module docstring).
+        lesion_size: needle: diameter of the lesion in level-0 pixels.
+        period: needle: period of its pattern in level-0 pixels.
 
     Returns:
         The sidecar dict also written to ``<path>.json``: ``label``, ``target_center_px``,
         ``target_center_loc`` (``[-1, 1]``), ``target_size_px``, ``size``, ``mpp``, ``levels``,
-        ``seed``, ``fmt``, ``tiles`` (how many were white / tissue / composed).
+        ``seed``, ``fmt``, ``kind``, ``tiles`` (how many were white / tissue / composed); a
+        needle slide's also ``class_names`` (``["dots", "stripes"]``), ``lesion_size_px``,
+        ``period_px``, ``pattern``, ``stripe_angle_deg``, ``ink_fraction``.
     """
     w, h = (size, size) if np.isscalar(size) else size
     if fmt not in ("tiff", "zarr"):
@@ -482,7 +682,8 @@ def write_synthetic_slide(path: str | os.PathLike, size: int | tuple[int, int], 
     if tile % 16:
         raise ValueError(f"tile must be a multiple of 16, got {tile}")
     scene = _Scene(int(w), int(h), seed=seed, label=label, tile=tile, target_size=target_size,
-                   mnist_dir=mnist_dir, tissue_blobs=tissue_blobs)
+                   mnist_dir=mnist_dir, tissue_blobs=tissue_blobs, kind=kind,
+                   lesion_size=lesion_size, period=period)
     path = Path(path)
     stats = {"white": 0, "tissue": 0, "composed": 0}
     with atomic_path(path, is_dir=(fmt == "zarr")) as tmp:
@@ -492,11 +693,7 @@ def write_synthetic_slide(path: str | os.PathLike, size: int | tuple[int, int], 
             _write_zarr(scene, tmp, mpp, stats)
     publish_mode(path)
     meta = {
-        "path": str(path), "fmt": fmt, "seed": seed, "label": scene.label,
-        "size": [scene.w, scene.h], "mpp": mpp, "levels": scene.levels(), "tile": tile,
-        "target_center_px": [scene.tx, scene.ty],
-        "target_center_loc": [scene.tx / scene.w * 2 - 1, scene.ty / scene.h * 2 - 1],
-        "target_size_px": scene.tsize,
+        "path": str(path), "fmt": fmt, **scene.meta(seed=seed, mpp=mpp),
         "compression": compression if fmt == "tiff" else _zarr_codec_name(),
         "tiles": stats,
     }
