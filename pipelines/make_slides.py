@@ -35,7 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mpp", type=float, default=0.25, help="0 = write no physical units")
     ap.add_argument("--compression", choices=["jpeg", "none"], default="jpeg")
     ap.add_argument("--mnist", default=None, help="MNIST idx directory (default ../shared/...)")
+    ap.add_argument("--kind", choices=["digit", "needle"], default="digit")
+    ap.add_argument("--procedural", type=int, default=0,
+                    help="needle: this many procedural train slides (+ 10%% val) in the "
+                         "manifest; the --count written files are the test split")
+    ap.add_argument("--lesion", type=int, default=2048, help="needle lesion diameter, px")
     args = ap.parse_args(argv)
+    if args.kind == "needle":
+        from ram_wsi.bench.needle import write_needle_cohort
+
+        t0 = time.perf_counter()
+        m = write_needle_cohort(args.out, args.size, train=args.procedural,
+                                val=max(2, args.procedural // 10), test=args.count,
+                                lesion=args.lesion, seed=args.seed)
+        print(json.dumps({"manifest": str(m), "seconds": round(time.perf_counter() - t0, 2)}))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     t0 = time.perf_counter()

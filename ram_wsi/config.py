@@ -124,6 +124,9 @@ class SlideDataConfig:
     holdout_val: float = 0.15  # seeded stratified split by case, when the manifest has none
     holdout_test: float = 0.15
     balanced: bool = False  # draw training slides class-balanced
+    # Training episodes per drawn slide: a batch of B holds B / episodes_per_slide slides, so
+    # each slide's glimpses are read in one batched call and its blocks stay cached.
+    episodes_per_slide: int = 1
     drop_bad_rows: bool = False  # unreadable/missing/duplicate rows: drop them (said) or fail
     class_names: list | None = None  # set by the run from the manifest (checkpoints keep it)
 
@@ -137,6 +140,7 @@ class SlideDataConfig:
         positive(self.retina_base, "data.retina_base", src)
         positive(self.fallback_mpp, "data.fallback_mpp", src)
         at_least(self.thumb_size, 32, "data.thumb_size", src)
+        at_least(self.episodes_per_slide, 1, "data.episodes_per_slide", src)
         in_range(self.holdout_val, 0.0, 0.5, "data.holdout_val", src)
         in_range(self.holdout_test, 0.0, 0.5, "data.holdout_test", src)
 
@@ -179,6 +183,7 @@ class ModelConfig:
     glimpse_hidden: int = 128  # h_g
     loc_hidden: int = 128  # h_l
     glimpse_out: int = 256  # g
+    glimpse_encoder: str = "fc"  # fc (paper: h_g = Lin(rho)) | conv (textures; beyond it)
     core: str = "rnn"  # rnn (paper) | lstm
     hidden: int = 256
     loc_std: float = 0.15
@@ -202,6 +207,7 @@ class ModelConfig:
             raise ConfigError(f"unknown arch {self.arch!r}; one of ram, ram_random, fc, conv",
                               key="model.arch", source=src)
         one_of(self.core, ("rnn", "lstm"), "model.core", src)
+        one_of(self.glimpse_encoder, ("fc", "conv"), "model.glimpse_encoder", src)
         one_of(self.loc_mean, ("tanh", "clamp", "linear"), "model.loc_mean", src)
         one_of(self.first_location, ("random", "center"), "model.first_location", src)
         one_of(self.context, ("none", "thumbnail"), "model.context", src)
@@ -249,6 +255,14 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float | None = 5.0
     rl_weight: float = 1.0
+    # REINFORCE's reward: correct (the paper: 1 for a right final decision, else 0) or
+    # log_prob (beyond the paper: log p(true class), a graded signal -- a glimpse that makes the
+    # classifier surer is rewarded before it makes it right; much lower variance on hard tasks).
+    reward: str = "correct"
+    # REINFORCE's baseline: learned (the paper: b(h_t), regressed on the reward) or group
+    # (beyond the paper: the mean reward of the other episodes on the same slide or image in
+    # the batch -- leave-one-out, as RLOO; needs data.slides.episodes_per_slide > 1).
+    advantage: str = "learned"
     baseline_weight: float = 1.0
     # The location net's learning rate relative to ``lr``. Adam normalises the noisy REINFORCE
     # gradient to unit-size steps, so at the supervised rate the policy mean random-walks into
@@ -273,6 +287,8 @@ class TrainConfig:
         at_least(self.batch_size, 1, "train.batch_size", src)
         at_least(self.epochs, 1, "train.epochs", src)
         one_of(self.optimizer, ("adam", "sgd"), "train.optimizer", src)
+        one_of(self.reward, ("correct", "log_prob"), "train.reward", src)
+        one_of(self.advantage, ("learned", "group"), "train.advantage", src)
         one_of(self.schedule, ("cosine", "linear", "constant"), "train.schedule", src)
         positive(self.lr, "train.lr", src)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

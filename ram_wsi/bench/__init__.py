@@ -8,6 +8,9 @@
   (``ram-wsi bench glimpse``, ``pipelines/bench_glimpse.py``).
 * :mod:`.scaling`: Ray rollout episodes/s against the number of actors
   (``ram-wsi bench scaling``, ``pipelines/bench_scaling.py``).
+* :mod:`.needle`: the slide agent against a thumbnail CNN and dense tiling on synthetic
+  16k^2 / 131k^2 slides: accuracy, pixels and seconds per slide (``ram-wsi bench needle``,
+  ``pipelines/bench_needle.py``).
 
 :func:`main` runs one by name: ``main(["throughput", "--steps", "3"])``.
 """
@@ -40,6 +43,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "throughput": (".throughput", "training images/s: batched retina vs crop loop"),
     "glimpse": (".glimpse", "slide glimpse benchmark (`ram-wsi bench glimpse -h`)"),
     "scaling": (".scaling", "Ray rollout episodes/s vs actors (`ram-wsi bench scaling -h`)"),
+    "needle": (".needle", "slide RAM vs dense tiling on gigapixel needle slides (`-h`)"),
 }
 
 

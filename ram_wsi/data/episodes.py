@@ -122,13 +122,13 @@ def slide_spec(cfg: ExperimentConfig) -> RetinaSpec:
     return dataclasses.replace(cfg.model.retina(), base=float(cfg.data.slides.retina_base))
 
 
-def slide_set(cfg: ExperimentConfig, records: list, class_names: list[str], units: str
-              ) -> SlideSet:
+def slide_set(cfg: ExperimentConfig, records: list, class_names: list[str], units: str,
+              previews: bool = False) -> SlideSet:
     """A :class:`SlideSet` of ``records`` read as the config says."""
     d, m = cfg.data.slides, cfg.model
     return SlideSet(records, class_names, slide_spec(cfg), units, frame=d.frame,
                     context_size=m.context_size if m.context != "none" else None,
-                    thumb_size=d.thumb_size, start=d.start)
+                    thumb_size=d.thumb_size, start=d.start, previews=previews)
 
 
 def load_slide_manifest(cfg: ExperimentConfig, *, check: bool = False) -> SlideManifest:
@@ -199,14 +199,18 @@ class SlideEnv:
                               source=cfg.source)
         self.spec = self.train.spec
         self.weights = self.manifest.sampling_weights("train", d.balanced)
+        self.per_slide = int(d.episodes_per_slide)
         self.rng = np.random.default_rng(seed)
 
     def split(self, cfg: ExperimentConfig, name: str) -> SlideSet:
         """The ``val`` or ``test`` slides, read like the training ones."""
-        return slide_set(cfg, self.manifest.split(name), self.class_names, self.units)
+        return slide_set(cfg, self.manifest.split(name), self.class_names, self.units,
+                         previews=True)
 
     def episodes(self, batch: int) -> Episodes:
-        idx = self.rng.choice(len(self.train), size=batch, p=self.weights)
+        n = -(-batch // self.per_slide)
+        idx = np.repeat(self.rng.choice(len(self.train), size=n, p=self.weights),
+                        self.per_slide)[:batch]
         return self.train.episodes(idx, self.rng)
 
 

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import SlideError
 from ..retina import RetinaSpec
 from .manifest import SlideRecord
 
 PREVIEW_SIZE = 256
+MASK_SIZE = 256  # the tissue mask's longest side: enough for the frame and tissue starts
 
 __all__ = ["PREVIEW_SIZE", "SlideFrame", "SlideSensor", "SlideSet", "SlideView", "resolve_units"]
 
@@ -108,6 +108,15 @@ def _crop_resize(thumb: np.ndarray, frame: SlideFrame, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(out).transpose(2, 0, 1))
 
 
+def _at_most(img: np.ndarray, size: int) -> np.ndarray:
+    """``img`` box-downsampled by an integer factor until its longest side is <= ``size``."""
+    f = -(-max(img.shape[:2]) // size)
+    if f <= 1:
+        return img
+    h, w = img.shape[0] // f * f, img.shape[1] // f * f
+    return img[:h, :w].reshape(h // f, f, w // f, f, 3).mean((1, 3)).astype(np.uint8)
+
+
 def _target_of(source: Any) -> dict[str, Any] | None:
     """The known target of a synthetic slide (a procedural source's ``target``, or the
     writer's ``<path>.json`` sidecar), None for a real slide."""
@@ -138,7 +147,7 @@ class SlideView:
     context: torch.Tensor | None  # (3, S, S) uint8
     target: dict[str, Any] | None
     open_counters: dict[str, int]  # what opening it cost (the thumbnail read)
-    preview: torch.Tensor  # (3, P, P) uint8: the frame for figures (P = PREVIEW_SIZE)
+    preview: torch.Tensor | None  # (3, P, P) uint8: the frame for figures (P = PREVIEW_SIZE)
 
     def start(self, n: int, rng: np.random.Generator, rule: str) -> torch.Tensor:
         """``(n, 2)`` first locations (frame coordinates): on tissue, or uniform."""
@@ -161,7 +170,7 @@ class SlideView:
 
 
 def open_view(path: str, *, frame: str = "tissue", context_size: int | None = None,
-              thumb_size: int = 512) -> SlideView:
+              thumb_size: int = 512, preview: bool = False) -> SlideView:
     """Open a slide and read its one thumbnail (see the module docstring).
 
     Raises:
@@ -173,7 +182,7 @@ def open_view(path: str, *, frame: str = "tissue", context_size: int | None = No
     source = open_source(path)
     before = source.counters
     thumb = source.thumbnail(thumb_size)
-    mask_arr, thr = mask_from_rgb(thumb)
+    mask_arr, thr = mask_from_rgb(_at_most(thumb, MASK_SIZE))
     mask = TissueMask(mask_arr, source.dimensions, thr)
     w, h = source.dimensions
     fr = SlideFrame.around(mask_arr, w, h) if frame == "tissue" else SlideFrame.whole(w, h)
@@ -182,8 +191,8 @@ def open_view(path: str, *, frame: str = "tissue", context_size: int | None = No
         ctx = torch.from_numpy(_crop_resize(thumb, fr, int(context_size)))
     after = source.counters
     cost = {k: after[k] - before[k] for k in after}
-    preview = torch.from_numpy(_crop_resize(thumb, fr, PREVIEW_SIZE))
-    return SlideView(source, fr, mask, ctx, _target_of(source), cost, preview)
+    prev = torch.from_numpy(_crop_resize(thumb, fr, PREVIEW_SIZE)) if preview else None
+    return SlideView(source, fr, mask, ctx, _target_of(source), cost, prev)
 
 
 def resolve_units(units: str, mpps: list[float | None], base: float, fallback_mpp: float,
@@ -232,7 +241,7 @@ class SlideSet:
 
     def __init__(self, records: list[SlideRecord], class_names: list[str], spec: RetinaSpec,
                  units: str, *, frame: str = "tissue", context_size: int | None = None,
-                 thumb_size: int = 512, start: str = "tissue"):
+                 thumb_size: int = 512, start: str = "tissue", previews: bool = False):
         self.records = list(records)
         self.class_names = list(class_names)
         self.spec = spec
@@ -241,6 +250,7 @@ class SlideSet:
         self.context_size = context_size
         self.thumb_size = int(thumb_size)
         self.start_rule = start
+        self.previews = previews  # keep a preview per view (held-out sets: figures)
         self._views: dict[int, SlideView] = {}
 
     def __len__(self) -> int:
@@ -253,12 +263,9 @@ class SlideSet:
     def view(self, i: int) -> SlideView:
         v = self._views.get(i)
         if v is None:
-            try:
-                v = open_view(self.records[i].path, frame=self.frame,
-                              context_size=self.context_size, thumb_size=self.thumb_size)
-            except SlideError:
-                raise
-            self._views[i] = v
+            v = self._views[i] = open_view(
+                self.records[i].path, frame=self.frame, context_size=self.context_size,
+                thumb_size=self.thumb_size, preview=self.previews)
         return v
 
     def episodes(self, idx: np.ndarray, rng: np.random.Generator):

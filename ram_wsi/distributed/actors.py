@@ -116,6 +116,8 @@ class RolloutWorker:
                             behaviour_log_probs=traj.log_probs.contiguous(),
                             labels=ep.labels.long(), rewards=rewards, version=self.version,
                             context=ep.context, actor=self.index,
+                            groups=(None if ep.slide_idx is None else
+                                    torch.as_tensor(ep.slide_idx, dtype=torch.long)),
                             seconds=time.perf_counter() - t0,
                             info={"pid": os.getpid(), "incarnation": self.incarnation})
 
@@ -134,7 +136,7 @@ class RolloutWorker:
         for n, i in enumerate(indices):
             rows += rollout_slides(self.model, self._splits[split], [i], samples=samples,
                                    seed=seed + 7_919 * int(i),
-                                   keep_glimpses=int(n < keep_glimpses))
+                                   keep_glimpses=int(n < keep_glimpses), cold=split == "test")
         return rows
 
     def info(self) -> dict[str, Any]:

@@ -62,6 +62,8 @@ class EpisodeBatch:
         version: the weights version the actor acted with.
         context: ``(B, C, S, S)`` uint8 thumbnails the context net read (None without one):
             the learner replays the first location from them, never from the slide.
+        groups: ``(B,)`` int64 slide of each episode (its index in the train split), for the
+            leave-one-out baseline (``train.advantage: group``); None for MNIST.
         actor: index of the actor that produced it; ``seconds``: time spent producing it.
     """
 
@@ -72,6 +74,7 @@ class EpisodeBatch:
     rewards: torch.Tensor
     version: int
     context: torch.Tensor | None = None
+    groups: torch.Tensor | None = None
     actor: int = -1
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
@@ -93,7 +96,8 @@ class EpisodeBatch:
                        locations=self.locations.to(device),
                        behaviour_log_probs=self.behaviour_log_probs.to(device),
                        labels=self.labels.to(device), rewards=self.rewards.to(device),
-                       context=None if self.context is None else self.context.to(device))
+                       context=None if self.context is None else self.context.to(device),
+                       groups=None if self.groups is None else self.groups.to(device))
 
     @staticmethod
     def concat(batches: list[EpisodeBatch]) -> EpisodeBatch:
@@ -112,6 +116,8 @@ class EpisodeBatch:
             version=min(b.version for b in batches),
             context=(None if batches[0].context is None else
                      torch.cat([b.context for b in batches])),
+            groups=(None if batches[0].groups is None else
+                    torch.cat([b.groups for b in batches])),
             actor=-1,
             seconds=max(b.seconds for b in batches),
         )

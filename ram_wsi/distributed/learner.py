@@ -57,7 +57,9 @@ class Learner:
                 baseline_weight=cfg.baseline_weight,
                 behaviour_log_probs=(batch.behaviour_log_probs.to(self.device)
                                      if off_policy else None),
-                rho_clip=self.rho_clip)
+                rho_clip=self.rho_clip, reward=cfg.reward,
+                groups=(batch.groups.to(self.device)
+                        if cfg.advantage == "group" and batch.groups is not None else None))
 
     def update(self, batch: EpisodeBatch, off_policy: bool = False
                ) -> tuple[bool, dict[str, float]]:

@@ -81,17 +81,40 @@ class Trajectory:
 
 
 class GlimpseNetwork(nn.Module):
-    """g = ReLU(Lin(h_g) + Lin(h_l)), h_g = ReLU(Lin(rho)), h_l = ReLU(Lin(l))."""
+    """g = ReLU(Lin(h_g) + Lin(h_l)), h_g = ReLU(Lin(rho)), h_l = ReLU(Lin(l)).
 
-    def __init__(self, glimpse_features: int, hg: int = 128, hl: int = 128, out: int = 256):
+    ``encoder="conv"`` (beyond the paper) computes h_g with two convolutions shared by the
+    scales, average- and max-pooled per scale, then a linear layer: a texture (tissue, nuclei)
+    is recognised wherever it falls in the patch, which a linear layer over all pixels -- the
+    paper's, fine for a centred digit -- learns only template by template.
+    """
+
+    def __init__(self, glimpse_features: int, hg: int = 128, hl: int = 128, out: int = 256, *,
+                 encoder: str = "fc", channels: int = 1, scales: int = 1, width: int = 16):
         super().__init__()
-        self.fc_g = nn.Linear(glimpse_features, hg)
+        self.encoder = encoder
+        if encoder == "conv":
+            self.convs = nn.Sequential(
+                nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
+            self.fc_g = nn.Linear(scales * 4 * width, hg)
+        else:
+            self.fc_g = nn.Linear(glimpse_features, hg)
         self.fc_l = nn.Linear(2, hl)
         self.out_g = nn.Linear(hg, out)
         self.out_l = nn.Linear(hl, out)
 
+    def features(self, rho: torch.Tensor) -> torch.Tensor:
+        """``(B, k, C, g, g)`` glimpses -> ``(B, F)`` inputs of ``fc_g``."""
+        if self.encoder != "conv":
+            return rho.flatten(1)
+        b, k = rho.shape[:2]
+        z = self.convs(rho.flatten(0, 1) * 2.0 - 1.0)  # (B k, 2w, g/2, g/2)
+        pooled = torch.cat([z.mean((2, 3)), z.amax((2, 3))], 1)  # (B k, 4w)
+        return pooled.view(b, -1)
+
     def forward(self, rho: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
-        hg = torch.relu(self.fc_g(rho.flatten(1)))
+        hg = torch.relu(self.fc_g(self.features(rho)))
         hl = torch.relu(self.fc_l(loc))
         return torch.relu(self.out_g(hg) + self.out_l(hl))
 
@@ -251,7 +274,8 @@ class RecurrentAttentionModel(nn.Module):
         self.spec: RetinaSpec = cfg.retina()
         feat = cfg.scales * channels * cfg.patch * cfg.patch
         self.glimpse_net = GlimpseNetwork(feat, cfg.glimpse_hidden, cfg.loc_hidden,
-                                          cfg.glimpse_out)
+                                          cfg.glimpse_out, encoder=cfg.glimpse_encoder,
+                                          channels=channels, scales=cfg.scales)
         self.core = CoreNetwork(cfg.core, cfg.glimpse_out, cfg.hidden)
         self.locator = LocationNetwork(cfg.hidden, cfg.loc_std, cfg.loc_mean)
         self.baseline = nn.Linear(cfg.hidden, 1)

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import SlideError
 from .base import GlimpseSource, SlideInfo
-from .synth import KINDS, NEEDLE_CLASSES, _level_count, _level_shape, _Scene
+from .synth import KINDS, NEEDLE_CLASSES, _level_count, _level_shape, _Scene, shared_tile
 
 __all__ = ["SCHEME", "ProceduralSource", "is_procedural", "parse_procedural_uri",
            "procedural_uri"]
@@ -259,9 +259,16 @@ class ProceduralSource(GlimpseSource):
             self._shared = {}
         blk = self._shared.get(key)
         if blk is None:
-            blk = np.ascontiguousarray(
-                scene.tile_pixels(level, bx, by, cls, var).transpose(2, 0, 1))
-            blk.flags.writeable = False
+            def make() -> np.ndarray:
+                return np.ascontiguousarray(
+                    scene.tile_pixels(level, bx, by, cls, var).transpose(2, 0, 1))
+
+            glob = scene.shared_key(level, cls, var)
+            if glob is not None:  # one copy per process, however many slides
+                blk = shared_tile(("chw", *glob), make)
+            else:
+                blk = make()
+                blk.flags.writeable = False
             self._shared[key] = blk
             self._count(blocks_decoded=1, pixels_decoded=blk.shape[-1] * blk.shape[-2])
         return blk

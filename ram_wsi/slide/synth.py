@@ -12,8 +12,8 @@ Two kinds of target (``kind=``):
   a darker purple disk ``lesion_size`` level-0 pixels wide (a dark spot even on a thumbnail),
   filled with a fine pattern of period ``period`` level-0 pixels: class 0 a square lattice of
   round dots, class 1 parallel stripes (0, 45, 90 or 135 degrees, by the seed). Both patterns
-  ink the same fraction of the area (:data:`NEEDLE_INK_FRACTION`), so their mean colour is the
-  same: *where* the lesion is shows at low resolution, *what* it is only at level 0 and 1. The
+  ink the same fraction of the area (:data:`NEEDLE_INK_FRACTION`), each class in its own ink
+  and ground colours balanced so that their mean colour is the same: *where* the lesion is shows at low resolution, *what* it is only at level 0 and 1. The
   pattern is drawn consistently across levels: a level of downsample ``f < period`` averages the
   ``f x f`` level-0 pixels under each of its pixels (exactly); levels with ``f >= period`` show the
   exact mean colour of the pattern, the same for both classes.
@@ -39,6 +39,7 @@ multi-level slide with ``openslide.mpp-x``; ``fmt="zarr"``: OME-Zarr NGFF 0.5 (z
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,11 @@ __all__ = [
 _WHITE = 255
 _DARK = np.array([60, 20, 95], dtype=np.float32)
 _LESION = np.array([150, 86, 162], dtype=np.float32)  # the needle lesion's base colour
+# Each needle class inks its pattern in its own colour on its own ground, chosen so that the
+# mean colour is the same (ground * (1 - ink) + ink colour * ink, at the ink fraction): the
+# class shows in the pixels' colours and shapes at levels 0-1, not in any pooled colour.
+_NEEDLE_INK = (np.array([40, 30, 130], dtype=np.float32),   # dots: blue-violet
+               np.array([110, 10, 70], dtype=np.float32))   # stripes: red-violet
 
 KINDS = ("digit", "needle")
 NEEDLE_CLASSES = ("dots", "stripes")
@@ -272,6 +278,69 @@ def _pooled_table(table: np.ndarray, f: int) -> np.ndarray:
     return acc / (f * f)
 
 
+TEXTURE_LIBRARY = 16  # textures a needle scene picks its VARIANTS from (process-wide)
+_LIBRARY: dict[tuple, np.ndarray] = {}
+_LIBRARY_LOCK = threading.Lock()
+
+
+def _make_texture(rng: np.random.Generator, t: int) -> np.ndarray:
+    """A ``(t, t, 3)`` float32 tissue texture: a pink stroma with purple nuclei."""
+    from scipy import ndimage
+
+    base = np.array([236, 178, 206], dtype=np.float32)
+    low = ndimage.gaussian_filter(rng.standard_normal((t, t)), t / 24, mode="wrap")
+    low = low / (np.abs(low).max() + 1e-9)
+    img = base[None, None] + low[..., None] * np.array([10, 18, 12], np.float32)
+    nuclei = np.zeros((t, t), np.float32)
+    n = int(rng.integers(t * t // 1200, t * t // 700 + 2))
+    ys, xs = rng.integers(0, t, n), rng.integers(0, t, n)
+    nuclei[ys, xs] = 1.0
+    nuclei = ndimage.gaussian_filter(nuclei, 2.2, mode="wrap")
+    nuclei = np.clip(nuclei / (nuclei.max() + 1e-9) * 1.6, 0, 1)
+    img = img * (1 - 0.55 * nuclei[..., None]) + \
+        np.array([110, 50, 140], np.float32) * 0.55 * nuclei[..., None]
+    return np.clip(img, 0, 255).astype(np.float32)
+
+
+def _pool_texture(tex: np.ndarray, level: int, t: int) -> np.ndarray:
+    """``tex`` 2x2-mean-pooled ``level`` times and tiled back to ``(t, t, 3)``."""
+    f = 2**level
+    if f >= t:
+        small = tex.reshape(-1, 3).mean(0)[None, None]
+    else:
+        small = tex.reshape(t // f, f, t // f, f, 3).mean((1, 3))
+    reps = t // small.shape[0]
+    return np.tile(small, (reps, reps, 1))
+
+
+def _library_texture(t: int, lib_id: int, level: int) -> np.ndarray:
+    """Texture ``lib_id`` of the process-wide library at ``level`` (read-only, shared)."""
+    key = ("float", t, lib_id, level)
+    out = _LIBRARY.get(key)
+    if out is None:
+        base_key = ("float", t, lib_id, 0)
+        base = _LIBRARY.get(base_key)
+        if base is None:
+            base = _make_texture(np.random.default_rng([7_331, lib_id, t]), t)
+        out = base if level == 0 else _pool_texture(base, level, t)
+        out.flags.writeable = False
+        with _LIBRARY_LOCK:
+            _LIBRARY.setdefault(base_key, base)
+            out = _LIBRARY.setdefault(key, out)
+    return out
+
+
+def shared_tile(key: tuple, make) -> np.ndarray:
+    """The process-wide read-only array for ``key`` (:meth:`_Scene.shared_key`), made once."""
+    out = _LIBRARY.get(key)
+    if out is None:
+        out = make()
+        out.flags.writeable = False
+        with _LIBRARY_LOCK:
+            out = _LIBRARY.setdefault(key, out)
+    return out
+
+
 class _Scene:
     """A deterministic synthetic slide, drawn at any level and tile."""
 
@@ -307,7 +376,15 @@ class _Scene:
         # Largest change of the bilinear field within one cell: margin for tile classification.
         self.slack = float(max(np.abs(np.diff(field, axis=0)).max(initial=0),
                                np.abs(np.diff(field, axis=1)).max(initial=0))) + 0.02
-        self.textures = [self._texture(rng) for _ in range(self.VARIANTS)]
+        if kind == "digit":
+            self.textures = [self._texture(rng) for _ in range(self.VARIANTS)]
+            self.lib_ids: list[int] | None = None
+        else:
+            # Textures from a process-wide library: thousands of procedural slides then share a
+            # few MB of texture tiles instead of holding ~40 MB each.
+            self.textures = None
+            self.lib_ids = [int(v) for v in rng.choice(TEXTURE_LIBRARY, self.VARIANTS,
+                                                         replace=False)]
         self._tex_levels: dict[int, list[np.ndarray]] = {}
         self._tiles_u8: dict[tuple[int, int], np.ndarray] = {}
         self._classes: dict[tuple[int, int, int], np.ndarray] = {}
@@ -342,36 +419,24 @@ class _Scene:
         self.ty = float(np.clip(self.ty, self.tsize, self.h - self.tsize))
 
     def _texture(self, rng: np.random.Generator) -> np.ndarray:
-        from scipy import ndimage
+        return _make_texture(rng, self.tile)
 
-        t = self.tile
-        base = np.array([236, 178, 206], dtype=np.float32)
-        low = ndimage.gaussian_filter(rng.standard_normal((t, t)), t / 24, mode="wrap")
-        low = low / (np.abs(low).max() + 1e-9)
-        img = base[None, None] + low[..., None] * np.array([10, 18, 12], np.float32)
-        nuclei = np.zeros((t, t), np.float32)
-        n = int(rng.integers(t * t // 1200, t * t // 700 + 2))
-        ys, xs = rng.integers(0, t, n), rng.integers(0, t, n)
-        nuclei[ys, xs] = 1.0
-        nuclei = ndimage.gaussian_filter(nuclei, 2.2, mode="wrap")
-        nuclei = np.clip(nuclei / (nuclei.max() + 1e-9) * 1.6, 0, 1)
-        img = img * (1 - 0.55 * nuclei[..., None]) + \
-            np.array([110, 50, 140], np.float32) * 0.55 * nuclei[..., None]
-        return np.clip(img, 0, 255).astype(np.float32)
+    def shared_key(self, level: int, cls: int, variant: int | None) -> tuple | None:
+        """A process-wide key for a white or texture tile of a library-textured scene (equal
+        keys, equal pixels), None when the tile is this scene's own."""
+        if cls == 0:
+            return ("white", self.tile)
+        if cls == 1 and self.lib_ids is not None and variant is not None:
+            return ("texture", self.tile, self.lib_ids[int(variant)], int(level))
+        return None
 
     def texture(self, level: int, variant: int) -> np.ndarray:
         """Texture tile of ``level``: variant 2x2-mean-pooled ``level`` times, tiled back."""
+        if self.lib_ids is not None:
+            return _library_texture(self.tile, self.lib_ids[variant], level)
         if level not in self._tex_levels:
-            t, out = self.tile, []
-            for tex in self.textures:
-                f = 2**level
-                if f >= t:
-                    small = tex.reshape(-1, 3).mean(0)[None, None]
-                else:
-                    small = tex.reshape(t // f, f, t // f, f, 3).mean((1, 3))
-                reps = t // small.shape[0]
-                out.append(np.tile(small, (reps, reps, 1)))
-            self._tex_levels[level] = out
+            self._tex_levels[level] = [_pool_texture(tex, level, self.tile)
+                                       for tex in self.textures]
         return self._tex_levels[level][variant]
 
     def variant(self, level: int, tx: np.ndarray, ty: np.ndarray) -> np.ndarray:
@@ -447,11 +512,18 @@ class _Scene:
             key = (level, int(variant))
         else:
             return self.draw(level, tx, ty)
+        t = self.tile
+
+        def make() -> np.ndarray:
+            return (np.full((t, t, 3), _WHITE, np.uint8) if cls == 0 else
+                    np.clip(self.texture(level, key[1]) + 0.5, 0, 255).astype(np.uint8))
+
+        shared = self.shared_key(level, cls, variant)
+        if shared is not None:
+            return shared_tile(("hwc", *shared), make)
         out = self._tiles_u8.get(key)
         if out is None:
-            t = self.tile
-            out = (np.full((t, t, 3), _WHITE, np.uint8) if cls == 0 else
-                   np.clip(self.texture(level, key[1]) + 0.5, 0, 255).astype(np.uint8))
+            out = make()
             out.flags.writeable = False
             self._tiles_u8[key] = out
         return out
@@ -520,7 +592,10 @@ class _Scene:
         qy = ty * t + np.arange(t, dtype=np.int64)
         ink = self._lesion_ink(level, qx, qy)
         ink = ink[..., None] if isinstance(ink, np.ndarray) else np.float32(ink)
-        lesion = _LESION * (1 - ink) + _DARK * ink
+        ink_rgb = _NEEDLE_INK[self.label]
+        ground = (_LESION * (1 - NEEDLE_INK_FRACTION) + _DARK * NEEDLE_INK_FRACTION
+                  - ink_rgb * NEEDLE_INK_FRACTION) / (1 - NEEDLE_INK_FRACTION)
+        lesion = ground * (1 - ink) + ink_rgb * ink
         return img * (1 - a) + lesion * a
 
     def levels(self) -> int:

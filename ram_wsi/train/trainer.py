@@ -180,9 +180,13 @@ class Trainer:
             traj = self._unroll(ep.sensor, len(ep), generator=self.policy_gen,
                                 start=None if ep.start is None else ep.start.to(self.device),
                                 context=None if ctx is None else ctx.to(self.device))
+            groups = None
+            if self.cfg.train.advantage == "group" and ep.slide_idx is not None:
+                groups = torch.as_tensor(ep.slide_idx, device=self.device)
             return hybrid_loss(traj, ep.labels.to(self.device),
                                rl_weight=self.cfg.train.rl_weight,
-                               baseline_weight=self.cfg.train.baseline_weight)
+                               baseline_weight=self.cfg.train.baseline_weight,
+                               reward=self.cfg.train.reward, groups=groups)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> LossTerms:
         """The loss of one batch (hybrid for RAM, cross-entropy for the whole-image rows)."""
@@ -191,7 +195,8 @@ class Trainer:
             if self.attention:
                 traj = self.rollout(images)
                 return hybrid_loss(traj, labels, rl_weight=self.cfg.train.rl_weight,
-                                   baseline_weight=self.cfg.train.baseline_weight)
+                                   baseline_weight=self.cfg.train.baseline_weight,
+                                   reward=self.cfg.train.reward)
             logits = self.model(images)
         ce = nn.functional.cross_entropy(logits.float(), labels)
         acc = (logits.argmax(-1) == labels).float().mean()
@@ -241,8 +246,11 @@ class Trainer:
     def _local_slide_rollouts(self, split: str, keep_glimpses: int = 0
                               ) -> list[dict[str, Any]]:
         slides = self.data.val if split == "val" else self.data.test
+        # The test counts what one decision decodes from cold caches; validation during
+        # training keeps the training slides' blocks cached.
         return rollout_slides(self.model, slides, samples=self.cfg.train.eval_samples,
-                              seed=self.cfg.train.seed + 7, keep_glimpses=keep_glimpses)
+                              seed=self.cfg.train.seed + 7, keep_glimpses=keep_glimpses,
+                              cold=split == "test")
 
     @staticmethod
     def selection_error(errors: dict[str, float]) -> float:

@@ -1,0 +1,260 @@
+"""The needle benchmark: classify gigapixel slides from a few glimpses, against dense tiling.
+
+    ram-wsi bench needle --sizes 16384 131072 --minutes 4 --out bench-results/needle
+
+Each slide (``write_synthetic_slide(kind="needle")``) holds tissue and one lesion, visible on a
+thumbnail as a dark spot; its class (dots or stripes, equal ink) can be read only at levels 0-1.
+Per slide size:
+
+* training and validation slides are procedural (``procedural:needle?...`` URIs: pixels drawn
+  on demand, no disk at any size); the test slides are real files written once (alternately a
+  JPEG pyramidal TIFF read through OpenSlide and an OME-Zarr store) and never trained on;
+* rows, each trained on the same training slides and tested on the same files:
+  ``ram_context`` (RAM with the thumbnail context net; configs/needle_slides.yaml),
+  ``ram_paper`` (no context: first glimpse uniform on tissue), ``ram_random`` (random glimpses,
+  a classifier trained on them), ``thumbnail`` (a CNN on the 256 px thumbnail alone: the label
+  must not be readable there) and ``dense`` (a tile CNN on every tissue tile at a level where
+  the class is readable, max-pooled: how conventional pipelines work);
+* per row: test accuracy with its standard error, balanced accuracy, AUC, and per slide the
+  pixels decoded (block-level, cold caches; OpenSlide: the file tiles its regions touch),
+  the pixels requested and the seconds of one decision (opening the slide included).
+
+Prints one JSON line per row and a table; writes ``needle.jsonl`` and each RAM row's run
+directory (``glimpses.png``: the path on a test slide) under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._report import emit, print_table, write_jsonl
+
+__all__ = ["RAM_ROWS", "build_parser", "main", "write_needle_cohort"]
+
+RAM_ROWS = {
+    "ram_context": ["model.context=thumbnail"],
+    "ram_paper": ["model.context=none"],
+    "ram_random": ["model.arch=ram_random", "model.context=none"],
+}
+CLASS_NAMES = ("dots", "stripes")
+
+
+def write_needle_cohort(folder: str | Path, size: int, *, train: int, val: int, test: int,
+                        lesion: int = 2048, seed: int = 0, log=print) -> Path:
+    """A needle cohort's manifest ``folder/manifest.csv`` (``path,label,split``): ``train`` and
+    ``val`` procedural slides, ``test`` slides written as files (alternately TIFF and
+    OME-Zarr; kept when already there), classes alternating. Returns the manifest's path."""
+    from ..data.manifest import write_manifest
+    from ..slide import write_synthetic_slide
+    from ..slide.procedural import procedural_uri
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, str, str]] = []
+    for split, base, n in (("train", 10_000, train), ("val", 20_000, val)):
+        for i in range(n):
+            lab = i % 2
+            uri = procedural_uri("needle", size, seed=seed + base + i, label=lab,
+                                 lesion_size=lesion)
+            rows.append((uri, CLASS_NAMES[lab], split))
+    for i in range(test):
+        lab, fmt = i % 2, ("tiff", "zarr")[(i // 2) % 2]
+        p = folder / f"test_{i:03d}.{fmt}"
+        if not (p.exists() and Path(str(p) + ".json").exists()):
+            t0 = time.perf_counter()
+            write_synthetic_slide(p, size, seed=seed + 30_000 + i, label=lab, kind="needle",
+                                  lesion_size=lesion, fmt=fmt)
+            log(f"wrote {p} ({time.perf_counter() - t0:.1f} s)")
+        rows.append((p.name, CLASS_NAMES[lab], "test"))
+    return write_manifest(folder / "manifest.csv", rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ram-wsi bench needle", description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[16384, 131072])
+    ap.add_argument("--rows", nargs="+", default=[*RAM_ROWS, "thumbnail", "dense"],
+                    choices=[*RAM_ROWS, "thumbnail", "dense"])
+    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[2] / "configs"
+                                            / "needle_slides.yaml"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the RAM rows' config (repeatable)")
+    ap.add_argument("--minutes", type=float, default=4.0, help="training budget per RAM row")
+    ap.add_argument("--train-slides", type=int, default=400)
+    ap.add_argument("--val-slides", type=int, default=32)
+    ap.add_argument("--test-slides", type=int, default=12)
+    ap.add_argument("--large-test-slides", type=int, default=4,
+                    help="test slides of sizes above 32768 (dense tiling is slow there)")
+    ap.add_argument("--lesion", type=int, default=2048, help="lesion diameter, level-0 px")
+    ap.add_argument("--dense-level", type=int, default=1)
+    ap.add_argument("--dense-tile", type=int, default=128)
+    ap.add_argument("--dense-train-slides", type=int, default=24)
+    ap.add_argument("--thumb-train-slides", type=int, default=300)
+    ap.add_argument("--epochs", type=int, default=8, help="epochs of the CNN baselines")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="bench-results/needle")
+    return ap
+
+
+def _se(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+def _ram_row(name: str, manifest: Path, size: int, args) -> dict[str, Any]:
+    from ..config import load_config
+    from ..train.trainer import Trainer
+
+    out = Path(args.out) / str(size) / name
+    cfg = load_config(args.config, [*RAM_ROWS[name], *args.set,
+                                    f"data.slides.manifest={manifest}",
+                                    f"train.out_dir={out}", f"train.max_minutes={args.minutes}",
+                                    f"train.threads={args.threads}", "train.progress=false",
+                                    f"name=needle_{name}_{size}"])
+    t0 = time.perf_counter()
+    s = Trainer(cfg, log=lambda *_: None).fit()
+    n = int(s["test_size"])
+    acc = float(s.get("test_accuracy", 0.0))
+    return {"row": name, "size": size, "test_slides": n, "accuracy": acc,
+            "accuracy_se": _se(acc, n), "balanced_accuracy": s.get("test_balanced_accuracy"),
+            "auc": s.get("test_auc"), "error_stochastic": s.get("test_error_stochastic"),
+            "error_m_avg": s.get("test_error_m_avg"),
+            "val_error_mean": s.get("best_val_error_mean"),
+            "on_target": s.get("test_on_target"), "on_tissue": s.get("test_on_tissue"),
+            "pixels_decoded": s.get("test_pixels_decoded_per_slide"),
+            "pixels_requested": s.get("test_pixels_requested_per_slide"),
+            "seconds_per_slide": s.get("test_seconds_per_slide"),
+            "train_seconds": time.perf_counter() - t0, "steps": s.get("steps"),
+            "run_dir": str(out)}
+
+
+def _cohort(manifest: Path):
+    from ..data.manifest import load_manifest
+    from ..slide import open_source
+
+    man = load_manifest(manifest, check_slides=False)
+    return man, open_source
+
+
+def _measure(fn, source) -> tuple[Any, dict[str, int], float]:
+    from ..slide import clear_caches
+
+    clear_caches()
+    source.reset_counters()
+    t0 = time.perf_counter()
+    out = fn()
+    return out, source.counters, time.perf_counter() - t0
+
+
+def _baseline_row(name: str, size: int, man, probs: list[np.ndarray], costs: list[dict],
+                  secs: list[float], train_s: float) -> dict[str, Any]:
+    from ..train.slide_eval import auc_macro
+
+    y = np.asarray([r.label for r in man.split("test")])
+    p = np.stack(probs)
+    pred = p.argmax(1)
+    acc = float((pred == y).mean())
+    recall = [float((pred[y == c] == c).mean()) for c in np.unique(y)]
+    return {"row": name, "size": size, "test_slides": len(y), "accuracy": acc,
+            "accuracy_se": _se(acc, len(y)), "balanced_accuracy": float(np.mean(recall)),
+            "auc": auc_macro(p, y, 2),
+            "pixels_decoded": float(np.mean([c["pixels_decoded"] for c in costs])),
+            "pixels_requested": float(np.mean([c["pixels_requested"] for c in costs])),
+            "seconds_per_slide": float(np.mean(secs)), "train_seconds": train_s}
+
+
+def _thumbnail_row(manifest: Path, size: int, args) -> dict[str, Any]:
+    from .needle_baselines import predict_thumbnails, slide_thumbnails, train_thumbnail_cnn
+
+    man, open_source = _cohort(manifest)
+    t0 = time.perf_counter()
+    train = man.split("train")[:args.thumb_train_slides]
+    x = slide_thumbnails([open_source(r.path) for r in train], 256)
+    model = train_thumbnail_cnn(x, np.asarray([r.label for r in train]), classes=2,
+                                epochs=args.epochs * 3, seed=0)
+    train_s = time.perf_counter() - t0
+    probs, costs, secs = [], [], []
+    for r in man.split("test"):
+        src = open_source(r.path)
+        p, c, s = _measure(lambda src=src: predict_thumbnails(model, slide_thumbnails([src], 256)),
+                           src)
+        probs.append(p[0])
+        costs.append(c)
+        secs.append(s)
+    return _baseline_row("thumbnail", size, man, probs, costs, secs, train_s)
+
+
+def _dense_row(manifest: Path, size: int, args) -> dict[str, Any]:
+    from .needle_baselines import score_dense, tile_training_set, train_tile_cnn
+
+    man, open_source = _cohort(manifest)
+    t0 = time.perf_counter()
+    train = man.split("train")[:args.dense_train_slides]
+    sources = [open_source(r.path) for r in train]
+    tiles, labels = tile_training_set(sources, [r.label for r in train],
+                                      [s.target for s in sources], level=args.dense_level,
+                                      tile=args.dense_tile, seed=0, mask_size=512)
+    model = train_tile_cnn(tiles, labels, classes=2, epochs=args.epochs, seed=0)
+    train_s = time.perf_counter() - t0
+    probs, costs, secs = [], [], []
+    for r in man.split("test"):
+        src = open_source(r.path)
+        res, c, s = _measure(lambda src=src: score_dense(src, model, level=args.dense_level,
+                                                         tile=args.dense_tile, mask_size=512),
+                             src)
+        probs.append(res["probs"])
+        costs.append(c)
+        secs.append(s)
+    row = _baseline_row("dense", size, man, probs, costs, secs, train_s)
+    row.update({"level": args.dense_level, "tile": args.dense_tile,
+                "train_tiles": int(len(labels))})
+    return row
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for size in args.sizes:
+        n_test = args.test_slides if size <= 32768 else args.large_test_slides
+        manifest = write_needle_cohort(out / str(size) / "slides", size,
+                                       train=args.train_slides, val=args.val_slides,
+                                       test=n_test, lesion=args.lesion)
+        for name in args.rows:
+            if name in RAM_ROWS:
+                row = _ram_row(name, manifest, size, args)
+            elif name == "thumbnail":
+                row = _thumbnail_row(manifest, size, args)
+            else:
+                row = _dense_row(manifest, size, args)
+            emit({"bench": "needle", **row}, rows)
+            write_jsonl(out / "needle.jsonl", rows)
+    _ratios(rows)
+    print_table(rows, ["row", "size", "test_slides", "accuracy", "accuracy_se", "auc",
+                       "pixels_decoded", "pixels_requested", "seconds_per_slide",
+                       "dense_over_row_pixels"])
+    (out / "needle_summary.json").write_text(json.dumps(rows, indent=1, default=float))
+    return 0
+
+
+def _ratios(rows: list[dict[str, Any]]) -> None:
+    """Each row's pixels decoded against dense tiling's on the same slides (the headline)."""
+    dense = {r["size"]: r["pixels_decoded"] for r in rows if r["row"] == "dense"}
+    for r in rows:
+        d = dense.get(r["size"])
+        if d and r.get("pixels_decoded"):
+            r["dense_over_row_pixels"] = d / r["pixels_decoded"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
