@@ -64,6 +64,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = _config(args)
     trainer = Trainer(cfg)
     trainer.model.load_state_dict(load_checkpoint(args.checkpoint, trainer.device)["model"])
+    if trainer.slides:
+        return _eval_slides(trainer, args)
     res = trainer.evaluate(args.split, samples=args.samples)
     if trainer.attention and args.split == "test" and trainer.data.test_centers is not None:
         from .train.evaluate import on_target_fraction, on_target_half_width
@@ -79,6 +81,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         centers = trainer.data.test_centers if args.split == "test" else None
         plot_glimpses(trainer.model, x[:6].to(trainer.device), y[:6], args.figure,
                       centers=None if centers is None else centers[:6])
+    return 0
+
+
+def _eval_slides(trainer, args: argparse.Namespace) -> int:
+    """``eval`` on the val or test slides: metrics as JSON, the figure on the first four."""
+    from .train.slide_eval import slide_metrics
+    from .viz import plot_slide_glimpses
+
+    rows = trainer._local_slide_rollouts(args.split, keep_glimpses=4 if args.figure else 0,
+                                         samples=args.samples)
+    res = slide_metrics(rows, trainer.data.class_names)
+    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, **res}))
+    shown = [r for r in rows if "glimpses" in r]
+    if args.figure and shown:
+        plot_slide_glimpses(shown, trainer.model.spec, trainer.data.class_names, args.figure)
     return 0
 
 

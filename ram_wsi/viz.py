@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from matplotlib.patches import Rectangle
 
@@ -116,7 +117,7 @@ def composite_glimpse(glimpse: torch.Tensor, factor: float, size: int = 192) -> 
     """One glimpse ``(k, C, g, g)`` as the paper's Figure 3 shows it: a ``(C, size, size)``
     square where each scale is upscaled back to its true extent around the same centre, the
     coarsest underneath and the full-resolution patch in the middle."""
-    k, c, g, _ = glimpse.shape
+    k, c = glimpse.shape[:2]
     out = torch.empty(c, size, size)
     widest = factor ** (k - 1)
     for j in range(k - 1, -1, -1):
@@ -141,7 +142,7 @@ def plot_slide_glimpses(rows: Sequence[dict[str, Any]], spec, class_names: Seque
     cmap = plt.get_cmap("autumn_r")
     for i, r in enumerate(rows):
         ax = fig.add_subplot(grid[i, 0])
-        prev = torch.as_tensor(r["preview"]).permute(1, 2, 0).numpy()
+        prev = np.asarray(r["preview"]).transpose(1, 2, 0)
         size = prev.shape[0]
         ax.imshow(prev)
         fr = r["frame"]

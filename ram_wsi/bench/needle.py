@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--test-slides", type=int, default=12)
     ap.add_argument("--large-test-slides", type=int, default=4,
                     help="test slides of sizes above 32768 (dense tiling is slow there)")
-    ap.add_argument("--lesion", type=int, default=2048, help="lesion diameter, level-0 px")
+    ap.add_argument("--lesion", type=int, default=None,
+                    help="lesion diameter, level-0 px (default max(2048, size / 16): 0.5 mm "
+                         "at 16k^2, 2 mm -- a macro-metastasis -- at 131k^2, at 0.25 um/px)")
     ap.add_argument("--dense-level", type=int, default=1)
     ap.add_argument("--dense-tile", type=int, default=128)
     ap.add_argument("--dense-train-slides", type=int, default=24)
@@ -213,7 +215,7 @@ def _dense_row(manifest: Path, size: int, args) -> dict[str, Any]:
         secs.append(s)
     row = _baseline_row("dense", size, man, probs, costs, secs, train_s)
     row.update({"level": args.dense_level, "tile": args.dense_tile,
-                "train_tiles": int(len(labels))})
+                "train_tiles": len(labels)})
     return row
 
 
@@ -229,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_test = args.test_slides if size <= 32768 else args.large_test_slides
         manifest = write_needle_cohort(out / str(size) / "slides", size,
                                        train=args.train_slides, val=args.val_slides,
-                                       test=n_test, lesion=args.lesion)
+                                       test=n_test,
+                                       lesion=args.lesion or max(2048, size // 16))
         for name in args.rows:
             if name in RAM_ROWS:
                 row = _ram_row(name, manifest, size, args)

@@ -108,7 +108,7 @@ class GlimpseNetwork(nn.Module):
         """``(B, k, C, g, g)`` glimpses -> ``(B, F)`` inputs of ``fc_g``."""
         if self.encoder != "conv":
             return rho.flatten(1)
-        b, k = rho.shape[:2]
+        b = rho.shape[0]
         z = self.convs(rho.flatten(0, 1) * 2.0 - 1.0)  # (B k, 2w, g/2, g/2)
         pooled = torch.cat([z.mean((2, 3)), z.amax((2, 3))], 1)  # (B k, 4w)
         return pooled.view(b, -1)

@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.episodes import context_float
-from ..data.slides import SlideSensor, SlideSet
+from ..data.slides import SlideSet
 from ..models import RecurrentAttentionModel
 
 __all__ = ["auc_binary", "auc_macro", "rollout_slides", "slide_metrics", "write_slide_rows"]
@@ -89,8 +88,9 @@ def rollout_slides(model: RecurrentAttentionModel, slides: SlideSet,
         })
         hit = view.on_target(flat)
         if hit is not None:
-            # The learned glimpses only (the first is the start rule's in the paper's model).
-            hit = hit.view(locs.shape[0], locs.shape[1])[:, 1:]
+            # The learned glimpses only: the first is the start rule's in the paper's model,
+            # the context net's choice in ours.
+            hit = hit.view(locs.shape[0], locs.shape[1])[:, 0 if model.context is not None else 1:]
             row["on_target"] = float(hit.double().mean())
         if mean.glimpses is not None:
             row["glimpses"] = (mean.glimpses[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()

@@ -26,8 +26,15 @@ from torch import nn
 
 from ..config import ExperimentConfig
 from ..data.datasets import TaskData, build_task_data
-from ..data.episodes import (Episodes, SlideTaskData, build_slide_data, context_float,
-                             image_context, is_prepared, prepare_slide_data)
+from ..data.episodes import (
+    Episodes,
+    SlideTaskData,
+    build_slide_data,
+    context_float,
+    image_context,
+    is_prepared,
+    prepare_slide_data,
+)
 from ..io_utils import append_jsonl, write_json
 from ..models import RecurrentAttentionModel, RetinaSensor, build_model
 from ..models.ram import Trajectory
@@ -243,12 +250,12 @@ class Trainer:
         return evaluate(self.model, x, y, samples=samples or self.cfg.train.eval_samples,
                         seed=self.cfg.train.seed + 7)
 
-    def _local_slide_rollouts(self, split: str, keep_glimpses: int = 0
-                              ) -> list[dict[str, Any]]:
+    def _local_slide_rollouts(self, split: str, keep_glimpses: int = 0,
+                              samples: int | None = None) -> list[dict[str, Any]]:
         slides = self.data.val if split == "val" else self.data.test
         # The test counts what one decision decodes from cold caches; validation during
         # training keeps the training slides' blocks cached.
-        return rollout_slides(self.model, slides, samples=self.cfg.train.eval_samples,
+        return rollout_slides(self.model, slides, samples=samples or self.cfg.train.eval_samples,
                               seed=self.cfg.train.seed + 7, keep_glimpses=keep_glimpses,
                               cold=split == "test")
 

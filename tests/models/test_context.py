@@ -34,7 +34,7 @@ def _moved(grads):
 
 
 def test_first_location_is_a_cell_centre_and_learned():
-    model, x, ctx, y, gen = _setup()
+    model, x, ctx, _y, gen = _setup()
     traj = model.unroll(RetinaSensor(x, model.spec), 16, generator=gen, context=ctx)
     assert traj.policy_mask.tolist() == [1.0, 1.0, 1.0]  # glimpse 0 is the context's choice
     first = traj.locations[:, 0]
@@ -85,7 +85,7 @@ def test_replay_with_context_gives_identical_gradients(core):
 
 
 def test_mean_policy_picks_the_most_probable_cell_and_needs_the_thumbnail():
-    model, x, ctx, _y, gen = _setup()
+    model, x, ctx, _y, _gen = _setup()
     a = model.unroll(RetinaSensor(x, model.spec), 16, policy="mean", context=ctx,
                      generator=torch.Generator().manual_seed(1))
     b = model.unroll(RetinaSensor(x, model.spec), 16, policy="mean", context=ctx,
