@@ -280,6 +280,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the unrolled model
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
     out_dir: str = "runs/{name}"
+    # Start from this checkpoint's model weights (fine-tuning, or a curriculum: small slides
+    # first); the optimiser, schedule and RNGs start fresh. A resumed run ignores it.
+    init_from: str | None = None
     seed: int = 0
     progress: bool = True
 

@@ -133,7 +133,8 @@ def plot_slide_glimpses(rows: Sequence[dict[str, Any]], spec, class_names: Seque
                         path: str | Path) -> Path:
     """Per slide: its frame (the tissue's bounding square) with the mean-policy path, the
     fovea of each glimpse (first green, last red) and the widest scale of the first, then
-    each glimpse as :func:`composite_glimpse` shows it; the decision in the title.
+    each glimpse's two finest scales as :func:`composite_glimpse` shows them (the fovea in the
+    middle, at full resolution); the decision in the title.
     ``rows`` are :func:`ram_wsi.train.slide_eval.rollout_slides` rows with glimpses kept."""
     n = len(rows)
     n_glimpses = rows[0]["glimpses"].shape[0]
@@ -165,10 +166,12 @@ def plot_slide_glimpses(rows: Sequence[dict[str, Any]], spec, class_names: Seque
                      f"predicted {class_names[int(pm.argmax())]} ({pm.max():.2f})", fontsize=7)
         ax.axis("off")
         g = torch.as_tensor(r["glimpses"]).float() / 255.0  # (T, k, C, g, g)
+        # The two finest scales: on a slide the coarser ones would shrink the fovea to a dot.
+        shown = min(2, g.shape[1])
         for t in range(n_glimpses):
             ax = fig.add_subplot(grid[i, 1 + t])
-            ax.imshow(composite_glimpse(g[t], spec.scale_factor).permute(1, 2, 0).numpy(),
-                      interpolation="nearest")
-            ax.set_title(f"glimpse {t + 1}", fontsize=7)
+            ax.imshow(composite_glimpse(g[t, :shown], spec.scale_factor).permute(1, 2, 0)
+                      .numpy(), interpolation="nearest")
+            ax.set_title(f"glimpse {t + 1} ({r['windows_px'][shown - 1]:.0f} px)", fontsize=7)
             ax.axis("off")
     return _save(fig, path)

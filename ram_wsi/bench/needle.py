@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override the RAM rows' config (repeatable)")
     ap.add_argument("--minutes", type=float, default=4.0, help="training budget per RAM row")
+    ap.add_argument("--init-from", default=None, metavar="DIR",
+                    help="a curriculum: start each RAM row from DIR/<size>/<row>/best.pt of an "
+                         "earlier run (e.g. the 16k^2 rows for the 131k^2 ones)")
     ap.add_argument("--train-slides", type=int, default=400)
     ap.add_argument("--val-slides", type=int, default=32)
     ap.add_argument("--test-slides", type=int, default=12)
@@ -114,7 +117,12 @@ def _ram_row(name: str, manifest: Path, size: int, args) -> dict[str, Any]:
     from ..train.trainer import Trainer
 
     out = Path(args.out) / str(size) / name
-    cfg = load_config(args.config, [*RAM_ROWS[name], *args.set,
+    init = []
+    if args.init_from:
+        found = sorted(Path(args.init_from).glob(f"*/{name}/best.pt"))
+        if found:
+            init = [f"train.init_from={found[0]}"]
+    cfg = load_config(args.config, [*RAM_ROWS[name], *args.set, *init,
                                     f"data.slides.manifest={manifest}",
                                     f"train.out_dir={out}", f"train.max_minutes={args.minutes}",
                                     f"train.threads={args.threads}", "train.progress=false",
@@ -132,8 +140,9 @@ def _ram_row(name: str, manifest: Path, size: int, args) -> dict[str, Any]:
             "pixels_decoded": s.get("test_pixels_decoded_per_slide"),
             "pixels_requested": s.get("test_pixels_requested_per_slide"),
             "seconds_per_slide": s.get("test_seconds_per_slide"),
+            "seconds_open_per_slide": s.get("test_seconds_open_per_slide"),
             "train_seconds": time.perf_counter() - t0, "steps": s.get("steps"),
-            "run_dir": str(out)}
+            "init_from": init[0].split("=", 1)[1] if init else None, "run_dir": str(out)}
 
 
 def _cohort(manifest: Path):

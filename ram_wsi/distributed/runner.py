@@ -240,8 +240,9 @@ class DistributedRunner:
 
         self.drain()  # no training call in flight competes with the evaluation
         self.publish()
-        n = self.trainer.data.val if split == "val" else self.trainer.data.test
-        shards = [list(range(i, len(n), len(self.actors))) for i in range(len(self.actors))]
+        slides = self.trainer.data.val if split == "val" else self.trainer.data.test
+        shards = [list(range(i, len(slides), len(self.actors)))
+                  for i in range(len(self.actors))]
         t = self.cfg.train
         for attempt in range(3):
             refs = [a.evaluate.remote([self.weights_ref], self.weights_version, split, idx,

@@ -61,6 +61,7 @@ def rollout_slides(model: RecurrentAttentionModel, slides: SlideSet,
             if cold:
                 clear_caches()
             view = slides.view(i)
+            t_open = time.perf_counter() - t0
             src = view.source
             src.reset_counters()
             # The mean-policy decision alone is what "one decision" costs.
@@ -82,6 +83,7 @@ def rollout_slides(model: RecurrentAttentionModel, slides: SlideSet,
                                             ).numpy(),
             "on_tissue": float(view.on_tissue(flat).mean()),
             "seconds": t_mean,
+            "seconds_open": t_open,  # of which: opening, the thumbnail, mask and frame
             "frame": view.frame.as_dict(),
             "windows_px": [float(w) for w in _windows_px(src, slides)],
             **{k: int(read[k] + view.open_counters[k]) for k in _COUNT_KEYS},
@@ -166,6 +168,7 @@ def slide_metrics(rows: list[dict[str, Any]], class_names: list[str]) -> dict[st
         "confusion": conf.tolist(),  # rows: true class, columns: predicted (mean policy)
         "on_tissue": float(np.mean([r["on_tissue"] for r in ok])),
         "seconds_per_slide": float(np.mean([r["seconds"] for r in ok])),
+        "seconds_open_per_slide": float(np.mean([r["seconds_open"] for r in ok])),
         **{f"{k}_per_slide": float(np.mean([r[k] for r in ok])) for k in _COUNT_KEYS},
     })
     hits = [r["on_target"] for r in ok if "on_target" in r]
@@ -185,20 +188,21 @@ def write_slide_rows(path, rows: list[dict[str, Any]], class_names: list[str]) -
     names = list(class_names)
     head = ["path", "label", "predicted", *[f"prob_{c}" for c in names],
             *[f"prob_m_avg_{c}" for c in names], "on_tissue", "on_target", *_COUNT_KEYS,
-            "seconds", "error"]
+            "seconds", "seconds_open", "error"]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(head)
     for r in rows:
         if "error" in r:
             w.writerow([r["path"], names[r["label"]], "", *[""] * (2 * len(names)), "", "",
-                        *[""] * len(_COUNT_KEYS), "", r["error"]])
+                        *[""] * len(_COUNT_KEYS), "", "", r["error"]])
             continue
         pm, pa = r["probs_mean"], r["probs_samples"].mean(0)
         w.writerow([r["path"], names[r["label"]], names[int(pm.argmax())],
                     *[f"{v:.6f}" for v in pm[:len(names)]],
                     *[f"{v:.6f}" for v in pa[:len(names)]], f"{r['on_tissue']:.4f}",
                     "" if "on_target" not in r else f"{r['on_target']:.4f}",
-                    *[r[k] for k in _COUNT_KEYS], f"{r['seconds']:.4f}", ""])
+                    *[r[k] for k in _COUNT_KEYS], f"{r['seconds']:.4f}",
+                    f"{r['seconds_open']:.4f}", ""])
     with atomic_open(path) as fh:
         fh.write(buf.getvalue())

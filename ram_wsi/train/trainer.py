@@ -143,6 +143,9 @@ class Trainer:
             torch.manual_seed(t.seed)
             self.model = build_model(cfg.model, self.data.canvas, self.data.channels,
                                      self.data.classes).to(self.device)
+        if t.init_from:
+            self.model.load_state_dict(load_checkpoint(t.init_from, self.device)["model"])
+            self.log(f"model weights from {t.init_from}")
         self.attention = isinstance(self.model, RecurrentAttentionModel)
         self.optimizer = build_optimizer(self.model, cfg)
         self.updates_per_epoch = t.steps_per_epoch or (

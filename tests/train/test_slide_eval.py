@@ -31,6 +31,7 @@ def test_macro_auc_is_the_mean_one_vs_rest():
 def _row(label, p_mean, p_samples, **kw):
     return {"label": label, "probs_mean": np.array(p_mean),
             "probs_samples": np.array(p_samples), "on_tissue": 1.0, "seconds": 0.5,
+            "seconds_open": 0.25,
             "pixels_decoded": 100, "pixels_requested": 10, "bytes_read": 0,
             "blocks_decoded": 1, **kw}
 
