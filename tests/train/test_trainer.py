@@ -75,3 +75,21 @@ def test_policy_has_its_own_learning_rate(tmp_path):
     tr._set_lr()
     lrs = sorted(g["lr"] for g in tr.optimizer.param_groups)
     assert lrs == pytest.approx([0.001, 0.004])
+
+
+def test_init_from_starts_from_the_checkpoint_weights_only(tmp_path):
+    """train.init_from: the model starts from another run's weights; the step count, the
+    optimiser and the schedule start fresh (a curriculum, fine-tuning)."""
+    src = _trainer(tmp_path, "src")
+    src.fit()
+    # fit() ends holding best.pt's weights
+    tuned = _trainer(tmp_path, "tuned", [f"train.init_from={tmp_path / 'src' / 'best.pt'}",
+                                         "train.seed=5"])
+    fresh = _trainer(tmp_path, "fresh", ["train.seed=5"])
+    for k, v in src.model.state_dict().items():
+        assert torch.equal(tuned.model.state_dict()[k], v), k
+    assert any(not torch.equal(fresh.model.state_dict()[k], v)
+               for k, v in src.model.state_dict().items())
+    assert tuned.step == 0 and not tuned.optimizer.state
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        _trainer(tmp_path, "bad", [f"train.init_from={tmp_path / 'missing.pt'}"])
