@@ -86,13 +86,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_slides(trainer, args: argparse.Namespace) -> int:
     """``eval`` on the val or test slides: metrics as JSON, the figure on the first four."""
-    from .train.slide_eval import slide_metrics
+    from .train.slide_eval import slide_metrics, write_slide_rows
     from .viz import plot_slide_glimpses
 
     rows = trainer._local_slide_rollouts(args.split, keep_glimpses=4 if args.figure else 0,
                                          samples=args.samples)
     res = slide_metrics(rows, trainer.data.class_names)
-    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, **res}))
+    out = trainer.out_dir / f"{args.split}_slides.csv"
+    write_slide_rows(out, rows, trainer.data.class_names)  # one row per slide
+    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "rows": str(out),
+                      **res}))
     shown = [r for r in rows if "glimpses" in r]
     if args.figure and shown:
         plot_slide_glimpses(shown, trainer.model.spec, trainer.data.class_names, args.figure)

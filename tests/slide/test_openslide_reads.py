@@ -166,7 +166,7 @@ def _levels_of(src, spec) -> list[int]:
 
 
 def test_one_handle_per_level_and_close_drops_them(slide, monkeypatch):
-    src = open_source(slide)
+    src = open_source(slide, shared_reads=0)  # every level its own handle from the first read
     spec = RetinaSpec(8, 3, 4.0, 1.0)
     levels = _levels_of(src, spec)
     assert levels == [0, 2, 3]
@@ -196,6 +196,27 @@ def test_one_handle_per_level_and_close_drops_them(slide, monkeypatch):
     assert src.glimpse(loc, spec).shape == (3, 3, 3, 8, 8)
 
 
+def test_a_level_shares_level_0s_handle_until_it_is_read_often(slide, monkeypatch):
+    """One decision on a cold slide opens the file once; a level read on and on gets its own
+    handle (no directory switches), after ``shared_reads`` reads."""
+    src = open_source(slide, shared_reads=3)
+    used = []
+    real = _openslide_lowlevel.read_rgba
+    monkeypatch.setattr(_openslide_lowlevel, "read_rgba",
+                        lambda s, x, y, level, w, h: used.append((id(s), level))
+                        or real(s, x, y, level, w, h))
+    x, y = np.array([0]), np.array([0])
+    first = src.read_regions(2, x, y, 8, 8)
+    for _ in range(4):
+        src.read_regions(0, x, y, 8, 8)
+        src.read_regions(2, x, y, 8, 8)
+    h0 = {h for h, lv in used if lv == 0}
+    h2 = [h for h, lv in used if lv == 2]
+    assert len(h0) == 1 and h2[:3] == [next(iter(h0))] * 3  # the first 3 reads: level 0's
+    assert set(h2[3:]) and set(h2[3:]).isdisjoint(h0)  # then its own
+    assert np.array_equal(src.read_regions(2, x, y, 8, 8), first)  # same pixels either way
+
+
 def test_glimpse_uses_openslide_cache_not_block_cache(slide, monkeypatch):
     import openslide
 
@@ -203,7 +224,7 @@ def test_glimpse_uses_openslide_cache_not_block_cache(slide, monkeypatch):
     real_set = openslide.OpenSlide.set_cache
     monkeypatch.setattr(openslide.OpenSlide, "set_cache",
                         lambda self, c: caches.append(c) or real_set(self, c))
-    src = open_source(slide)
+    src = open_source(slide, shared_reads=0)
     spec = RetinaSpec(16, 3, 4.0, 1.0)
     loc = torch.tensor([[0.1, -0.2], [0.5, 0.4], [-0.3, 0.0]])
     bc = slide_cache.block_cache()
@@ -220,7 +241,7 @@ def test_glimpse_uses_openslide_cache_not_block_cache(slide, monkeypatch):
 def test_read_error_names_file_and_level_and_drops_the_handle(slide, monkeypatch):
     import openslide
 
-    src = open_source(slide)
+    src = open_source(slide, shared_reads=0)
     src.read_regions(2, np.array([0]), np.array([0]), 8, 8)
     key = (src._cache_key(), 2)
     assert key in slide_cache.handle_pool()._entries
