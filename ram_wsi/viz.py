@@ -148,7 +148,7 @@ def plot_slide_glimpses(rows: Sequence[dict[str, Any]], spec, class_names: Seque
         ax.imshow(prev)
         fr = r["frame"]
         scale = size / fr["w"]  # preview px per level-0 px
-        pts = (torch.as_tensor(r["path_frame"]) + 1) * 0.5 * size - 0.5
+        pts = (torch.tensor(np.asarray(r["path_frame"])) + 1) * 0.5 * size - 0.5
         ax.plot(pts[:, 0], pts[:, 1], "-", color="yellow", lw=0.8)
         fovea, widest = r["windows_px"][0] * scale, r["windows_px"][-1] * scale
         x0, y0 = pts[0].tolist()
@@ -165,7 +165,7 @@ def plot_slide_glimpses(rows: Sequence[dict[str, Any]], spec, class_names: Seque
         ax.set_title(f"{Path(str(r['path'])).name[:40]}\nlabel {class_names[r['label']]}, "
                      f"predicted {class_names[int(pm.argmax())]} ({pm.max():.2f})", fontsize=7)
         ax.axis("off")
-        g = torch.as_tensor(r["glimpses"]).float() / 255.0  # (T, k, C, g, g)
+        g = torch.tensor(np.asarray(r["glimpses"])).float() / 255.0  # (T, k, C, g, g)
         # The two finest scales: on a slide the coarser ones would shrink the fovea to a dot.
         shown = min(2, g.shape[1])
         for t in range(n_glimpses):
