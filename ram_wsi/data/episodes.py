@@ -131,12 +131,14 @@ def slide_set(cfg: ExperimentConfig, records: list, class_names: list[str], unit
                     thumb_size=d.thumb_size, start=d.start, previews=previews)
 
 
-def load_slide_manifest(cfg: ExperimentConfig, *, check: bool = False) -> SlideManifest:
-    """The config's manifest with its split (seeded by ``train.seed``)."""
+def load_slide_manifest(cfg: ExperimentConfig, *, check: bool = False,
+                        open_slide=None) -> SlideManifest:
+    """The config's manifest with its split (seeded by ``train.seed``); ``check`` opens every
+    slide (through ``open_slide``, default :func:`ram_wsi.slide.open_source`)."""
     d = cfg.data.slides
     return load_manifest(d.manifest, seed=cfg.train.seed, val_fraction=d.holdout_val,
                          test_fraction=d.holdout_test, check_slides=check,
-                         drop_bad=d.drop_bad_rows)
+                         drop_bad=d.drop_bad_rows, open_slide=open_slide)
 
 
 def prepare_slide_data(cfg: ExperimentConfig, log=print) -> ExperimentConfig:
@@ -148,11 +150,18 @@ def prepare_slide_data(cfg: ExperimentConfig, log=print) -> ExperimentConfig:
     from ..slide import open_source
 
     d = cfg.data.slides
-    man = load_slide_manifest(cfg, check=True)
+    mpp_of: dict[str, float | None] = {}
+
+    def opened(path: str):  # the check's one open of each slide also gives its mpp
+        src = open_source(path)
+        mpp_of[str(path)] = src.mpp
+        return src
+
+    man = load_slide_manifest(cfg, check=True, open_slide=opened)
     log(man.describe())
     for bad in man.dropped:
         log(f"  dropped row {bad.row} ({bad.path}): {bad.reason}")
-    mpps = [open_source(r.path).mpp for r in man.records] if d.retina_units != "px" else []
+    mpps = [mpp_of.get(r.path) for r in man.records] if d.retina_units != "px" else []
     units, base = resolve_units(d.retina_units, mpps, d.retina_base, d.fallback_mpp, log)
     out = cfg.out_dir / "slides.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
