@@ -22,8 +22,10 @@ Its pixels are those :func:`write_synthetic_slide` writes for the same parameter
 construction: both take every tile from :meth:`ram_wsi.slide.synth._Scene.tile_pixels` (white,
 one of a level's few texture tiles, or composed), and the geometry (levels, tiles, mpp, 2x
 downsamples) is that of the OME-Zarr store the writer makes. White and texture tiles are made
-once per source and shared (not put in the block cache, where they would each count as a
-separate block); composed tiles go through the process's block cache like any decoded block.
+once and shared -- per process for needle slides (their textures come from one library, so
+thousands of training slides share a few MB), per source for digit slides -- and never put in
+the block cache, where they would each count as a separate block; composed tiles go through the
+process's block cache like any decoded block.
 """
 
 from __future__ import annotations
