@@ -85,6 +85,7 @@ def rollout_slides(model: RecurrentAttentionModel, slides: SlideSet,
             "seconds": t_mean,
             "seconds_open": t_open,  # of which: opening, the thumbnail, mask and frame
             "frame": view.frame.as_dict(),
+            "dimensions": [int(v) for v in src.dimensions],
             "windows_px": [float(w) for w in _windows_px(src, slides)],
             **{k: int(read[k] + view.open_counters[k]) for k in _COUNT_KEYS},
         })
@@ -96,6 +97,7 @@ def rollout_slides(model: RecurrentAttentionModel, slides: SlideSet,
             row["on_target"] = float(hit.double().mean())
         if mean.glimpses is not None:
             row["glimpses"] = (mean.glimpses[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        if view.preview is not None:  # held-out and scored slides: for figures, thumbnails
             row["preview"] = view.preview.numpy()
         rows.append(row)
     model.train(was_training)
