@@ -28,6 +28,7 @@ from .array_source import ArraySource
 from .base import GlimpseSource
 from .cache import clear_caches, set_cache_bytes, set_max_open
 from .convert import convert_to_ome_zarr
+from .image_source import ImageSource, is_plain_image
 from .openslide_source import OpenSlideSource
 from .procedural import ProceduralSource, is_procedural, procedural_uri
 from .synth import write_synthetic_slide
@@ -37,6 +38,7 @@ from .zarr_source import ZarrSource
 __all__ = [
     "ArraySource",
     "GlimpseSource",
+    "ImageSource",
     "OpenSlideSource",
     "ProceduralSource",
     "TissueMask",
@@ -73,4 +75,14 @@ def open_source(path: str | os.PathLike, **settings: Any) -> GlimpseSource:
         raise SlideError(p, "no such file or directory")
     if is_zarr_path(p):
         return ZarrSource(p, **settings)
-    return OpenSlideSource(p, **settings)
+    try:
+        return OpenSlideSource(p, **settings)
+    except SlideError as openslide_failed:
+        # As openslide-python's open_slide falls back to ImageSlide: a PNG, JPEG or stripped
+        # TIFF is a one-level slide. What Pillow cannot read either keeps OpenSlide's error.
+        if not (p.is_file() and is_plain_image(p)):
+            raise
+        try:
+            return ImageSource(p, **settings)
+        except SlideError:
+            raise openslide_failed from None

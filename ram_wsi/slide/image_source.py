@@ -1,0 +1,114 @@
+"""A plain image (PNG, JPEG, a stripped -- non-tiled, single-page -- TIFF, ...) as a one-level
+slide.
+
+What openslide-python's ``ImageSlide`` is to ``OpenSlide``: real folders of slides also hold
+plain images (a stripped TIFF of a few MB is common), and :func:`ram_wsi.slide.open_source`
+falls back to this source when OpenSlide does not recognise a file that Pillow can open. The
+image is one level and one block: decoded once into the process's block cache, then glimpses,
+thumbnails and counters work as on any slide. Alpha is composited over white; greyscale and
+16-bit images become 8-bit RGB. The physical pixel size comes from the file's resolution
+(DPI) only when it is plausibly a microscope's (>= 2,540 dpi, i.e. <= 10 um per pixel).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import SlideError
+from .base import GlimpseSource, SlideInfo
+
+__all__ = ["MAX_PIXELS", "ImageSource", "is_plain_image"]
+
+MAX_PIXELS = 1 << 28  # ~268 Mpx: beyond that a plain image should be converted to a pyramid
+
+
+def is_plain_image(path: str | os.PathLike) -> bool:
+    """Whether the file is an image for this source: Pillow recognises its header (nothing is
+    decoded) and, for a TIFF, it is not tiled -- a tiled TIFF that OpenSlide refused is a
+    damaged slide, which must stay an error rather than open as its first page."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if not (im.size[0] > 0 and im.size[1] > 0):
+                return False
+            tiff = im.format == "TIFF"
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+    if not tiff:
+        return True
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tf:
+            return len(tf.pages) == 1 and not tf.pages[0].is_tiled
+    except Exception:  # noqa: BLE001 - an unreadable TIFF is not a plain image
+        return False
+
+
+class ImageSource(GlimpseSource):
+    """A plain image file as a single-level :class:`GlimpseSource`.
+
+    Raises:
+        SlideError: the file cannot be read as an image, is truncated or corrupt (checked on
+            open), or is larger than :data:`MAX_PIXELS` -- naming the file and the cause.
+    """
+
+    backend = "image"
+
+    def __init__(self, path: str | os.PathLike, **settings: Any):
+        super().__init__(os.fspath(path), **settings)
+        _ = self.info  # open once to validate (an unpickled copy does not: base._rebuild)
+
+    def _open_info(self) -> SlideInfo:
+        from PIL import Image
+
+        try:
+            with Image.open(self._path) as im:
+                w, h = im.size
+                fmt, mode = im.format, im.mode
+                dpi = im.info.get("dpi")
+                im.verify()  # PNG CRCs, truncation: fail now, not at the first glimpse
+        except Exception as e:  # noqa: BLE001 - Pillow raises many kinds
+            raise SlideError(self._path, f"not a readable image: {type(e).__name__}: {e}"
+                             ) from None
+        if w * h > MAX_PIXELS:
+            raise SlideError(self._path, f"a plain {fmt} image of {w}x{h} pixels is too large "
+                                         f"to read whole; convert it to a pyramid "
+                                         f"(ram-wsi convert) first")
+        mpp = None
+        if dpi and min(float(dpi[0]), float(dpi[1])) >= 2540:
+            mpp = (25400.0 / float(dpi[0]), 25400.0 / float(dpi[1]))
+        return SlideInfo(dimensions=(w, h), level_dimensions=[(w, h)], block_sizes=[(w, h)],
+                         mpp=mpp, properties={"image.format": fmt, "image.mode": mode})
+
+    def _read_block(self, level: int, bx: int, by: int) -> np.ndarray:
+        from PIL import Image
+
+        w, h = self.info.dimensions
+        if level != 0 or bx != 0 or by != 0:
+            return np.full((3, h, w), 255, np.uint8)
+        try:
+            with Image.open(self._path) as im:
+                im.load()
+                rgb = _as_rgb(im)
+        except Exception as e:  # noqa: BLE001
+            raise SlideError(self._path, f"cannot decode the image: {type(e).__name__}: {e}"
+                             ) from None
+        return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+def _as_rgb(im) -> np.ndarray:
+    """``(h, w, 3)`` uint8 of any Pillow image: alpha over white, 16-bit scaled to 8-bit."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        a = np.clip(a / (65535.0 if a.max() > 255 else 255.0) * 255.0 + 0.5, 0, 255)
+        return np.repeat(a.astype(np.uint8)[..., None], 3, axis=2)
+    if "A" in im.getbands() or im.mode == "P" and "transparency" in im.info:
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[..., 3:4] / 255.0
+        return (rgba[..., :3] * alpha + 255.0 * (1 - alpha) + 0.5).astype(np.uint8)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
