@@ -20,6 +20,7 @@ A :class:`SlideView` is everything an episode on a slide needs besides the glimp
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,7 @@ class SlideView:
     context: torch.Tensor | None  # (3, S, S) uint8
     target: dict[str, Any] | None
     open_counters: dict[str, int]  # what opening it cost (the thumbnail read)
+    open_seconds: float  # and how long: open, thumbnail, mask, frame, context
     preview: torch.Tensor | None  # (3, P, P) uint8: the frame for figures (P = PREVIEW_SIZE)
 
     def start(self, n: int, rng: np.random.Generator, rule: str) -> torch.Tensor:
@@ -179,6 +181,7 @@ def open_view(path: str, *, frame: str = "tissue", context_size: int | None = No
     from ..slide import open_source
     from ..slide.tissue import TissueMask, mask_from_rgb
 
+    t0 = time.perf_counter()
     source = open_source(path)
     before = source.counters
     thumb = source.thumbnail(thumb_size)
@@ -192,7 +195,8 @@ def open_view(path: str, *, frame: str = "tissue", context_size: int | None = No
     after = source.counters
     cost = {k: after[k] - before[k] for k in after}
     prev = torch.from_numpy(_crop_resize(thumb, fr, PREVIEW_SIZE)) if preview else None
-    return SlideView(source, fr, mask, ctx, _target_of(source), cost, prev)
+    return SlideView(source, fr, mask, ctx, _target_of(source), cost,
+                     time.perf_counter() - t0, prev)
 
 
 def resolve_units(units: str, mpps: list[float | None], base: float, fallback_mpp: float,
