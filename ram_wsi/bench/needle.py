@@ -146,11 +146,10 @@ def _ram_row(name: str, manifest: Path, size: int, args) -> dict[str, Any]:
 
 
 def _cohort(manifest: Path):
+    """The cohort's manifest, as written (no slide is opened here)."""
     from ..data.manifest import load_manifest
-    from ..slide import open_source
 
-    man = load_manifest(manifest, check_slides=False)
-    return man, open_source
+    return load_manifest(manifest, check_slides=False)
 
 
 def _measure(fn, source) -> tuple[Any, dict[str, int], float]:
@@ -181,9 +180,10 @@ def _baseline_row(name: str, size: int, man, probs: list[np.ndarray], costs: lis
 
 
 def _thumbnail_row(manifest: Path, size: int, args) -> dict[str, Any]:
+    from ..slide import open_source
     from .needle_baselines import predict_thumbnails, slide_thumbnails, train_thumbnail_cnn
 
-    man, open_source = _cohort(manifest)
+    man = _cohort(manifest)
     t0 = time.perf_counter()
     train = man.split("train")[:args.thumb_train_slides]
     x = slide_thumbnails([open_source(r.path) for r in train], 256)
@@ -202,9 +202,10 @@ def _thumbnail_row(manifest: Path, size: int, args) -> dict[str, Any]:
 
 
 def _dense_row(manifest: Path, size: int, args) -> dict[str, Any]:
+    from ..slide import open_source
     from .needle_baselines import score_dense, tile_training_set, train_tile_cnn
 
-    man, open_source = _cohort(manifest)
+    man = _cohort(manifest)
     t0 = time.perf_counter()
     train = man.split("train")[:args.dense_train_slides]
     sources = [open_source(r.path) for r in train]
