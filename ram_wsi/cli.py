@@ -118,6 +118,10 @@ def _passthrough(argv: list[str]) -> int | None:
         return int(cli(argv[1:]) or 0)
     if argv[:1] == ["bench"]:
         return cmd_bench(argv[1:])
+    if argv[:1] == ["score"]:
+        from .score.runner import main_args
+
+        return main_args(argv[1:])
     return None
 
 
@@ -143,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="benchmarks: mnist (paper table), throughput, glimpse, "
                                  "scaling (`ram-wsi bench -h`)")
     sub.add_parser("convert", help="slide -> OME-Zarr pyramid (`ram-wsi convert -h`)")
+    sub.add_parser("score", help="score a folder of slides with a checkpoint: CSV, QuPath "
+                                 "GeoJSON, thumbnails (`ram-wsi score -h`)")
     return p
 
 

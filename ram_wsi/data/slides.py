@@ -227,16 +227,19 @@ class SlideSensor:
         self.units = units
         self.groups = {int(s): np.nonzero(self.slide_idx == s)[0]
                        for s in np.unique(self.slide_idx)}
+        self.seconds = 0.0  # spent reading glimpses (a scoring run's breakdown)
 
     def __call__(self, t: int, loc: torch.Tensor) -> torch.Tensor:
         k, g = self.spec.scales, self.spec.patch
         out = torch.empty((loc.shape[0], k, 3, g, g), dtype=torch.float32)
         loc = loc.detach().cpu()
+        t0 = time.perf_counter()
         for s, rows in self.groups.items():
             idx = torch.from_numpy(rows)
             view = self.views[s]
             out[idx] = view.source.glimpse(view.frame.to_slide(loc[idx]), self.spec,
                                            units=self.units)
+        self.seconds += time.perf_counter() - t0
         return out.to(loc.dtype)
 
 

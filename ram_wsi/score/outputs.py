@@ -43,12 +43,20 @@ def _box(cx: float, cy: float, side: float, w: int, h: int) -> list[list[float]]
     return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
 
 
-def slide_geojson(row: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
+def _decision(row: dict[str, Any], probs: Sequence[float] | None) -> np.ndarray:
+    """The probabilities a row's decision is read from: ``probs`` when given (a scoring run's
+    M-averaged ones), else the mean policy's."""
+    return np.asarray(row["probs_mean"] if probs is None else probs, dtype=np.float64)
+
+
+def slide_geojson(row: dict[str, Any], class_names: Sequence[str],
+                  probs: Sequence[float] | None = None) -> dict[str, Any]:
     """The QuPath FeatureCollection of one :func:`~ram_wsi.train.slide_eval.rollout_slides`
-    row (the mean-policy path): one path annotation, one detection per glimpse and scale."""
+    row (the mean-policy path): one path annotation, one detection per glimpse and scale,
+    classified by ``probs`` (default the mean policy's)."""
     names = list(class_names)
     colors = class_colors(names)
-    probs = np.asarray(row["probs_mean"], dtype=np.float64)
+    probs = _decision(row, probs)
     pred = names[int(probs.argmax())]
     cls = {"name": pred, "color": colors[pred]}
     w, h = (int(v) for v in row["dimensions"])
@@ -91,10 +99,11 @@ def write_geojson(path: str | Path, collection: dict[str, Any]) -> Path:
     return path
 
 
-def annotated_thumbnail(row: dict[str, Any], class_names: Sequence[str], size: int = 512):
+def annotated_thumbnail(row: dict[str, Any], class_names: Sequence[str], size: int = 512,
+                        probs: Sequence[float] | None = None):
     """The slide's frame (``row["preview"]``) with the path, each glimpse's fovea box (first
-    green, last red), the widest box of the first glimpse, and the decision written on it: a
-    PIL image of ``size`` px."""
+    green, last red), the widest box of the first glimpse, and the decision (``probs``,
+    default the mean policy's) written on it: a PIL image of ``size`` px."""
     from PIL import Image, ImageDraw
 
     names = list(class_names)
@@ -115,7 +124,7 @@ def annotated_thumbnail(row: dict[str, Any], class_names: Sequence[str], size: i
     x, y = pts[0]
     half = row["windows_px"][-1] * scale / 2
     draw.rectangle([x - half, y - half, x + half, y + half], outline=(0, 200, 0), width=1)
-    probs = np.asarray(row["probs_mean"], dtype=np.float64)
+    probs = _decision(row, probs)
     k = int(probs.argmax())
     text = f"{names[k]}  p={probs[k]:.2f}"
     draw.rectangle([4, 4, 12 + 7 * len(text), 20], fill=(255, 255, 255))

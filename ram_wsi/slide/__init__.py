@@ -73,6 +73,8 @@ def open_source(path: str | os.PathLike, **settings: Any) -> GlimpseSource:
     p = Path(path)
     if not p.exists():
         raise SlideError(p, "no such file or directory")
+    if p.is_file() and p.stat().st_size == 0:
+        raise SlideError(p, "empty file (0 bytes): an interrupted copy or download?")
     if is_zarr_path(p):
         return ZarrSource(p, **settings)
     try:

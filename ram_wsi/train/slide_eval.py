@@ -23,7 +23,7 @@ import torch
 from ..data.slides import SlideSet
 from ..models import RecurrentAttentionModel
 
-__all__ = ["auc_binary", "auc_macro", "rollout_slides", "slide_metrics", "write_slide_rows"]
+__all__ = ["auc_binary", "auc_macro", "rollout_slide", "rollout_slides", "slide_metrics", "write_slide_rows"]
 
 _COUNT_KEYS = ("pixels_decoded", "pixels_requested", "bytes_read", "blocks_decoded")
 
@@ -32,7 +32,8 @@ _COUNT_KEYS = ("pixels_decoded", "pixels_requested", "bytes_read", "blocks_decod
 def rollout_slides(model: RecurrentAttentionModel, slides: SlideSet,
                    indices: list[int] | None = None, *, samples: int = 10, seed: int = 1234,
                    keep_glimpses: int = 0, cold: bool = True) -> list[dict[str, Any]]:
-    """One row per slide of ``indices`` (default all), in that order.
+    """One row per slide of ``indices`` (default all), in that order (:func:`rollout_slide`
+    on each, one RNG for the whole set).
 
     Args:
         samples: M, the sampled rollouts per slide (the first is the stochastic M=1 decision).
@@ -41,7 +42,27 @@ def rollout_slides(model: RecurrentAttentionModel, slides: SlideSet,
             (for the glimpse figure).
         cold: drop the process's block caches before each slide, so that ``pixels_decoded``
             is what one decision on a slide not seen before decodes.
+    """
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    return [rollout_slide(model, slides, int(i), samples=samples, gen=gen, rng=rng,
+                          keep_glimpses=n < keep_glimpses, cold=cold)
+            for n, i in enumerate(range(len(slides)) if indices is None else indices)]
 
+
+@torch.no_grad()
+def rollout_slide(model: RecurrentAttentionModel, slides: SlideSet, i: int, *, samples: int,
+                  gen: torch.Generator, rng: np.random.Generator, keep_glimpses: bool = False,
+                  cold: bool = True) -> dict[str, Any]:
+    """Slide ``i``'s row: one mean-policy episode, then ``samples`` sampled ones.
+
+    The row holds ``probs_mean`` ``(classes,)``, ``probs_samples`` ``(M, classes)``, the mean
+    path (``path_frame``, ``path_px``: ``(T, 2)``), the frame, the windows in level-0 px,
+    on-tissue (and on-target) fractions, and costs two ways: ``seconds`` and the counters of
+    :data:`_COUNT_KEYS` are what the mean-policy decision alone costs (opening included: "one
+    decision"); ``seconds_total`` and ``<counter>_total`` include the M sampled rollouts.
+    ``seconds_open`` / ``seconds_glimpses`` split the decision's time (the rest is the model).
     A slide that cannot be read gives a row with ``error`` set (and no probabilities).
     """
     from ..errors import SlideError
@@ -50,57 +71,59 @@ def rollout_slides(model: RecurrentAttentionModel, slides: SlideSet,
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    rows: list[dict[str, Any]] = []
-    for n, i in enumerate(range(len(slides)) if indices is None else indices):
-        rec = slides.records[i]
-        row: dict[str, Any] = {"index": int(i), "path": rec.path, "label": int(rec.label)}
-        try:
-            if cold:
-                clear_caches()
-            view = slides.view(i)  # opened once per process; its cost is the view's own
-            src = view.source
-            src.reset_counters()
-            # The mean-policy decision alone is what "one decision" costs.
-            t0 = time.perf_counter()
-            mean = _run(model, slides, i, 1, "mean", gen, rng, dev, keep=n < keep_glimpses)
-            read = src.counters
-            t_mean = view.open_seconds + time.perf_counter() - t0
-            stoch = _run(model, slides, i, samples, "sample", gen, rng, dev)
-        except SlideError as exc:
-            row["error"] = str(exc)
-            rows.append(row)
-            continue
-        locs = torch.cat([mean.locations, stoch.locations]).clamp(-1, 1)  # (1+M, T, 2)
-        flat = locs.reshape(-1, 2).cpu()
-        row.update({
-            "probs_mean": torch.softmax(mean.logits.float(), -1)[0].cpu().numpy(),
-            "probs_samples": torch.softmax(stoch.logits.float(), -1).cpu().numpy(),
-            "path_frame": mean.locations[0].clamp(-1, 1).cpu().numpy(),
-            "path_px": view.frame.to_pixels(mean.locations[0].clamp(-1, 1).cpu().double()
-                                            ).numpy(),
-            "on_tissue": float(view.on_tissue(flat).mean()),
-            "seconds": t_mean,
-            "seconds_open": view.open_seconds,  # of which: opening, thumbnail, mask, frame
-            "frame": view.frame.as_dict(),
-            "dimensions": [int(v) for v in src.dimensions],
-            "windows_px": [float(w) for w in _windows_px(src, slides)],
-            **{k: int(read[k] + view.open_counters[k]) for k in _COUNT_KEYS},
-        })
-        hit = view.on_target(flat)
-        if hit is not None:
-            # The learned glimpses only: the first is the start rule's in the paper's model,
-            # the context net's choice in ours.
-            hit = hit.view(locs.shape[0], locs.shape[1])[:, 0 if model.context is not None else 1:]
-            row["on_target"] = float(hit.double().mean())
-        if mean.glimpses is not None:
-            row["glimpses"] = (mean.glimpses[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        if view.preview is not None:  # held-out and scored slides: for figures, thumbnails
-            row["preview"] = view.preview.numpy()
-        rows.append(row)
-    model.train(was_training)
-    return rows
+    rec = slides.records[i]
+    row: dict[str, Any] = {"index": int(i), "path": rec.path, "label": int(rec.label)}
+    try:
+        if cold:
+            clear_caches()
+        view = slides.view(i)  # opened once per process; its cost is the view's own
+        src = view.source
+        src.reset_counters()
+        # The mean-policy decision alone is what "one decision" costs.
+        t0 = time.perf_counter()
+        mean, read_s = _run(model, slides, i, 1, "mean", gen, rng, dev, keep=keep_glimpses)
+        read = src.counters
+        t_mean = time.perf_counter() - t0
+        stoch, read_s_m = _run(model, slides, i, samples, "sample", gen, rng, dev)
+        t_all = time.perf_counter() - t0
+        read_all = src.counters
+    except SlideError as exc:
+        row["error"] = str(exc)
+        return row
+    finally:
+        model.train(was_training)
+    locs = torch.cat([mean.locations, stoch.locations]).clamp(-1, 1)  # (1+M, T, 2)
+    flat = locs.reshape(-1, 2).cpu()
+    row.update({
+        "probs_mean": torch.softmax(mean.logits.float(), -1)[0].cpu().numpy(),
+        "probs_samples": torch.softmax(stoch.logits.float(), -1).cpu().numpy(),
+        "path_frame": mean.locations[0].clamp(-1, 1).cpu().numpy(),
+        "path_px": view.frame.to_pixels(mean.locations[0].clamp(-1, 1).cpu().double()
+                                        ).numpy(),
+        "on_tissue": float(view.on_tissue(flat).mean()),
+        "tissue_fraction": view.mask.fraction,
+        "seconds": view.open_seconds + t_mean,
+        "seconds_open": view.open_seconds,  # of which: opening, thumbnail, mask, frame
+        "seconds_glimpses": read_s,  # and reading the glimpses (the rest is the model)
+        "seconds_total": view.open_seconds + t_all,
+        "seconds_glimpses_total": read_s + read_s_m,
+        "frame": view.frame.as_dict(),
+        "dimensions": [int(v) for v in src.dimensions],
+        "windows_px": [float(w) for w in _windows_px(src, slides)],
+        **{k: int(read[k] + view.open_counters[k]) for k in _COUNT_KEYS},
+        **{f"{k}_total": int(read_all[k] + view.open_counters[k]) for k in _COUNT_KEYS},
+    })
+    hit = view.on_target(flat)
+    if hit is not None:
+        # The learned glimpses only: the first is the start rule's in the paper's model,
+        # the context net's choice in ours.
+        hit = hit.view(locs.shape[0], locs.shape[1])[:, 0 if model.context is not None else 1:]
+        row["on_target"] = float(hit.double().mean())
+    if mean.glimpses is not None:
+        row["glimpses"] = (mean.glimpses[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    if view.preview is not None:  # held-out and scored slides: for figures, thumbnails
+        row["preview"] = view.preview.numpy()
+    return row
 
 
 def _windows_px(source, slides: SlideSet) -> list[float]:
@@ -110,10 +133,12 @@ def _windows_px(source, slides: SlideSet) -> list[float]:
 
 
 def _run(model, slides: SlideSet, i: int, b: int, policy: str, gen, rng, dev, keep=False):
+    """``b`` episodes on slide ``i``: the trajectory and the seconds spent reading glimpses."""
     ep = slides.episodes(np.full(b, i), rng)
     ctx = ep.model_context()
-    return model.unroll(ep.sensor, b, policy=policy, generator=gen, start=ep.start,
+    traj = model.unroll(ep.sensor, b, policy=policy, generator=gen, start=ep.start,
                         context=None if ctx is None else ctx.to(dev), keep_glimpses=keep)
+    return traj, ep.sensor.seconds
 
 
 def auc_binary(scores: np.ndarray, positive: np.ndarray) -> float:

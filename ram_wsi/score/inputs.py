@@ -1,0 +1,205 @@
+"""What a scoring run reads: every input found under SLIDES, each with a stable ``slide_id``.
+
+SLIDES is a folder (searched recursively), a glob, a manifest CSV (a ``path`` column; ``label``
+optional: then the summary has an accuracy), or one slide. The rule is that **every file gets
+a row**: a scoring run that silently skips a file hides a problem from the person who has to
+answer for the cohort. So a folder is not filtered by extension; what is not a slide becomes an
+``error`` row with the reader's reason. Only these are folded or left out, each for a reason:
+
+* a slide that is a directory is one input: a ``.zarr`` name or a ``zarr.json`` inside (an
+  OME-Zarr store; a ``x.zarr`` that is not a store is one input that fails), and the ``.dcm``
+  files of one folder (one DICOM slide, as OpenSlide reads it: the row's ``path`` is its first
+  file, ``files`` counts them);
+* a slide's companions are part of its row, not rows of their own: ``<slide>.json`` sidecars
+  (the synthetic writer's), an MRXS slide's data folder (``<stem>/`` beside ``<stem>.mrxs``);
+* hidden files and folders (``.name``), and the run's own output folder when it lies inside.
+
+``slide_id`` names the slide's outputs (``geojson/<slide_id>.geojson``): the path relative to
+the root, folders joined by ``__``, without its extension -- unless another input has the same
+stem, then with it (``a.svs`` and ``a.tiff`` stay apart).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+from ..slide._paths import is_uri, is_zarr_path
+
+__all__ = ["ScoreInput", "find_inputs", "file_stamp"]
+
+
+@dataclass(frozen=True)
+class ScoreInput:
+    """One row of a scoring run: what to open (``path``), how its outputs are named, its
+    known label (manifests only) and how many files it stands for."""
+
+    path: str
+    slide_id: str
+    label: str | None = None
+    files: int = 1
+
+
+def file_stamp(path: str) -> tuple[int, float]:
+    """``(size in bytes, mtime)`` of an input -- what resuming compares. A directory (zarr
+    store, DICOM folder) sums its files' sizes and takes their newest mtime; a URI or a missing
+    path is ``(0, 0.0)``."""
+    if is_uri(path):
+        return 0, 0.0
+    p = Path(path)
+    try:
+        if p.is_dir():
+            size, newest = 0, p.stat().st_mtime
+            for root, _dirs, names in os.walk(p):
+                for n in names:
+                    st = os.stat(os.path.join(root, n))
+                    size += st.st_size
+                    newest = max(newest, st.st_mtime)
+            return size, newest
+        st = p.stat()
+        return st.st_size, st.st_mtime
+    except OSError:
+        return 0, 0.0
+
+
+def _is_store_dir(p: Path) -> bool:
+    return is_zarr_path(p)
+
+
+def _scan(folder: Path, skip: Path | None) -> list[tuple[str, int]]:
+    """``(path, files)`` of every input under ``folder`` (module docstring's rules), sorted."""
+    found: list[tuple[str, int]] = []
+    for root, dirs, names in os.walk(folder):
+        here = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        keep = []
+        for d in dirs:
+            p = here / d
+            if skip is not None and p.resolve() == skip:
+                continue
+            if _is_store_dir(p):
+                found.append((str(p), 1))
+                continue
+            if (here / f"{d}.mrxs").is_file():  # an MRXS slide's data folder
+                continue
+            keep.append(d)
+        dirs[:] = keep
+        files = sorted(n for n in names if not n.startswith("."))
+        present = set(files)
+        dcm = [n for n in files if n.lower().endswith(".dcm")]
+        if dcm:
+            found.append((str(here / dcm[0]), len(dcm)))
+        for n in files:
+            if n.lower().endswith(".dcm"):
+                continue
+            if n.endswith(".json") and n[:-5] in present | set(dirs) | _store_names(here):
+                continue  # a sidecar of a slide beside it
+            found.append((str(here / n), 1))
+    return sorted(found)
+
+
+def _store_names(folder: Path) -> set[str]:
+    try:
+        return {p.name for p in folder.iterdir() if p.is_dir() and _is_store_dir(p)}
+    except OSError:
+        return set()
+
+
+def _slide_ids(paths: list[str], root: Path | None) -> list[str]:
+    """Stable, unique, file-name-safe ids (module docstring)."""
+    def rel(p: str) -> str:
+        if is_uri(p):
+            return re.sub(r"[^A-Za-z0-9._-]+", "_", p)
+        q = Path(p)
+        try:
+            r = q.resolve().relative_to(root) if root is not None else Path(q.name)
+        except ValueError:
+            r = Path(q.name)
+        return "__".join(r.parts)
+
+    full = [rel(p) for p in paths]
+    stems = [re.sub(r"\.[A-Za-z0-9]{1,5}$", "", f) or f for f in full]
+    clash = Counter(stems)
+    ids = [s if clash[s] == 1 else f for s, f in zip(stems, full)]
+    ids = [re.sub(r"[^A-Za-z0-9._-]+", "_", i).strip(".") or "slide" for i in ids]
+    seen: Counter[str] = Counter()
+    out = []
+    for i in ids:  # identical after sanitising (rare): numbered in path order
+        seen[i] += 1
+        out.append(i if seen[i] == 1 else f"{i}~{seen[i]}")
+    return out
+
+
+def _from_manifest(path: Path) -> list[ScoreInput]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(path, f"cannot read the manifest: {exc}") from None
+    if not rows:
+        raise DataError(path, "manifest is empty; it needs a header with a 'path' column")
+    head = [h.strip().lower() for h in rows[0]]
+    if "path" not in head:
+        raise DataError(path, f"manifest header {','.join(rows[0])!r} has no 'path' column")
+    ip, il = head.index("path"), head.index("label") if "label" in head else None
+    paths, labels = [], []
+    for cells in rows[1:]:
+        if not any(c.strip() for c in cells) or len(cells) <= ip or not cells[ip].strip():
+            continue
+        cell = cells[ip].strip()
+        if not is_uri(cell):
+            p = Path(cell).expanduser()
+            cell = str(p if p.is_absolute() else (path.parent / p).resolve())
+        paths.append(cell)
+        labels.append(cells[il].strip() if il is not None and il < len(cells) else None)
+    root = path.parent.resolve()
+    return [ScoreInput(p, i, lab or None)
+            for p, i, lab in zip(paths, _slide_ids(paths, root), labels)]
+
+
+def find_inputs(spec: str | os.PathLike, *, exclude: str | os.PathLike | None = None
+                ) -> list[ScoreInput]:
+    """The inputs SLIDES names (module docstring), sorted by path (manifests: in their order).
+
+    Args:
+        spec: a folder, a glob (``*``, ``?``, ``[``; ``**`` recursive), a ``.csv`` manifest,
+            one slide path, or a ``procedural:`` URI.
+        exclude: a folder never searched (the run's output folder).
+
+    Raises:
+        DataError: nothing exists at ``spec`` or it matches nothing.
+    """
+    text = os.fspath(spec)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    if is_uri(text):
+        return [ScoreInput(text, _slide_ids([text], None)[0])]
+    p = Path(text).expanduser()
+    if p.is_file() and p.suffix.lower() == ".csv":
+        return _from_manifest(p)
+    if p.is_dir() and not _is_store_dir(p):
+        found, root = _scan(p, skip), p.resolve()
+    elif p.exists():
+        found, root = [(str(p), 1)], None
+    elif glob.has_magic(text):
+        found, root = [], None
+        for m in sorted(glob.glob(text, recursive=True)):
+            q = Path(m)
+            if q.is_dir() and not _is_store_dir(q):
+                found.extend(_scan(q, skip))
+            elif not q.name.startswith("."):
+                found.append((m, 1))
+        found = sorted(set(found))
+        if found:
+            root = Path(os.path.commonpath([str(Path(f).resolve().parent) for f, _ in found]))
+    else:
+        raise DataError(text, "no such slide, folder or manifest")
+    if not found:
+        raise DataError(text, "holds no files to score")
+    paths = [f for f, _ in found]
+    return [ScoreInput(f, i, None, n) for (f, n), i in zip(found, _slide_ids(paths, root))]
