@@ -217,7 +217,16 @@ def _pool(todo: list[ScoreInput], checkpoint: str, options: ScorerOptions, run: 
     queue: deque[tuple[ScoreInput, int]] = deque((inp, 1) for inp in todo)
     idle = list(range(n))
     flight: dict[Any, tuple[int, ScoreInput, int, float]] = {}  # ref -> actor, input, try, t0
+    pings: dict[Any, tuple[int, int]] = {}  # ref -> actor, tries: a restarted actor's check
     killed: set[Any] = set()
+
+    def revive(a: int, tries: int = 0) -> None:
+        # A dead actor gets work again only once it answers: a slide sent to an actor that is
+        # still restarting would fail and be counted against the slide.
+        if tries > 20:
+            raise RuntimeError(f"scorer actor {a} does not come back after a crash")
+        pings[actors[a].describe.remote()] = (a, tries + 1)
+
     try:
         while queue or flight:
             while idle and queue:
@@ -227,16 +236,25 @@ def _pool(todo: list[ScoreInput], checkpoint: str, options: ScorerOptions, run: 
                     continue
                 a = idle.pop()
                 flight[actors[a].score.remote(inp)] = (a, inp, attempt, time.monotonic())
-            if not flight:
-                break
-            ready, _ = ray.wait(list(flight), num_returns=1, timeout=0.5)
+            if not flight and not pings:
+                break  # only slides another run holds were left
+            ready, _ = ray.wait([*flight, *pings], num_returns=1, timeout=0.5)
             now = time.monotonic()
             for ref in ready:
+                if ref in pings:
+                    a, tries = pings.pop(ref)
+                    try:
+                        ray.get(ref)
+                        idle.append(a)
+                    except RayActorError:
+                        time.sleep(0.2)
+                        revive(a, tries)
+                    continue
                 a, inp, attempt, t0 = flight.pop(ref)
-                idle.append(a)
                 try:
                     scored = ray.get(ref)
                 except RayActorError as exc:
+                    revive(a)
                     if ref in killed:
                         killed.discard(ref)
                         run.fail(inp, f"timed out after {opts.timeout:g} s (its scorer was "
@@ -251,18 +269,23 @@ def _pool(todo: list[ScoreInput], checkpoint: str, options: ScorerOptions, run: 
                                       "file is likely", attempt, now - t0)
                     continue
                 except RayTaskError as exc:  # a bug, not a bad slide: still one row only
+                    idle.append(a)
                     cause = exc.cause if getattr(exc, "cause", None) is not None else exc
                     run.fail(inp, f"scoring failed: {type(cause).__name__}: "
                                   f"{str(cause).splitlines()[0] if str(cause) else ''}",
                              attempt, now - t0)
                     continue
+                idle.append(a)
                 run.commit(inp, scored, attempt)
             for ref, (a, inp, _attempt, t0) in flight.items():
                 if ref not in killed and now - t0 > opts.timeout:
                     run.log(f"{inp.path}: over {opts.timeout:g} s; stopping its scorer")
                     ray.kill(actors[a], no_restart=False)
                     killed.add(ref)
-        return ray.get([x.describe.remote() for x in actors], timeout=60)
+        try:
+            return ray.get([x.describe.remote() for x in actors], timeout=60)
+        except (RayActorError, RayTaskError, ray.exceptions.GetTimeoutError):
+            return []  # who scored is in each row's ``worker``; this is only a summary
     finally:
         for x in actors:
             ray.kill(x, no_restart=True)
