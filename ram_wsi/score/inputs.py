@@ -32,7 +32,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..slide._paths import is_uri, is_zarr_path
 
-__all__ = ["ScoreInput", "find_inputs", "file_stamp"]
+__all__ = ["ScoreInput", "file_stamp", "find_inputs"]
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("path", "str", "the input as found (a DICOM slide: its first file)"),
     ("slide_id", "str", "names its outputs: geojson/<slide_id>.geojson, thumbnails/<slide_id>.png"),
     ("status", "str", "ok, or error"),
-    ("error", "str", "why it failed: the reader's typed error naming the file and the cause, "
-                     "a timeout, or a crash of the reading process; empty when ok"),
+    ("error", "str", ("why it failed: the reader's typed error naming the file and the cause, "
+                      "a timeout, or a crash of the reading process; empty when ok")),
     ("predicted", "str", "the class with the highest M-averaged probability"),
     ("prob_<class>", "float", "that class's probability, averaged over the M sampled rollouts"),
     ("predicted_mean_policy", "str", "the deterministic (mean-policy) rollout's class"),
@@ -42,8 +42,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("rollouts", "int", "M, the sampled rollouts averaged"),
     ("glimpses", "int", "glimpses per rollout (T)"),
     ("glimpses_read", "int", "glimpses read in all: T x (M + 1), the mean-policy path included"),
-    ("pixels_read", "int", "level-0-or-coarser pixels decoded for this slide: the thumbnail "
-                           "and every glimpse's blocks (tiles / chunks)"),
+    ("pixels_read", "int", ("pixels decoded for this slide, at whatever level: the thumbnail "
+                            "and every glimpse's blocks (tiles / chunks)")),
     ("bytes_read", "int", "compressed bytes read from storage (where the reader counts them)"),
     ("pixels_decision", "int", "pixels decoded by one decision alone: thumbnail + mean path"),
     ("tissue_fraction", "float", "fraction of the slide that the thumbnail's mask calls tissue"),
@@ -59,8 +59,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("seconds_model", "float", "of which the network (all rollouts)"),
     ("seconds_write", "float", "drawing and writing its GeoJSON and thumbnail"),
     ("file_size", "int", "bytes of the input (a directory: of its files) when scored"),
-    ("file_mtime", "float", "its modification time (newest file of a directory): with "
-                            "file_size, what a resumed run compares"),
+    ("file_mtime", "float", ("its modification time (newest file of a directory): with "
+                             "file_size, what a resumed run compares")),
     ("files", "int", "files the input stands for (a DICOM slide's .dcm files; else 1)"),
     ("attempts", "int", "tries it took (a retry follows a crash of the reading process)"),
     ("worker", "str", "host:pid of the scorer, and the Ray node (first 8 hex digits)"),

@@ -101,8 +101,8 @@ def _versions() -> dict[str, str | None]:
         import openslide
 
         out["libopenslide"] = openslide.__library_version__
-    except Exception:  # noqa: BLE001 -- a version string is best-effort
-        pass
+    except (ImportError, AttributeError, OSError):  # a version string is best-effort
+        out["libopenslide"] = None
     return out
 
 

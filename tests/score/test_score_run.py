@@ -15,7 +15,6 @@ import pytest
 
 from ram_wsi.score.results import COLUMNS, NOISY_COLUMNS, columns_for
 from ram_wsi.score.runner import RunOptions, exit_status, score_slides
-from ram_wsi.score.scorer import ScorerOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = {"test_000.tiff", "test_001.tiff", "test_002.zarr", "test_003.zarr", "test_004.tiff",
@@ -65,7 +64,7 @@ def test_every_file_gets_a_row_and_the_bad_ones_say_why(scored):
 
 
 def test_columns_are_the_documented_ones_and_rows_hold_together(scored):
-    folder, _, out, _ = scored
+    _, _, out, _ = scored
     rows = _rows(out)
     names = ["dots", "stripes"]
     assert list(rows[0]) == columns_for(names)
