@@ -11,6 +11,9 @@
 * :mod:`.needle`: the slide agent against a thumbnail CNN and dense tiling on synthetic
   16k^2 / 131k^2 slides: accuracy, pixels and seconds per slide (``ram-wsi bench needle``,
   ``pipelines/bench_needle.py``).
+* :mod:`.score`: ``ram-wsi score``'s seconds per slide and its split at 8k^2-131k^2, against
+  dense tiling; slides/s with 1 and 2 workers; memory over 500 slides (``ram-wsi bench score``,
+  ``pipelines/bench_score.py``).
 
 :func:`main` runs one by name: ``main(["throughput", "--steps", "3"])``.
 """
@@ -44,6 +47,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "glimpse": (".glimpse", "slide glimpse benchmark (`ram-wsi bench glimpse -h`)"),
     "scaling": (".scaling", "Ray rollout episodes/s vs actors (`ram-wsi bench scaling -h`)"),
     "needle": (".needle", "slide RAM vs dense tiling on gigapixel needle slides (`-h`)"),
+    "score": (".score", "ram-wsi score: s/slide vs slide size, vs dense; slides/s; memory"),
 }
 
 
