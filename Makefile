@@ -9,7 +9,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.install-stamp
 SHARED ?= ../shared/data
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo demo-mnist test bench lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,9 +22,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# The main job: distributed REINFORCE on 60x60 cluttered MNIST, on a local Ray instance,
-# with the real digits from $(SHARED)/mnist when present, generated digits otherwise.
+# The main job, the slide pipeline on a local Ray instance: generate a needle cohort, train the
+# slide agent with Ray rollout actors, score held-out slides + $(SHARED)/slides (pipelines/demo.py).
 demo: install
+	$(BIN)/python pipelines/demo.py --out runs/demo --shared $(SHARED)/slides
+
+# The paper's setting: distributed REINFORCE on 60x60 cluttered MNIST, with the real digits from
+# $(SHARED)/mnist when present, generated digits otherwise.
+demo-mnist: install
 	$(BIN)/python pipelines/train.py --config configs/demo.yaml --data-dir $(SHARED)/mnist
 
 test: install
@@ -38,6 +43,7 @@ bench: install
 		--out bench-results/glimpse_20x
 	$(BIN)/python pipelines/bench_scaling.py --actors 1 2 4 --envs mnist slides --slide-size 8192 \
 		--data-dir $(SHARED)/mnist --out-dir bench-results/scaling
+	$(BIN)/python pipelines/bench_score.py --sizes 8192 32768 131072 --out bench-results/score
 	$(BIN)/python pipelines/bench_mnist.py --config configs/cluttered60_8g.yaml --data-dir $(SHARED)/mnist
 
 lint: install

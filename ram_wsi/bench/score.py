@@ -17,8 +17,8 @@ Four parts, all in one run (so that the ratios compare like with like):
   conventional pipelines do it (:func:`~ram_wsi.bench.needle_baselines.score_dense`: every tissue
   tile of ``--dense-level``, a tile CNN, max-pooled; the CNN is untrained: its weights do not
   change its cost). ``dense_vs_ram`` is the headline ratio.
-* ``throughput`` rows: ``--throughput-slides`` inputs (hard links to the smallest size's TIFFs,
-  distinct names) through :func:`~ram_wsi.score.runner.score_slides`, in-process and on a Ray
+* ``throughput`` rows: ``--throughput-slides`` inputs (links to the smallest size's TIFFs and
+  stores, distinct names) through :func:`~ram_wsi.score.runner.score_slides`, in-process and on a Ray
   pool of 1 and 2 workers: slides/s over the whole call (Ray's start included) and steady
   (from the first committed slide to the last, read off the journal as it grows).
 * a ``memory`` row: ``--memory-slides`` inputs scored by one scorer in a child process, its RSS
@@ -180,20 +180,24 @@ def _dense_rows(sizes: dict[int, list[Path]], ram: dict[int, float], args) -> li
 
 
 def _link_folder(folder: Path, slides: list[Path], n: int) -> Path:
-    """``n`` inputs: hard links (a copy where links fail) to ``slides``' files, distinct
-    names -- as many slides as a folder of ``n`` would hold, for the disk space of a few."""
+    """``n`` inputs with distinct names standing for ``slides`` in turn (TIFF and OME-Zarr):
+    hard links to the files (a copy where links fail), symbolic links to the stores -- a folder
+    of ``n`` slides for the disk space of a few."""
     import shutil
 
     folder.mkdir(parents=True, exist_ok=True)
-    files = [p for p in slides if p.is_file()]
     for i in range(n):
-        src = files[i % len(files)]
+        src = slides[i % len(slides)].resolve()
         dst = folder / f"slide_{i:04d}{src.suffix}"
-        if not dst.exists():
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
+        if dst.exists() or dst.is_symlink():
+            continue
+        if src.is_dir():
+            dst.symlink_to(src, target_is_directory=True)
+            continue
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
     return folder
 
 
@@ -308,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
     ckpt = Path(args.checkpoint) if args.checkpoint else throwaway_checkpoint(out / "checkpoint",
                                                                               args.config)
     sizes = {s: _write_slides(out / "slides" / str(s), s, args.slides, log)

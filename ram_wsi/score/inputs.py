@@ -68,47 +68,37 @@ def file_stamp(path: str) -> tuple[int, float]:
         return 0, 0.0
 
 
-def _is_store_dir(p: Path) -> bool:
-    return is_zarr_path(p)
-
-
 def _scan(folder: Path, skip: Path | None) -> list[tuple[str, int]]:
     """``(path, files)`` of every input under ``folder`` (module docstring's rules), sorted."""
     found: list[tuple[str, int]] = []
     for root, dirs, names in os.walk(folder):
         here = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        keep = []
+        keep, stores = [], set()
         for d in dirs:
             p = here / d
             if skip is not None and p.resolve() == skip:
                 continue
-            if _is_store_dir(p):
+            if is_zarr_path(p):
                 found.append((str(p), 1))
+                stores.add(d)
                 continue
             if (here / f"{d}.mrxs").is_file():  # an MRXS slide's data folder
                 continue
             keep.append(d)
         dirs[:] = keep
         files = sorted(n for n in names if not n.startswith("."))
-        present = set(files)
+        beside = set(files) | set(dirs) | stores  # what a `<name>.json` sidecar may belong to
         dcm = [n for n in files if n.lower().endswith(".dcm")]
         if dcm:
             found.append((str(here / dcm[0]), len(dcm)))
         for n in files:
             if n.lower().endswith(".dcm"):
                 continue
-            if n.endswith(".json") and n[:-5] in present | set(dirs) | _store_names(here):
+            if n.endswith(".json") and n[:-5] in beside:
                 continue  # a sidecar of a slide beside it
             found.append((str(here / n), 1))
     return sorted(found)
-
-
-def _store_names(folder: Path) -> set[str]:
-    try:
-        return {p.name for p in folder.iterdir() if p.is_dir() and _is_store_dir(p)}
-    except OSError:
-        return set()
 
 
 def _slide_ids(paths: list[str], root: Path | None) -> list[str]:
@@ -182,7 +172,7 @@ def find_inputs(spec: str | os.PathLike, *, exclude: str | os.PathLike | None = 
     p = Path(text).expanduser()
     if p.is_file() and p.suffix.lower() == ".csv":
         return _from_manifest(p)
-    if p.is_dir() and not _is_store_dir(p):
+    if p.is_dir() and not is_zarr_path(p):
         found, root = _scan(p, skip), p.resolve()
     elif p.exists():
         found, root = [(str(p), 1)], None
@@ -190,7 +180,7 @@ def find_inputs(spec: str | os.PathLike, *, exclude: str | os.PathLike | None = 
         found, root = [], None
         for m in sorted(glob.glob(text, recursive=True)):
             q = Path(m)
-            if q.is_dir() and not _is_store_dir(q):
+            if q.is_dir() and not is_zarr_path(q):
                 found.extend(_scan(q, skip))
             elif not q.name.startswith("."):
                 found.append((m, 1))
