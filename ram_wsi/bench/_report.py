@@ -39,5 +39,7 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
+        if abs(v) < 1:
+            return f"{v:.3f}"
         return f"{v:.2f}" if abs(v) < 1000 else f"{v:,.0f}"
     return str(v)
