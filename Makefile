@@ -30,7 +30,8 @@ demo: install
 # The paper's setting: distributed REINFORCE on 60x60 cluttered MNIST, with the real digits from
 # $(SHARED)/mnist when present, generated digits otherwise.
 demo-mnist: install
-	$(BIN)/python pipelines/train.py --config configs/demo.yaml --data-dir $(SHARED)/mnist
+	$(BIN)/python pipelines/train.py --config configs/demo.yaml --data-dir $(SHARED)/mnist \
+		--out-dir runs/demo_mnist
 
 test: install
 	$(BIN)/python -m pytest -q tests
