@@ -89,6 +89,10 @@ class MnistDataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     eval_size: int | None = None  # size of the fixed val/test sets (None: the held-out digits)
+    # Training episodes per canvas (the paper's M in its 1/M sum): a batch of B holds
+    # B / episodes_per_image canvases; with train.advantage: group each episode's baseline is
+    # the mean reward of the same canvas's other episodes (leave-one-out).
+    episodes_per_image: int = 1
     fallback_synthetic: bool = True  # mnist dir missing -> synthetic digits (said in the log)
 
     def validate(self, src: str | None) -> None:
@@ -101,6 +105,7 @@ class MnistDataConfig:
         for name in ("val_fraction", "test_fraction"):
             in_range(getattr(self, name), 0.0, 0.5, f"data.{name}", src)
         at_least(self.synthetic_count, 100, "data.synthetic_count", src)
+        at_least(self.episodes_per_image, 1, "data.episodes_per_image", src)
 
     @property
     def canvas_size(self) -> int:
@@ -261,7 +266,8 @@ class TrainConfig:
     reward: str = "correct"
     # REINFORCE's baseline: learned (the paper: b(h_t), regressed on the reward) or group
     # (beyond the paper: the mean reward of the other episodes on the same slide or image in
-    # the batch -- leave-one-out, as RLOO; needs data.slides.episodes_per_slide > 1).
+    # the batch -- leave-one-out, as RLOO; needs data.slides.episodes_per_slide or
+    # data.mnist.episodes_per_image > 1).
     advantage: str = "learned"
     baseline_weight: float = 1.0
     # The location net's learning rate relative to ``lr``. Adam normalises the noisy REINFORCE

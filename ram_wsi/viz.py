@@ -58,10 +58,12 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str 
 def plot_glimpses(model: RecurrentAttentionModel, images: torch.Tensor, labels: torch.Tensor,
                   path: str | Path, policy: str = "mean", centers: torch.Tensor | None = None,
                   target_size: float = 28.0) -> Path:
-    """Like the paper's Figure 3: per row, the image with the glimpse path (each glimpse's
-    fovea square, numbered; first green, last red; the widest scale dotted for the first
-    glimpse; the true target box dashed cyan when ``centers`` is given), then each glimpse's
-    scales side by side, each upscaled to the same size (what the network saw)."""
+    """The paper's Figure 3: per row, the image with the glimpse path (each glimpse's fovea
+    square, numbered; first green, last red; the widest scale dotted for the first glimpse;
+    the true target box dashed cyan when ``centers`` is given), then one square per glimpse as
+    :func:`composite_glimpse` builds it -- the full-resolution patch in the centre, each
+    coarser scale upscaled back to its true extent around it (thin lines mark the scales'
+    edges) -- which is what the network saw, at the place it saw it."""
     was = model.training
     model.eval()
     b = images.shape[0]
@@ -74,10 +76,11 @@ def plot_glimpses(model: RecurrentAttentionModel, images: torch.Tensor, labels: 
     n_glimpses, k = glimpses.shape[1], glimpses.shape[2]
     h, w = images.shape[-2:]
     px = loc_to_pixels(traj.locations.clamp(-1, 1).cpu(), w, h)  # (B, T, 2)
-    fig = plt.figure(figsize=(2.4 + 1.5 * n_glimpses, 2.5 * b))
+    fig = plt.figure(figsize=(2.6 + 1.6 * n_glimpses, 2.6 * b))
     grid = fig.add_gridspec(b, 2 + n_glimpses, width_ratios=[2.0, 0.1] + [1.0] * n_glimpses)
     cmap = plt.get_cmap("autumn_r")
     fovea, widest = model.spec.window(0), model.spec.window(k - 1)
+    side = 192
     for i in range(b):
         ax = fig.add_subplot(grid[i, 0])
         img = images[i].cpu()
@@ -105,9 +108,13 @@ def plot_glimpses(model: RecurrentAttentionModel, images: torch.Tensor, labels: 
         ax.axis("off")
         for t in range(n_glimpses):
             ax = fig.add_subplot(grid[i, 2 + t])
-            strip = torch.cat([glimpses[i, t, j] for j in range(k)], dim=2)  # (C, g, k*g)
-            ax.imshow(strip[0] if strip.shape[0] == 1 else strip.permute(1, 2, 0),
-                      cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            sq = composite_glimpse(glimpses[i, t], model.spec.scale_factor, side)
+            ax.imshow(sq[0] if sq.shape[0] == 1 else sq.permute(1, 2, 0), cmap="gray",
+                      vmin=0, vmax=1, interpolation="nearest")
+            for j in range(k - 1):  # the edges of the finer scales, inside the coarsest
+                e = side * model.spec.window(j) / widest
+                ax.add_patch(Rectangle(((side - e) / 2 - 0.5, (side - e) / 2 - 0.5), e, e,
+                                       fill=False, ec="tab:orange", lw=0.5))
             ax.set_title(f"glimpse {t + 1}", fontsize=7)
             ax.axis("off")
     return _save(fig, path)

@@ -60,7 +60,9 @@ class Episodes:
             paper's rule).
         context: ``(B, C, S, S)`` uint8 thumbnails for a context net, or None. uint8 so that
             the values the policy saw travel to a learner exactly.
-        slide_idx: ``(B,)`` which slide of the split each episode is on (slides only).
+        slide_idx: ``(B,)`` which slide of the split each episode is on (slides), or which
+            canvas (MNIST with ``data.mnist.episodes_per_image`` > 1): the groups of
+            ``train.advantage: group``.
     """
 
     sensor: Any
@@ -110,11 +112,21 @@ class MnistEnv:
                                       task_spec(cfg), seed=seed, device="cpu")
         self.spec = cfg.model.retina()
         self.context_size = cfg.model.context_size if cfg.model.context != "none" else None
+        self.per_image = int(cfg.data.mnist.episodes_per_image)
+        # Canvas ids unique across actors (seeds differ) and calls: a learner that concatenates
+        # several actors' batches must not merge two canvases into one group.
+        self._next_image = (int(seed) & 0xFFFFF) << 40
 
     def episodes(self, batch: int) -> Episodes:
-        x, y, _ = self.sampler.sample(batch)
+        if self.per_image > 1:
+            x, y, image = self.sampler.sample_repeated(batch, self.per_image)
+            ids = (image + self._next_image).numpy()
+            self._next_image += int(image.max()) + 1
+        else:
+            x, y, _ = self.sampler.sample(batch)
+            ids = None
         ctx = image_context(x, self.context_size) if self.context_size else None
-        return Episodes(RetinaSensor(x, self.spec), y, None, ctx)
+        return Episodes(RetinaSensor(x, self.spec), y, None, ctx, ids)
 
 
 def slide_spec(cfg: ExperimentConfig) -> RetinaSpec:

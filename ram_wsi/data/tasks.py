@@ -220,6 +220,19 @@ class EpisodeSampler:
         idx = torch.randint(0, len(self), (batch_size,), generator=self._gen)
         return make_batch(self.digits, self.labels, idx, self.task, self._gen)
 
+    def sample_repeated(self, batch_size: int, per_image: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A training batch of ``batch_size`` episodes on ``ceil(batch_size / per_image)``
+        fresh canvases, each repeated ``per_image`` times in a row: ``(x, y, image)``, where
+        ``image`` ``(B,)`` numbers the canvas of each episode (0, 0, .., 1, 1, ..). The paper's
+        REINFORCE averages M episodes per image (1/M sum); with ``train.advantage: group`` each
+        episode's baseline is the mean reward of its canvas's other episodes."""
+        m = max(1, int(per_image))
+        n = -(-batch_size // m)
+        x, y, _ = self.sample(n)
+        image = torch.arange(n).repeat_interleave(m)[:batch_size]
+        return x[image.to(x.device)], y[image.to(y.device)], image
+
     def iter_fixed(self, n: int, seed: int
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """:meth:`fixed_set` in chunks of :data:`FIXED_CHUNK` episodes, to bound memory.

@@ -198,15 +198,20 @@ class Trainer:
                                baseline_weight=self.cfg.train.baseline_weight,
                                reward=self.cfg.train.reward, groups=groups)
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> LossTerms:
-        """The loss of one batch (hybrid for RAM, cross-entropy for the whole-image rows)."""
+    def loss(self, images: torch.Tensor, labels: torch.Tensor,
+             groups: torch.Tensor | None = None) -> LossTerms:
+        """The loss of one batch (hybrid for RAM, cross-entropy for the whole-image rows);
+        ``groups`` ``(B,)``: which canvas each episode is on (``train.advantage: group``)."""
         amp = self.cfg.train.amp and self.device.type == "cuda"
+        if self.cfg.train.advantage != "group":
+            groups = None
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             if self.attention:
                 traj = self.rollout(images)
                 return hybrid_loss(traj, labels, rl_weight=self.cfg.train.rl_weight,
                                    baseline_weight=self.cfg.train.baseline_weight,
-                                   reward=self.cfg.train.reward)
+                                   reward=self.cfg.train.reward,
+                                   groups=None if groups is None else groups.to(self.device))
             logits = self.model(images)
         ce = nn.functional.cross_entropy(logits.float(), labels)
         acc = (logits.argmax(-1) == labels).float().mean()
@@ -241,9 +246,10 @@ class Trainer:
         self.log(f"step {self.step}: {why}, batch skipped")
         return StepResult(terms.as_dict(), True)
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor,
+                   groups: torch.Tensor | None = None) -> StepResult:
         """One update on ``(images, labels)``: an optimiser step unless it is skipped."""
-        return self.update(lambda: self.loss(images, labels))
+        return self.update(lambda: self.loss(images, labels, groups))
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, split: str = "val", samples: int | None = None) -> dict[str, float]:
@@ -310,6 +316,10 @@ class Trainer:
         if self.slides:
             ep = self.data.env.episodes(b)
             return self.update(lambda: self.episode_loss(ep)).loss
+        m = self.cfg.data.mnist.episodes_per_image
+        if m > 1 and self.attention:
+            x, y, image = self.data.sampler.sample_repeated(b, m)
+            return self.train_step(x, y, image).loss
         x, y = self.data.sampler.sample(b)[:2]
         return self.train_step(x, y).loss
 

@@ -334,3 +334,31 @@ def test_cuda_matches_cpu(pool):
     c1 = make_batch(dcu, labels.cuda(), torch.arange(8), task, g1)
     c2 = make_batch(dcu, labels.cuda(), torch.arange(8), task, g2)
     assert all(torch.equal(u, v) for u, v in zip(c1, c2))
+
+
+def test_sample_repeated_is_m_copies_of_fresh_canvases(pool):
+    """The paper's M episodes per image: each canvas M times in a row, numbered; the canvases
+    are those a plain draw of B / M would give (same generator state)."""
+    task = task_preset("cluttered60")
+    a = EpisodeSampler(*pool, task, seed=3)
+    b = EpisodeSampler(*pool, task, seed=3)
+    x, y, image = a.sample_repeated(10, 4)  # 3 canvases: 4 + 4 + 2 episodes
+    assert x.shape == (10, 1, 60, 60) and image.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    x0, y0, _ = b.sample(3)
+    assert torch.equal(x, x0[image]) and torch.equal(y, y0[image])
+    assert not torch.equal(x[0], x[4])  # distinct canvases
+
+
+def test_mnist_env_groups_are_canvases_unique_across_actors():
+    """Actors' batches are concatenated by the learner: their canvas ids must never collide,
+    within an actor across calls or between two actors' seeds."""
+    from ram_wsi.config import load_config
+    from ram_wsi.data.episodes import MnistEnv
+
+    cfg = load_config(None, ["data.source=synthetic", "data.mnist.synthetic_count=200",
+                             "data.mnist.task=cluttered60", "data.mnist.episodes_per_image=4"])
+    e1, e2 = MnistEnv(cfg, seed=1), MnistEnv(cfg, seed=2)
+    g = [e1.episodes(8).slide_idx, e1.episodes(8).slide_idx, e2.episodes(8).slide_idx]
+    for ids in g:
+        assert len(ids) == 8 and len(set(ids.tolist())) == 2
+    assert len(set(np.concatenate(g).tolist())) == 6

@@ -93,3 +93,29 @@ def test_init_from_starts_from_the_checkpoint_weights_only(tmp_path):
     assert tuned.step == 0 and not tuned.optimizer.state
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         _trainer(tmp_path, "bad", [f"train.init_from={tmp_path / 'missing.pt'}"])
+
+
+def test_episodes_per_image_gives_the_group_baseline_its_canvases(tmp_path, monkeypatch):
+    """data.mnist.episodes_per_image=4 + train.advantage=group: each update's loss sees the
+    batch as canvases of 4 episodes (the leave-one-out baseline's groups) on repeated images."""
+    import ram_wsi.train.trainer as tr
+
+    seen = []
+    real = tr.hybrid_loss
+
+    def spy(traj, labels, **kw):
+        seen.append((labels.clone(), kw.get("groups")))
+        return real(traj, labels, **kw)
+
+    monkeypatch.setattr(tr, "hybrid_loss", spy)
+    t = _trainer(tmp_path, "g", ["data.mnist.episodes_per_image=4", "train.advantage=group",
+                                 "train.epochs=1", "train.steps_per_epoch=2"])
+    t.fit()
+    assert len(seen) == 2
+    for labels, groups in seen:
+        assert groups is not None and groups.tolist() == [i // 4 for i in range(16)]
+        assert torch.equal(labels, labels[::4].repeat_interleave(4))
+    seen.clear()
+    _trainer(tmp_path, "l", ["data.mnist.episodes_per_image=4", "train.epochs=1",
+                             "train.steps_per_epoch=1"]).fit()
+    assert seen[0][1] is None  # the paper's learned baseline: repeats, no groups
