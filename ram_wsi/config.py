@@ -280,7 +280,9 @@ class TrainConfig:
     context_lr_scale: float = 1.0
     patience: int = 20  # early stopping: epochs without validation improvement
     eval_samples: int = 10  # M, for the M-averaged error
-    max_minutes: float | None = None  # wall-clock cap (the run still evaluates and saves)
+    # Wall-clock cap, resumed runs included (the run still evaluates and saves). The schedule
+    # anneals over it: the learning rate follows whichever of steps and minutes is further along.
+    max_minutes: float | None = None
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # bf16 autocast on CUDA
     compile: bool = False  # torch.compile the unrolled model

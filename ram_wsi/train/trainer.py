@@ -78,12 +78,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
+def lr_factor(step: int, total: int, schedule: str, warmup: int,
+              time_frac: float | None = None) -> float:
     """Multiplier of the base learning rate after ``step`` optimiser steps of ``total``
-    (paper: linear decay to 0)."""
+    (paper: linear decay to 0). ``time_frac``: the fraction of a wall-clock budget spent
+    (``train.max_minutes``); the schedule runs on whichever of steps and time is further
+    along, so a capped run ends annealed instead of being cut at a high learning rate."""
     if warmup and step < warmup:
         return (step + 1) / warmup
     frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    if time_frac is not None:
+        frac = max(frac, min(1.0, time_frac))
     if schedule == "linear":
         return max(0.0, 1.0 - frac)
     if schedule == "cosine":
@@ -157,6 +162,8 @@ class Trainer:
         self.best_error = float("inf")
         self.bad_epochs = 0
         self.skipped_updates = 0  # batches whose update was skipped (non-finite)
+        self.seconds_before = 0.0  # training wall seconds of earlier fits (a resumed run)
+        self._fit_start: float | None = None
         self.out_dir = cfg.out_dir
         self.history: list[dict[str, Any]] = []
         self._unroll = self.model.unroll if self.attention else None
@@ -167,9 +174,18 @@ class Trainer:
         self.slide_rollouts: Callable[[str], list[dict[str, Any]]] = self._local_slide_rollouts
 
     # -- one update -------------------------------------------------------------------------
+    def _time_frac(self) -> float | None:
+        """The fraction of ``train.max_minutes`` spent (resumed runs included), or None."""
+        m = self.cfg.train.max_minutes
+        if m is None:
+            return None
+        now = self.seconds_before + (time.time() - self._fit_start if self._fit_start else 0.0)
+        return now / max(1e-9, 60.0 * m)
+
     def _set_lr(self) -> float:
         t = self.cfg.train
-        lr = t.lr * lr_factor(self.step, self.total_steps, t.schedule, t.warmup_steps)
+        lr = t.lr * lr_factor(self.step, self.total_steps, t.schedule, t.warmup_steps,
+                              self._time_frac())
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
@@ -282,6 +298,8 @@ class Trainer:
             "epoch": self.epoch,
             "best_error": self.best_error,
             "bad_epochs": self.bad_epochs,
+            "seconds": self.seconds_before + (time.time() - self._fit_start
+                                              if self._fit_start else 0.0),
             "policy_rng": self.policy_gen.get_state(),
             "data_rng": self.data.sampler.state_dict()["generator"],
             "config": self.cfg.to_dict(),
@@ -295,6 +313,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.best_error = float(state["best_error"])
         self.bad_epochs = int(state["bad_epochs"])
+        self.seconds_before = float(state.get("seconds", 0.0))
         self.policy_gen.set_state(state["policy_rng"])
         self.data.sampler.load_state_dict({"generator": state["data_rng"]})
 
@@ -342,7 +361,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.out_dir / "config.json", self.cfg.to_dict())
         metrics_path = self.out_dir / "metrics.jsonl"
-        start = time.time()
+        start = self._fit_start = time.time()
         stop_reason = "epochs"
         self.model.train()
         last = min(t.epochs, until_epoch) if until_epoch else t.epochs
@@ -385,9 +404,11 @@ class Trainer:
             if self.bad_epochs >= t.patience:
                 stop_reason = "early_stopping"
                 break
-            if t.max_minutes is not None and time.time() - start > 60 * t.max_minutes:
+            if t.max_minutes is not None and (self._time_frac() or 0.0) >= 1.0:
                 stop_reason = "time_cap"
                 break
+        self.seconds_before += time.time() - start
+        self._fit_start = None
         return self.finish(stop_reason, time.time() - start,
                            summary_extra() if summary_extra else None)
 

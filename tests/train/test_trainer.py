@@ -68,6 +68,24 @@ def test_lr_schedules():
     assert lr_factor(100, 100, "linear", 0) == 0.0
     assert lr_factor(50, 100, "cosine", 0) == pytest.approx(0.5)
     assert lr_factor(4, 100, "constant", 10) == pytest.approx(0.5)
+    # a time budget further along than the steps drives the schedule, and vice versa
+    assert lr_factor(10, 100, "cosine", 0, time_frac=0.5) == pytest.approx(0.5)
+    assert lr_factor(50, 100, "cosine", 0, time_frac=0.1) == pytest.approx(0.5)
+    assert lr_factor(10, 100, "linear", 0, time_frac=3.0) == 0.0
+
+
+def test_a_time_capped_run_ends_annealed_and_resumes_its_budget(tmp_path):
+    """max_minutes: the learning rate reaches ~0 as the budget is spent (not cut at its peak
+    by a step schedule sized for far more epochs), and a resumed run continues the clock."""
+    cap = ["train.epochs=100000", "train.steps_per_epoch=2", "train.max_minutes=0.05",
+           "train.schedule=cosine", "train.patience=100000"]
+    s = _trainer(tmp_path, "cap", cap).fit()
+    assert s["stop_reason"] == "time_cap"
+    rows = [json.loads(x) for x in (tmp_path / "cap" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["lr"] > 0.5 * 1e-3 > 0.02 * 1e-3 > rows[-1]["lr"]
+    again = _trainer(tmp_path, "cap", cap)
+    assert again.resume() and again.seconds_before >= 3.0
+    assert again.fit()["epochs"] == again.epoch <= rows[-1]["epoch"] + 1  # budget already spent
 
 
 def test_policy_has_its_own_learning_rate(tmp_path):
