@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shutil
 import sys
 import time
@@ -41,15 +40,14 @@ def _say(msg: str) -> None:
 
 def _place(src: Path, dst: Path) -> None:
     """A hard link (a copy where links fail) of a file, a copy of a directory (a store)."""
+    from ram_wsi.io_utils import link_or_copy
+
     if dst.exists():
         return
     if src.is_dir():
         shutil.copytree(src, dst)
-        return
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    else:
+        link_or_copy(src, dst)
 
 
 def main(argv: list[str] | None = None) -> int:

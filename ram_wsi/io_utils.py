@@ -1,4 +1,5 @@
-"""Atomic writes: nothing this package writes is ever seen half-written.
+"""Atomic writes: nothing this package writes is ever seen half-written (and link_or_copy, for
+folders of many inputs standing for a few files).
 
 Write to a temporary sibling, flush and fsync, then ``os.replace`` (atomic on POSIX within a
 filesystem). A crash leaves either the old file or the new one, plus at worst a ``.tmp-*`` file
@@ -74,3 +75,12 @@ def append_jsonl(path: str | Path, obj: Any) -> None:
     with open(path, "a") as fh:
         fh.write(json.dumps(obj, default=float) + "\n")
         fh.flush()
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """``dst`` as a hard link to the file ``src`` (no disk space), a copy where links fail
+    (another file system, no permission): for folders of many inputs standing for a few."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -183,7 +182,7 @@ def _link_folder(folder: Path, slides: list[Path], n: int) -> Path:
     """``n`` inputs with distinct names standing for ``slides`` in turn (TIFF and OME-Zarr):
     hard links to the files (a copy where links fail), symbolic links to the stores -- a folder
     of ``n`` slides for the disk space of a few."""
-    import shutil
+    from ..io_utils import link_or_copy
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
@@ -193,11 +192,8 @@ def _link_folder(folder: Path, slides: list[Path], n: int) -> Path:
             continue
         if src.is_dir():
             dst.symlink_to(src, target_is_directory=True)
-            continue
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
+        else:
+            link_or_copy(src, dst)
     return folder
 
 

@@ -174,13 +174,14 @@ class Trainer:
         self.slide_rollouts: Callable[[str], list[dict[str, Any]]] = self._local_slide_rollouts
 
     # -- one update -------------------------------------------------------------------------
+    def _seconds(self) -> float:
+        """Wall seconds of training so far, earlier fits (a resumed run) included."""
+        return self.seconds_before + (time.time() - self._fit_start if self._fit_start else 0.0)
+
     def _time_frac(self) -> float | None:
         """The fraction of ``train.max_minutes`` spent (resumed runs included), or None."""
         m = self.cfg.train.max_minutes
-        if m is None:
-            return None
-        now = self.seconds_before + (time.time() - self._fit_start if self._fit_start else 0.0)
-        return now / max(1e-9, 60.0 * m)
+        return None if m is None else self._seconds() / max(1e-9, 60.0 * m)
 
     def _set_lr(self) -> float:
         t = self.cfg.train
@@ -298,8 +299,7 @@ class Trainer:
             "epoch": self.epoch,
             "best_error": self.best_error,
             "bad_epochs": self.bad_epochs,
-            "seconds": self.seconds_before + (time.time() - self._fit_start
-                                              if self._fit_start else 0.0),
+            "seconds": self._seconds(),
             "policy_rng": self.policy_gen.get_state(),
             "data_rng": self.data.sampler.state_dict()["generator"],
             "config": self.cfg.to_dict(),
