@@ -199,6 +199,14 @@ class Trainer:
         return self._unroll(sensor, images.shape[0], generator=self.policy_gen,
                             keep_glimpses=keep_glimpses, context=ctx)
 
+    def _advantage_groups(self, ids) -> torch.Tensor | None:
+        """``ids`` ``(B,)`` (the slide or canvas of each episode) as the group baseline's
+        groups on this device, or None: the learned baseline (``train.advantage`` not group,
+        or no ids)."""
+        if self.cfg.train.advantage != "group" or ids is None:
+            return None
+        return torch.as_tensor(ids, device=self.device)
+
     def episode_loss(self, ep: Episodes) -> LossTerms:
         """The hybrid loss of a live batch of episodes (slides: glimpses read lazily)."""
         amp = self.cfg.train.amp and self.device.type == "cuda"
@@ -207,28 +215,24 @@ class Trainer:
             traj = self._unroll(ep.sensor, len(ep), generator=self.policy_gen,
                                 start=None if ep.start is None else ep.start.to(self.device),
                                 context=None if ctx is None else ctx.to(self.device))
-            groups = None
-            if self.cfg.train.advantage == "group" and ep.slide_idx is not None:
-                groups = torch.as_tensor(ep.slide_idx, device=self.device)
             return hybrid_loss(traj, ep.labels.to(self.device),
                                rl_weight=self.cfg.train.rl_weight,
                                baseline_weight=self.cfg.train.baseline_weight,
-                               reward=self.cfg.train.reward, groups=groups)
+                               reward=self.cfg.train.reward,
+                               groups=self._advantage_groups(ep.slide_idx))
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor,
              groups: torch.Tensor | None = None) -> LossTerms:
         """The loss of one batch (hybrid for RAM, cross-entropy for the whole-image rows);
         ``groups`` ``(B,)``: which canvas each episode is on (``train.advantage: group``)."""
         amp = self.cfg.train.amp and self.device.type == "cuda"
-        if self.cfg.train.advantage != "group":
-            groups = None
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             if self.attention:
                 traj = self.rollout(images)
                 return hybrid_loss(traj, labels, rl_weight=self.cfg.train.rl_weight,
                                    baseline_weight=self.cfg.train.baseline_weight,
                                    reward=self.cfg.train.reward,
-                                   groups=None if groups is None else groups.to(self.device))
+                                   groups=self._advantage_groups(groups))
             logits = self.model(images)
         ce = nn.functional.cross_entropy(logits.float(), labels)
         acc = (logits.argmax(-1) == labels).float().mean()
@@ -407,7 +411,7 @@ class Trainer:
             if t.max_minutes is not None and (self._time_frac() or 0.0) >= 1.0:
                 stop_reason = "time_cap"
                 break
-        self.seconds_before += time.time() - start
+        self.seconds_before = self._seconds()
         self._fit_start = None
         return self.finish(stop_reason, time.time() - start,
                            summary_extra() if summary_extra else None)
