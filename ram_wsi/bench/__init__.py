@@ -4,6 +4,9 @@
   (``ram-wsi bench throughput``, ``pipelines/bench_throughput.py``).
 * :mod:`.mnist`: the paper's MNIST table, and the synthetic MNIST benchmark run by the tests
   (``ram-wsi bench mnist``, ``pipelines/bench_mnist.py``).
+* :mod:`.time_to_accuracy`: minutes until one capped MNIST run's validation error reaches the
+  paper's Conv and RAM rows (``ram-wsi bench time-to-accuracy``,
+  ``pipelines/bench_time_to_accuracy.py``).
 * :mod:`.glimpse`: lazy slide glimpses, OpenSlide vs OME-Zarr, small vs large slides
   (``ram-wsi bench glimpse``, ``pipelines/bench_glimpse.py``).
 * :mod:`.scaling`: Ray rollout episodes/s against the number of actors
@@ -43,6 +46,7 @@ __all__ = [
 # name -> (module, one-line help); each module has ``main(argv) -> int`` with its own parser.
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "mnist": (".mnist", "train the paper's rows; our errors beside the paper's"),
+    "time-to-accuracy": (".time_to_accuracy", "minutes to the paper's errors (`-h`)"),
     "throughput": (".throughput", "training images/s: batched retina vs crop loop"),
     "glimpse": (".glimpse", "slide glimpse benchmark (`ram-wsi bench glimpse -h`)"),
     "scaling": (".scaling", "Ray rollout episodes/s vs actors (`ram-wsi bench scaling -h`)"),
@@ -65,7 +69,7 @@ def _run(argv: list[str]) -> int:
         if argv[:1] in (["-h"], ["--help"]):
             print(f"usage: ram-wsi bench {{{known}}} ...\n")
             for name, (_, text) in BENCHMARKS.items():
-                print(f"  {name:11} {text}")
+                print(f"  {name:17} {text}")
             return 0
         print(f"ram-wsi bench: choose a benchmark: {known}", file=sys.stderr)
         return 2

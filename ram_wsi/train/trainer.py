@@ -395,6 +395,7 @@ class Trainer:
                    **{f"val_{k}": v for k, v in errors.items()},
                    "images_per_s": self.updates_per_epoch * t.batch_size / max(train_time, 1e-9),
                    "skipped_updates": self.skipped_updates, "elapsed_s": time.time() - start,
+                   "seconds": self._seconds(),  # the run's clock: earlier fits of a resume too
                    **(epoch_stats(train_time) if epoch_stats else {})}
             self.history.append(row)
             append_jsonl(metrics_path, row)
