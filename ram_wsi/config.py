@@ -278,10 +278,13 @@ class TrainConfig:
     # categorical over cells is not prone to saturation like the Gaussian mean, and the first
     # glimpse decides an episode, so it learns at the full rate.
     context_lr_scale: float = 1.0
-    patience: int = 20  # early stopping: epochs without validation improvement
+    # Early stopping: epochs without validation improvement. Runs without ``max_minutes`` only:
+    # a time-capped run anneals over its budget and trains to the end of it.
+    patience: int = 20
     eval_samples: int = 10  # M, for the M-averaged error
     # Wall-clock cap, resumed runs included (the run still evaluates and saves). The schedule
     # anneals over it: the learning rate follows whichever of steps and minutes is further along.
+    # A capped run ignores ``patience``.
     max_minutes: float | None = None
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # bf16 autocast on CUDA

@@ -21,6 +21,10 @@ def test_first_crossing_per_target_and_error_kind():
     assert got[(8.09, "mean")]["minutes"] == 3.0 and got[(8.09, "mean")]["epoch"] == 3
     assert got[(8.09, "mean")]["images"] == 300 * 128
     assert got[(8.09, "stochastic")]["minutes"] == 4.0  # at or below: 8.09 counts
+    assert got[(8.09, "mean")]["minutes_smoothed"] is None  # mean of 5: 10.6 %
+    two = {(r["target"], r["error"]): r for r in crossings(history, [8.09], 128, smooth=2)}
+    assert two[(8.09, "mean")]["minutes_smoothed"] == 4.0  # (8.0 + 7.5) / 2 after epoch 4
+    assert two[(8.09, "stochastic")]["minutes_smoothed"] is None  # best pair: 8.55 %
     for kind, best, at in (("mean", 7.5, 4.0), ("stochastic", 8.09, 4.0)):
         r = got[(4.04, kind)]
         assert r["minutes"] is None and r["epoch"] is None and r["images"] is None
@@ -54,7 +58,7 @@ def test_tiny_run_then_read_back(tmp_path, capsys):
             "--set", "train.batch_size=16", "--set", "train.steps_per_epoch=4",
             "--set", "train.epochs=2", "--set", "train.eval_samples=2",
             "--set", "train.progress=false", "--out-dir", str(out),
-            "--minutes", "10", "--targets", "100", "-1"]
+            "--minutes", "10", "--targets", "100", "-1", "--smooth", "2"]
     assert main(["time-to-accuracy", *argv]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()
             if line.startswith("{")]
@@ -64,6 +68,8 @@ def test_tiny_run_then_read_back(tmp_path, capsys):
     hit = [r for r in rows if r.get("target") == 100]
     assert [r["epoch"] for r in hit] == [1, 1]  # any error is <= 100 %: the first evaluation
     assert hit[0]["minutes"] == pytest.approx(history[0]["seconds"] / 60)
+    assert hit[0]["minutes_smoothed"] == pytest.approx(history[1]["seconds"] / 60)
+    assert hit[0]["device"] == "cpu" and hit[0]["threads"] >= 1
     miss = [r for r in rows if r.get("target") == -1]
     assert all(r["minutes"] is None for r in miss)
     assert {r["error"]: r["best"] for r in miss} == {
@@ -72,7 +78,8 @@ def test_tiny_run_then_read_back(tmp_path, capsys):
     test = rows[-1]
     assert test["test_size"] == 64 and test["images"] == 8 * 16
     # the same rows again from the run directory alone
-    assert main(["time-to-accuracy", "--run", str(out), "--targets", "100", "-1"]) == 0
+    assert main(["time-to-accuracy", "--run", str(out), "--targets", "100", "-1",
+                 "--smooth", "2"]) == 0
     again = [json.loads(line) for line in capsys.readouterr().out.splitlines()
              if line.startswith("{")]
     assert [r.get("minutes") for r in again[:-1]] == [r.get("minutes") for r in rows[:-1]]

@@ -77,11 +77,12 @@ def test_lr_schedules():
 def test_a_time_capped_run_ends_annealed_and_resumes_its_budget(tmp_path):
     """max_minutes: the learning rate follows the clock down to ~0 as the budget is spent
     (a step schedule sized for 100,000 updates would still be at its peak), never above what
-    the time spent allows (robust to a loaded machine), and a resumed run continues the clock."""
+    the time spent allows (robust to a loaded machine), and a resumed run continues the clock.
+    It trains to its cap: patience 0 would end an uncapped run after its first epoch."""
     import math
 
     cap = ["train.epochs=100000", "train.steps_per_epoch=1", "train.max_minutes=0.1",
-           "train.schedule=cosine", "train.patience=100000"]
+           "train.schedule=cosine", "train.patience=0"]
     s = _trainer(tmp_path, "cap", cap).fit()
     assert s["stop_reason"] == "time_cap"
     rows = [json.loads(x) for x in (tmp_path / "cap" / "metrics.jsonl").read_text().splitlines()]
