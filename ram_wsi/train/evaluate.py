@@ -14,7 +14,8 @@ from torch import nn
 from ..data.tasks import DIGIT_SIZE
 from ..models import RecurrentAttentionModel, RetinaSensor
 
-__all__ = ["ON_TARGET_HALF_PX", "evaluate", "on_target_fraction", "on_target_half_width"]
+__all__ = ["ON_TARGET_HALF_PX", "evaluate", "on_target_fraction", "on_target_half_width",
+           "random_locations_error"]
 
 ON_TARGET_HALF_PX = DIGIT_SIZE / 2
 """14 px: half a 28-px MNIST digit. A glimpse centred within this many canvas pixels of the
@@ -80,3 +81,24 @@ def on_target_fraction(model: RecurrentAttentionModel, images: torch.Tensor,
         hits += int(inside.sum())
         total += inside.numel()
     return hits / max(total, 1)
+
+
+@torch.no_grad()
+def random_locations_error(model: RecurrentAttentionModel, images: torch.Tensor,
+                           labels: torch.Tensor, *, batch_size: int = 1000, seed: int = 999
+                           ) -> float:
+    """Error (%) of the same trained network when its glimpses go to uniformly random
+    locations: what the learned policy is worth to *this* classifier. An ablation, not the
+    paper's random-glimpse agent: that one is trained on random glimpses (``model.arch:
+    ram_random``) and does better than this network, which never learned to use them."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    wrong = 0
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i:i + batch_size].to(dev)
+        t = model.unroll(RetinaSensor(x, model.spec), x.shape[0], policy="random", generator=gen)
+        wrong += int((t.logits.argmax(-1) != labels[i:i + batch_size].to(dev)).sum())
+    model.train(was_training)
+    return 100.0 * wrong / max(images.shape[0], 1)

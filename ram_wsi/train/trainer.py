@@ -39,7 +39,7 @@ from ..io_utils import append_jsonl, write_json
 from ..models import RecurrentAttentionModel, RetinaSensor, build_model
 from ..models.ram import Trajectory
 from .checkpoint import load_checkpoint, save_checkpoint
-from .evaluate import evaluate, on_target_fraction, on_target_half_width
+from .evaluate import evaluate, on_target_fraction, on_target_half_width, random_locations_error
 from .losses import LossTerms, hybrid_loss
 from .slide_eval import rollout_slides, slide_metrics, write_slide_rows
 
@@ -276,9 +276,11 @@ class Trainer:
     def evaluate(self, split: str = "val", samples: int | None = None) -> dict[str, float]:
         if self.slides:
             return slide_metrics(self.slide_rollouts(split), self.data.class_names)
+        t = self.cfg.train
         x, y = self.data.val if split == "val" else self.data.test
-        return evaluate(self.model, x, y, samples=samples or self.cfg.train.eval_samples,
-                        seed=self.cfg.train.seed + 7)
+        if samples is None:
+            samples = t.val_samples if split == "val" and t.val_samples else t.eval_samples
+        return evaluate(self.model, x, y, samples=samples, seed=t.seed + 7)
 
     def _local_slide_rollouts(self, split: str, keep_glimpses: int = 0,
                               samples: int | None = None) -> list[dict[str, Any]]:
@@ -440,8 +442,14 @@ class Trainer:
                    "test_size": int(self.data.test[1].shape[0])}
         if self.attention and self.data.test_centers is not None:
             x, _ = self.data.test
-            summary["test_on_target"] = on_target_fraction(
-                self.model, x, self.data.test_centers, on_target_half_width(self.data.canvas))
+            half = on_target_half_width(self.data.canvas)
+            summary["test_on_target"] = on_target_fraction(self.model, x, self.data.test_centers,
+                                                           half)
+            if not self.model.random_glimpses:  # the ablation: same weights, random locations
+                summary["test_error_random_locations"] = random_locations_error(
+                    self.model, x, self.data.test[1])
+                summary["test_on_target_random_locations"] = on_target_fraction(
+                    self.model, x, self.data.test_centers, half, policy="random")
         summary.update(extra or {})
         write_json(self.out_dir / "summary.json", summary)
         if self.history:
@@ -457,6 +465,11 @@ class Trainer:
         self.log(f"test error: stochastic {test['error_stochastic']:.2f}%  mean "
                  f"{test['error_mean']:.2f}%  M={self.cfg.train.eval_samples} avg "
                  f"{test['error_m_avg']:.2f}%  ({summary['test_size']} images)")
+        if "test_error_random_locations" in summary:
+            self.log(f"on target: {summary['test_on_target']:.2f} of the glimpses after the "
+                     f"first; the same network with its glimpses at random locations: error "
+                     f"{summary['test_error_random_locations']:.2f}%, on target "
+                     f"{summary['test_on_target_random_locations']:.2f}")
         return summary
 
     def _finish_slides(self, stop_reason: str, elapsed: float,

@@ -18,3 +18,8 @@ def test_ram_learns_where_to_look_on_cluttered_digits(tmp_path):
     assert ram["test_error_stochastic"] < rnd["test_error_stochastic"] - 10, (ram, rnd)
     # Because it looks at the digit: its glimpses land on the target far more often.
     assert ram["test_on_target"] > 1.5 * rnd["test_on_target"], (ram, rnd)
+    # The same network with its glimpses sent to random places: what the policy is worth to
+    # it. Random places land on the digit as often as the random agent's do (same geometry).
+    assert ram["test_error_random_locations"] > ram["test_error_stochastic"] + 10, ram
+    assert abs(ram["test_on_target_random_locations"] - rnd["test_on_target"]) < 0.06, (ram, rnd)
+    assert "test_error_random_locations" not in rnd

@@ -147,3 +147,21 @@ def test_episodes_per_image_gives_the_group_baseline_its_canvases(tmp_path, monk
     _trainer(tmp_path, "l", ["data.mnist.episodes_per_image=4", "train.epochs=1",
                              "train.steps_per_epoch=1"]).fit()
     assert seen[0][1] is None  # the paper's learned baseline: repeats, no groups
+
+
+def test_validation_draws_val_samples_rollouts_and_test_eval_samples(tmp_path, monkeypatch):
+    """train.val_samples=1: each epoch's validation runs the mean policy and one sampled rollout
+    (its M-averaged error is that rollout's), the test keeps eval_samples."""
+    import ram_wsi.train.trainer as trainer_mod
+
+    calls, real = [], trainer_mod.evaluate
+
+    def spy(*a, **k):
+        calls.append(k["samples"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer_mod, "evaluate", spy)
+    _trainer(tmp_path, "vs", ["train.val_samples=1", "train.eval_samples=4"]).fit()
+    assert calls == [1, 1, 4]  # two epochs' validation, then the test
+    rows = [json.loads(x) for x in (tmp_path / "vs" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["val_error_m_avg"] == r["val_error_stochastic"] for r in rows)
