@@ -15,7 +15,7 @@ from ..data.tasks import DIGIT_SIZE
 from ..models import RecurrentAttentionModel, RetinaSensor
 
 __all__ = ["ON_TARGET_HALF_PX", "evaluate", "on_target_fraction", "on_target_half_width",
-           "random_locations_error"]
+           "random_locations"]
 
 ON_TARGET_HALF_PX = DIGIT_SIZE / 2
 """14 px: half a 28-px MNIST digit. A glimpse centred within this many canvas pixels of the
@@ -61,6 +61,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, sa
     return {f"error_{k}": 100.0 * v / max(n, 1) for k, v in wrong.items()}
 
 
+def _hits(traj, centers: torch.Tensor, half_width: float) -> torch.Tensor:
+    """``(B, T-1)`` bool: the 2nd to T-th glimpses centred within ``half_width`` of ``centers``."""
+    locs = traj.locations[:, 1:].clamp(-1, 1)
+    return ((locs - centers[:, None]).abs() <= half_width).all(-1)
+
+
 @torch.no_grad()
 def on_target_fraction(model: RecurrentAttentionModel, images: torch.Tensor,
                        centers: torch.Tensor, half_width: float, *, policy: str = "sample",
@@ -73,32 +79,34 @@ def on_target_fraction(model: RecurrentAttentionModel, images: torch.Tensor,
     hits, total = 0, 0
     for i in range(0, images.shape[0], batch_size):
         x = images[i:i + batch_size].to(dev)
-        c = centers[i:i + batch_size].to(dev)
         traj = model.unroll(RetinaSensor(x, model.spec), x.shape[0], policy=policy,
                             generator=gen)
-        locs = traj.locations[:, 1:].clamp(-1, 1)
-        inside = ((locs - c[:, None]).abs() <= half_width).all(-1)
+        inside = _hits(traj, centers[i:i + batch_size].to(dev), half_width)
         hits += int(inside.sum())
         total += inside.numel()
     return hits / max(total, 1)
 
 
 @torch.no_grad()
-def random_locations_error(model: RecurrentAttentionModel, images: torch.Tensor,
-                           labels: torch.Tensor, *, batch_size: int = 1000, seed: int = 999
-                           ) -> float:
-    """Error (%) of the same trained network when its glimpses go to uniformly random
-    locations: what the learned policy is worth to *this* classifier. An ablation, not the
-    paper's random-glimpse agent: that one is trained on random glimpses (``model.arch:
-    ram_random``) and does better than this network, which never learned to use them."""
+def random_locations(model: RecurrentAttentionModel, images: torch.Tensor,
+                     labels: torch.Tensor, centers: torch.Tensor, half_width: float, *,
+                     batch_size: int = 1000, seed: int = 999) -> tuple[float, float]:
+    """``(error %, on-target fraction)`` of the same trained network when its glimpses go to
+    uniformly random locations, from one pass: what the learned policy is worth to *this*
+    classifier. An ablation, not the paper's random-glimpse agent: that one is trained on
+    random glimpses (``model.arch: ram_random``) and does better than this network, which never
+    learned to use them. On-target as in :func:`on_target_fraction`."""
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
-    wrong = 0
+    wrong, hits, total = 0, 0, 0
     for i in range(0, images.shape[0], batch_size):
         x = images[i:i + batch_size].to(dev)
         t = model.unroll(RetinaSensor(x, model.spec), x.shape[0], policy="random", generator=gen)
         wrong += int((t.logits.argmax(-1) != labels[i:i + batch_size].to(dev)).sum())
+        inside = _hits(t, centers[i:i + batch_size].to(dev), half_width)
+        hits += int(inside.sum())
+        total += inside.numel()
     model.train(was_training)
-    return 100.0 * wrong / max(images.shape[0], 1)
+    return 100.0 * wrong / max(images.shape[0], 1), hits / max(total, 1)

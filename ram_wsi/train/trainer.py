@@ -39,7 +39,7 @@ from ..io_utils import append_jsonl, write_json
 from ..models import RecurrentAttentionModel, RetinaSensor, build_model
 from ..models.ram import Trajectory
 from .checkpoint import load_checkpoint, save_checkpoint
-from .evaluate import evaluate, on_target_fraction, on_target_half_width, random_locations_error
+from .evaluate import evaluate, on_target_fraction, on_target_half_width, random_locations
 from .losses import LossTerms, hybrid_loss
 from .slide_eval import rollout_slides, slide_metrics, write_slide_rows
 
@@ -446,10 +446,9 @@ class Trainer:
             summary["test_on_target"] = on_target_fraction(self.model, x, self.data.test_centers,
                                                            half)
             if not self.model.random_glimpses:  # the ablation: same weights, random locations
-                summary["test_error_random_locations"] = random_locations_error(
-                    self.model, x, self.data.test[1])
-                summary["test_on_target_random_locations"] = on_target_fraction(
-                    self.model, x, self.data.test_centers, half, policy="random")
+                (summary["test_error_random_locations"],
+                 summary["test_on_target_random_locations"]) = random_locations(
+                    self.model, x, self.data.test[1], self.data.test_centers, half)
         summary.update(extra or {})
         write_json(self.out_dir / "summary.json", summary)
         if self.history:
