@@ -77,18 +77,22 @@ def create_level_array(group: Any, level: int, width: int, height: int, chunk: i
 
 
 def publish_mode(path: str | Path) -> None:
-    """Give a finished file or store the usual ``0o666 & ~umask`` permissions (temporary files
-    are created private, ``0o600`` / ``0o700``), so other processes of the job can read it."""
-    mask = os.umask(0)
-    os.umask(mask)
+    """Give a finished file or store (its directories) the mode a plain ``open()`` / ``mkdir``
+    gives under the umask. :func:`ram_wsi.io_utils.atomic_path` already creates its temporaries
+    so; this is for writers that made theirs otherwise, so that other processes of the job can
+    read what they wrote. The umask is read without being changed (no window in which another
+    thread's file gets a wrong mode)."""
+    from ..io_utils import default_mode
+
     p = Path(path)
     if p.is_dir():
-        os.chmod(p, 0o777 & ~mask)
+        dmode = default_mode(is_dir=True)
+        os.chmod(p, dmode)
         for root, dirs, _ in os.walk(p):
             for d in dirs:
-                os.chmod(os.path.join(root, d), 0o777 & ~mask)
+                os.chmod(os.path.join(root, d), dmode)
     else:
-        os.chmod(p, 0o666 & ~mask)
+        os.chmod(p, default_mode())
 
 
 def clean_stale_tmp(dst: str | Path, max_age_s: float = 0.0) -> list[str]:
