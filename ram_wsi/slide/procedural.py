@@ -19,7 +19,7 @@ tissue_blobs  number of tissue blobs                  none (drawn from the seed)
 ============= ======================================= =========================================
 
 Its pixels are those :func:`write_synthetic_slide` writes for the same parameters, by
-construction: both take every tile from :meth:`ram_wsi.slide.synth._Scene.tile_pixels` (white,
+construction: both take every tile from :meth:`ram_wsi.slide.synth.scene.Scene.tile_pixels` (white,
 one of a level's few texture tiles, or composed), and the geometry (levels, tiles, mpp, 2x
 downsamples) is that of the OME-Zarr store the writer makes. White and texture tiles are made
 once and shared -- per process for needle slides (their textures come from one library, so
@@ -40,18 +40,30 @@ import numpy as np
 
 from ..errors import SlideError
 from .base import GlimpseSource, SlideInfo
-from .synth import KINDS, NEEDLE_CLASSES, _level_count, _level_shape, _Scene, shared_tile
+from .synth.kinds import KINDS, SCENE_KINDS, make_scene, scene_parameters
+from .synth.scene import Scene, level_count, level_shape, shared_tile
 
 __all__ = ["SCHEME", "ProceduralSource", "is_procedural", "parse_procedural_uri",
            "procedural_uri"]
 
 SCHEME = "procedural"
 
-# Canonical key order, with the defaults of write_synthetic_slide.
-_DEFAULTS: dict[str, Any] = {
-    "size": None, "seed": 0, "label": None, "tile": 256, "mpp": 0.25, "target_size": None,
-    "lesion_size": 1024, "period": 8, "tissue_blobs": None,
-}
+# The keys every kind has, with the defaults of write_synthetic_slide.
+_COMMON: dict[str, Any] = {"size": None, "seed": 0, "label": None, "tile": 256, "mpp": 0.25}
+# The canonical order of the first kinds' own keys (their URIs keep their form); the keys of a
+# kind added later follow, in the kinds table's order.
+_FIRST_KIND_KEYS = ("target_size", "lesion_size", "period", "tissue_blobs")
+
+
+def _uri_defaults() -> dict[str, Any]:
+    """Every URI key in canonical order, with its default (a kind's from its ``params``)."""
+    kind_keys = scene_parameters()
+    order = ([k for k in _FIRST_KIND_KEYS if k in kind_keys]
+             + [k for k in kind_keys if k not in _FIRST_KIND_KEYS])
+    return {**_COMMON, **{k: kind_keys[k] for k in order}}
+
+
+_DEFAULTS = _uri_defaults()
 _SCENE_LOCK = threading.Lock()
 
 
@@ -84,12 +96,29 @@ def _check(uri: str, kind: str, p: dict[str, Any]) -> dict[str, Any]:
     if p["tile"] % 16:
         raise SlideError(uri, f"tile={p['tile']} is not a multiple of 16")
     if p["label"] is not None:
-        n = 10 if kind == "digit" else len(NEEDLE_CLASSES)
+        n = len(SCENE_KINDS[kind].class_names)
         if not 0 <= p["label"] < n:
             raise SlideError(uri, f"label={p['label']} is not a {kind} class (0..{n - 1})")
     if p["mpp"] is not None and not (math.isfinite(p["mpp"]) and p["mpp"] > 0):
         raise SlideError(uri, f"mpp={p['mpp']} must be a positive number or 'none'")
     return p
+
+
+def _value(uri: str, key: str, text: str) -> Any:
+    """The value of ``key=text``: ``size`` S or WxH; ``none`` (or empty) for a key whose default
+    is None; a float where the default is one (``mpp``); else an integer (``seed`` and
+    ``label`` >= 0, ``tile`` >= 16, others >= 1)."""
+    default = _DEFAULTS[key]
+    if key == "size":
+        return _size(uri, text)
+    if text.lower() in ("none", "") and (default is None or key == "mpp"):
+        return None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise SlideError(uri, f"{key}={text!r} is not a number or 'none'") from None
+    return _int(uri, key, text, {"seed": 0, "label": 0, "tile": 16}.get(key, 1))
 
 
 def parse_procedural_uri(uri: str) -> dict[str, Any]:
@@ -119,21 +148,7 @@ def parse_procedural_uri(uri: str) -> dict[str, Any]:
         if key in seen:
             raise SlideError(uri, f"key {key!r} given twice")
         seen.add(key)
-        none = text.lower() in ("none", "")
-        if key == "size":
-            p[key] = _size(uri, text)
-        elif key == "mpp":
-            if none:
-                p[key] = None
-            else:
-                try:
-                    p[key] = float(text)
-                except ValueError:
-                    raise SlideError(uri, f"mpp={text!r} is not a number or 'none'") from None
-        elif key in ("label", "target_size", "tissue_blobs") and none:
-            p[key] = None
-        else:
-            p[key] = _int(uri, key, text, {"seed": 0, "label": 0, "tile": 16}.get(key, 1))
+        p[key] = _value(uri, key, text)
     return {"kind": kind, **_check(uri, kind, p)}
 
 
@@ -185,7 +200,7 @@ class ProceduralSource(GlimpseSource):
 
     backend = "procedural"
     _params: dict[str, Any] | None = None
-    _scene_obj: _Scene | None = None
+    _scene_obj: Scene | None = None
     _shared: dict[tuple, np.ndarray] | None = None
 
     def __init__(self, uri: str | os.PathLike, **settings: Any):
@@ -201,16 +216,17 @@ class ProceduralSource(GlimpseSource):
         return self._params
 
     @property
-    def scene(self) -> _Scene:
+    def scene(self) -> Scene:
+        """The scene the URI names (:func:`~ram_wsi.slide.synth.kinds.make_scene`), built
+        once; real data it draws from (MNIST digits) comes from the kind's default place."""
         if self._scene_obj is None:
             with _SCENE_LOCK:
                 if self._scene_obj is None:
                     p = self.params
-                    self._scene_obj = _Scene(
-                        *p["size"], seed=p["seed"], label=p["label"], tile=p["tile"],
-                        target_size=p["target_size"], mnist_dir=None,
-                        tissue_blobs=p["tissue_blobs"], kind=p["kind"],
-                        lesion_size=p["lesion_size"], period=p["period"])
+                    kind_params = {k: p[k] for k in _DEFAULTS if k not in _COMMON}
+                    self._scene_obj = make_scene(p["kind"], *p["size"], seed=p["seed"],
+                                                 label=p["label"], tile=p["tile"],
+                                                 **kind_params)
         return self._scene_obj
 
     @property
@@ -230,8 +246,8 @@ class ProceduralSource(GlimpseSource):
         p = self.params
         w, h = p["size"]
         t = p["tile"]
-        n = _level_count(w, h, t)
-        dims = [_level_shape(w, h, lv) for lv in range(n)]
+        n = level_count(w, h, t)
+        dims = [level_shape(w, h, lv) for lv in range(n)]
         mpp = None if p["mpp"] is None else (float(p["mpp"]), float(p["mpp"]))
         return SlideInfo(dimensions=dims[0], level_dimensions=dims, block_sizes=[(t, t)] * n,
                          mpp=mpp, axis_downsamples=[(2.0**lv, 2.0**lv) for lv in range(n)],

@@ -19,7 +19,8 @@ from ram_wsi.slide import (
     write_synthetic_slide,
 )
 from ram_wsi.slide.procedural import parse_procedural_uri
-from ram_wsi.slide.synth import NEEDLE_INK_FRACTION, _pattern_table, _pooled_table, _Scene
+from ram_wsi.slide.synth import NEEDLE_INK_FRACTION, make_scene
+from ram_wsi.slide.synth.needle import pattern_table, pooled_table
 
 SIZE = 4096
 NEEDLE = {"kind": "needle", "seed": 5, "label": 1, "lesion_size": 512}
@@ -128,10 +129,10 @@ def test_needle_classes_differ_at_level_0_only():
 @pytest.mark.parametrize("label,angle", [(0, 0), (1, 0), (1, 45), (1, 90), (1, 135)])
 @pytest.mark.parametrize("period", [8, 6, 16])
 def test_pattern_tables_ink_the_same_fraction(label, angle, period):
-    t = _pattern_table(label, angle, period)
+    t = pattern_table(label, angle, period)
     assert t.shape == (period, period) and 0 <= t.min() and t.max() <= 1
     assert t.mean() == pytest.approx(NEEDLE_INK_FRACTION, abs=1e-9)
-    assert _pooled_table(t, period) == pytest.approx(np.full_like(t, NEEDLE_INK_FRACTION))
+    assert pooled_table(t, period) == pytest.approx(np.full_like(t, NEEDLE_INK_FRACTION))
     if period == 8:
         tiled = np.tile(t, (8, 8))
         assert (_anisotropy(tiled, 8) > 0.95) == (label == 1)
@@ -232,8 +233,7 @@ def test_counters_and_block_cache():
 
 
 def test_tile_blocks_classify_as_the_whole_level():
-    s = _Scene(3000, 1700, seed=2, label=None, tile=128, target_size=None, mnist_dir=None,
-               tissue_blobs=None, kind="needle", lesion_size=300)
+    s = make_scene("needle", 3000, 1700, seed=2, label=None, tile=128, lesion_size=300)
     for level in range(s.levels()):
         full = s.classify(level)
         got = np.array([[s.tile_class(level, x, y)[0] for x in range(full.shape[1])]
