@@ -57,6 +57,7 @@ class SlideInfo:
     level_dimensions: list[tuple[int, int]]
     block_sizes: list[tuple[int, int]]  # (bw, bh) per level: the unit of decoding and caching
     mpp: tuple[float, float] | None = None  # (x, y) micrometres per level-0 pixel
+    mpp_note: str | None = None  # why a size the file states is not taken (units.slide_mpp)
     reported_downsamples: list[float] | None = None  # as the file states them (OpenSlide)
     axis_downsamples: list[tuple[float, float]] | None = None  # overrides W0/W_l, H0/H_l
     properties: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -198,8 +199,11 @@ class GlimpseSource(abc.ABC):
             "mpp": self.mpp,
             "mpp_xy": None if not has_mpp else list(info.mpp),
             "physical_units": has_mpp,
+            "mpp_note": info.mpp_note,
             "units": ("micrometres available: glimpse(..., units='um') works" if has_mpp else
-                      "no physical units: the slide states no mpp; only units='px' works"),
+                      "no physical units: the slide states no usable mpp"
+                      + (f" ({info.mpp_note})" if info.mpp_note else "")
+                      + "; only units='px' works"),
             "properties": dict(info.properties),
         }
 
@@ -303,9 +307,10 @@ class GlimpseSource(abc.ABC):
             raise ValueError(f"units must be 'px' or 'um', got {units!r}")
         mpp = self.mpp
         if mpp is None:
+            why = f" ({self.info.mpp_note})" if self.info.mpp_note else ""
             raise SlideError(self._path or "<memory>",
-                             "the slide has no mpp (no physical pixel size), so a retina in "
-                             "micrometres (units='um') cannot be used; use units='px'")
+                             f"the slide has no mpp (no physical pixel size{why}), so a retina "
+                             "in micrometres (units='um') cannot be used; use units='px'")
         return dataclasses.replace(spec, base=spec.base / mpp)
 
     def glimpse(self, loc: Any, spec: RetinaSpec, *, units: str = "px") -> torch.Tensor:

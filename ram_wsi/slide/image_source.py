@@ -6,8 +6,11 @@ plain images (a stripped TIFF of a few MB is common), and :func:`ram_wsi.slide.o
 falls back to this source when OpenSlide does not recognise a file that Pillow can open. The
 image is one level and one block: decoded once into the process's block cache, then glimpses,
 thumbnails and counters work as on any slide. Alpha is composited over white; greyscale and
-16-bit images become 8-bit RGB. The physical pixel size comes from the file's resolution
-(DPI) only when it is plausibly a microscope's (>= 2,540 dpi, i.e. <= 10 um per pixel).
+16-bit images become 8-bit RGB. The physical pixel size comes from the file's own resolution
+fields with their unit (TIFF ``ResolutionUnit``, JPEG's JFIF or EXIF unit, PNG's pHYs), through
+the one rule of :mod:`ram_wsi.slide.units`: a length unit and >= 2,540 dpi (<= 10 um per
+pixel), else no mpp. Pillow's ``dpi`` is not used as such: it reports 72 dpi for a JPEG whose
+EXIF it cannot read, and dots per inch for a unitless resolution.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 
 from ..errors import SlideError
 from .base import GlimpseSource, SlideInfo
+from .units import mpp_from_resolution
 
 __all__ = ["MAX_PIXELS", "ImageSource", "is_plain_image"]
 
@@ -70,7 +74,7 @@ class ImageSource(GlimpseSource):
             with Image.open(self._path) as im:
                 w, h = im.size
                 fmt, mode = im.format, im.mode
-                dpi = im.info.get("dpi")
+                rule = mpp_from_resolution(*_resolution(im))
                 im.verify()  # PNG CRCs, truncation: fail now, not at the first glimpse
         except Exception as e:  # noqa: BLE001 - Pillow raises many kinds
             raise SlideError(self._path, f"not a readable image: {type(e).__name__}: {e}"
@@ -79,11 +83,9 @@ class ImageSource(GlimpseSource):
             raise SlideError(self._path, f"a plain {fmt} image of {w}x{h} pixels is too large "
                                          f"to read whole; convert it to a pyramid "
                                          f"(ram-wsi convert) first")
-        mpp = None
-        if dpi and min(float(dpi[0]), float(dpi[1])) >= 2540:
-            mpp = (25400.0 / float(dpi[0]), 25400.0 / float(dpi[1]))
         return SlideInfo(dimensions=(w, h), level_dimensions=[(w, h)], block_sizes=[(w, h)],
-                         mpp=mpp, properties={"image.format": fmt, "image.mode": mode})
+                         mpp=rule.mpp, mpp_note=rule.note,
+                         properties={"image.format": fmt, "image.mode": mode})
 
     def _read_block(self, level: int, bx: int, by: int) -> np.ndarray:
         from PIL import Image
@@ -99,6 +101,37 @@ class ImageSource(GlimpseSource):
             raise SlideError(self._path, f"cannot decode the image: {type(e).__name__}: {e}"
                              ) from None
         return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+_TIFF_UNITS = {1: None, 2: "inch", 3: "centimeter"}  # ResolutionUnit; absent: inch (the spec)
+
+
+def _resolution(im: Any) -> tuple[Any, Any, str | None]:
+    """``(x, y, unit)``: the file's pixels per ``unit`` as it states them, ``(None, None,
+    None)`` when it states none. Read from each format's own fields, so that a unitless
+    resolution stays unitless."""
+    info = im.info
+    if im.format == "TIFF":
+        tags = getattr(im, "tag_v2", {})
+        if 282 in tags and 283 in tags:
+            return tags[282], tags[283], _TIFF_UNITS.get(int(tags.get(296, 2)))
+        return None, None, None
+    if im.format in ("JPEG", "MPO"):
+        unit = info.get("jfif_unit")
+        if unit in (1, 2) and info.get("jfif_density"):
+            x, y = info["jfif_density"]
+            return x, y, "inch" if unit == 1 else "centimeter"
+        try:
+            exif = im.getexif()
+        except Exception:  # noqa: BLE001 -- unreadable EXIF: no resolution stated
+            return None, None, None
+        if 282 in exif and 283 in exif:
+            return exif[282], exif[283], _TIFF_UNITS.get(int(exif.get(296, 2)))
+        return None, None, None
+    dpi = info.get("dpi")  # PNG (pHYs in metres: Pillow gives dpi only then), BMP ...
+    if dpi:
+        return dpi[0], dpi[1], "inch"
+    return None, None, None
 
 
 def _as_rgb(im) -> np.ndarray:

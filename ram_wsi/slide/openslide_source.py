@@ -58,6 +58,7 @@ from . import _openslide_lowlevel as _ll
 from ._openslide_lowlevel import composite_over_white
 from .base import GlimpseSource, SlideInfo
 from .cache import drop_process_wide, env_int, handle_pool, process_wide, register_backend_cache
+from .units import slide_mpp
 
 __all__ = ["OpenSlideSource", "composite_over_white", "openslide_cache"]
 
@@ -157,17 +158,12 @@ class OpenSlideSource(GlimpseSource):
                 tw *= max(1, -(-256 // tw))
                 th *= max(1, -(-256 // th))
                 blocks.append((tw, th))
-        mpp = None
-        try:
-            mx = float(props["openslide.mpp-x"])
-            my = float(props["openslide.mpp-y"])
-            if mx > 0 and my > 0 and np.isfinite(mx) and np.isfinite(my):
-                mpp = (mx, my)
-        except (KeyError, ValueError):
-            mpp = None
+        # OpenSlide passes a TIFF's placeholder 72 dpi on as 352.78 um/px: the one rule decides.
+        rule = slide_mpp(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))
         keep = {k: v for k, v in props.items() if not k.startswith("openslide.level[")}
-        return SlideInfo(dimensions=dims[0], level_dimensions=dims, block_sizes=blocks, mpp=mpp,
-                         reported_downsamples=downs, properties=keep)
+        return SlideInfo(dimensions=dims[0], level_dimensions=dims, block_sizes=blocks,
+                         mpp=rule.mpp, mpp_note=rule.note, reported_downsamples=downs,
+                         properties=keep)
 
     def _reader(self, level: int) -> int:
         """Which level's handle reads ``level`` now: level 0's shared one for the first

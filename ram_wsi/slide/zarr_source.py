@@ -4,7 +4,7 @@ top-level ``multiscales`` attributes are read too).
 Levels are ``multiscales[0].datasets[*].path``; downsamples and the pixel size come from each
 dataset's ``scale`` transformation (times the multiscale-level one, if any): downsample of level
 ``l`` along an axis = ``scale_l / scale_0``, and the mpp is ``scale_0`` when the axis unit is a
-length. Blocks are the arrays' chunks (a sharded array's: its inner chunks), read lazily and kept in
+length and the size passes :func:`~ram_wsi.slide.units.slide_mpp` (at most 10 um). Blocks are the arrays' chunks (a sharded array's: its inner chunks), read lazily and kept in
 the process's bounded block cache; missing chunks (and shards) read as the array's fill value
 (white for stores this package writes).
 """
@@ -22,12 +22,9 @@ from ..errors import SlideError
 from . import _zarr_decode
 from .base import GlimpseSource, SlideInfo
 from .cache import handle_pool
+from .units import MppRule, slide_mpp
 
 __all__ = ["ZarrSource", "read_multiscales"]
-
-_UNIT_TO_UM = {"micrometer": 1.0, "micron": 1.0, "um": 1.0, "nanometer": 1e-3, "nm": 1e-3,
-               "millimeter": 1e3, "mm": 1e3, "centimeter": 1e4, "meter": 1e6, "angstrom": 1e-4}
-
 
 def _scale_of(transforms: list[dict] | None, ndim: int) -> np.ndarray:
     s = np.ones(ndim)
@@ -128,17 +125,16 @@ class ZarrSource(GlimpseSource):
             s0 = h["scales"][0]
             axis = [(float(s[ix] / s0[ix]), float(s[iy] / s0[iy])) for s in h["scales"]]
             unit = h["unit"]
-            mpp = None
-            if isinstance(unit, str) and unit.lower() in _UNIT_TO_UM:
-                k = _UNIT_TO_UM[unit.lower()]
-                mpp = (float(s0[ix]) * k, float(s0[iy]) * k)
+            # No unit: a scale in pixels (no mpp). A unit: the one rule (a store converted
+            # from a 72-dpi placeholder says 352.78 micrometres; that is no microscope's).
+            rule = slide_mpp(s0[ix], s0[iy], unit) if isinstance(unit, str) else MppRule(None)
             dtype = str(h["arrays"][0].dtype)
             nch = 1 if h["ic"] is None else int(h["arrays"][0].shape[h["ic"]])
         for i, (dx, dy) in enumerate(axis):
             if not (dx > 0 and dy > 0 and np.isfinite(dx) and np.isfinite(dy)):
                 raise SlideError(self._path, f"level {i} has an invalid scale transformation")
-        return SlideInfo(dimensions=dims[0], level_dimensions=dims, block_sizes=blocks, mpp=mpp,
-                         axis_downsamples=axis,
+        return SlideInfo(dimensions=dims[0], level_dimensions=dims, block_sizes=blocks,
+                         mpp=rule.mpp, mpp_note=rule.note, axis_downsamples=axis,
                          properties={"ngff.name": h["name"], "dtype": dtype, "channels": nch,
                                      "axes": h["names"], "unit": unit})
 
