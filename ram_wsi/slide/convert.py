@@ -1,7 +1,9 @@
 """Convert any slide OpenSlide (or this package) opens into OME-Zarr (NGFF 0.5, zarr v3).
 
 Parallel (dask, threads: OpenSlide reads and blosc release the GIL), chunked, compressed
-(blosc-lz4hc by default: read speed over size), with physical scale in micrometres when the slide states its mpp.
+(blosc-lz4hc by default: read speed over size), with physical scale in micrometres when the slide
+states a usable mpp (:mod:`ram_wsi.slide.units`: a placeholder such as TIFF's 72 dpi is none, and
+the store's scale is then in pixels).
 
 Level 0 is OpenSlide's ``read_region`` at level 0 composited over white (transparent pixels
 become white) -- pixel for pixel. Level ``l + 1`` is the exact 2x2 mean of level ``l`` (white
@@ -11,12 +13,17 @@ White chunks are not stored (the arrays' fill value is white).
 Atomicity: the store is written into ``.tmp-<name>-*`` beside ``dst`` and renamed onto ``dst``
 only when complete (the NGFF metadata, written last, is what makes a store an image). An
 interrupted run leaves no half store that looks valid; a rerun removes stale temporaries of dead
-writers and starts over.
+writers and starts over. The store's directories and files get the umask's modes, as any
+``mkdir`` / ``open`` (:func:`ram_wsi.io_utils.atomic_path`).
+
+Steps: :func:`_plan` (open, geometry), :func:`_write_store` (:func:`_store_level0`, then
+:func:`_store_coarser` per level, then the metadata), inside one atomic rename.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -35,7 +42,6 @@ from .ngff import (
     default_compressor,
     level_shapes,
     ngff_attributes,
-    publish_mode,
 )
 
 __all__ = ["cli", "convert_to_ome_zarr"]
@@ -46,6 +52,99 @@ def _default_levels(width: int, height: int, chunk: int) -> int:
     while max(level_shapes(width, height, n)[-1]) > chunk:
         n += 1
     return n
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What a conversion writes, fixed before anything is: the open source, the level shapes
+    (each halving the previous, rounding up), the codec and the dask threads."""
+
+    src: Any
+    dst: Path
+    shapes: list[tuple[int, int]]
+    chunk: int
+    compressor: Any
+    workers: int
+
+    @property
+    def levels(self) -> int:
+        return len(self.shapes)
+
+
+def _plan(src_path: str | os.PathLike, dst_path: str | os.PathLike, chunk: int,
+          levels: int | None, compressor: Any, workers: int | None) -> _Plan:
+    """Open the source and fix the store's geometry (raises before anything is written)."""
+    from . import open_source
+
+    if int(chunk) < 1:
+        raise ValueError(f"chunk must be >= 1 pixel, got {chunk}")
+    if levels is not None and int(levels) < 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
+    src = open_source(src_path)
+    w, h = src.dimensions
+    nlev = int(levels or _default_levels(w, h, int(chunk)))
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count() or 1
+    return _Plan(src=src, dst=Path(dst_path), shapes=level_shapes(w, h, nlev), chunk=int(chunk),
+                 compressor=compressor if compressor is not None else default_compressor(),
+                 workers=max(1, int(workers)))
+
+
+def _store_level0(plan: _Plan, array: Any) -> None:
+    """Level 0: the source's level 0 (alpha over white), one dask block per chunk, read in
+    parallel and uncached (each pixel is read once)."""
+    import dask.array as da
+
+    src, chunk = plan.src, plan.chunk
+    w, h = plan.shapes[0]
+
+    def read0(block_info=None):
+        (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        return src.read_region(0, x0, y0, x1 - x0, y1 - y0, use_cache=False)
+
+    ych = tuple(min(chunk, h - y) for y in range(0, h, chunk))
+    xch = tuple(min(chunk, w - x) for x in range(0, w, chunk))
+    da.store(da.map_blocks(read0, dtype=np.uint8, chunks=((3,), ych, xch)), array, lock=False)
+
+
+def _store_coarser(prev_array: Any, array: Any, chunk: int) -> None:
+    """Level ``l + 1`` from level ``l`` as written: exact 2x2 means (white padding at odd
+    edges, rounded half up), read back in 2x2-chunk blocks."""
+    import dask.array as da
+
+    prev = da.from_array(prev_array, chunks=(3, 2 * chunk, 2 * chunk), lock=False,
+                         asarray=True, fancy=False)
+    ph, pw = prev.shape[1] % 2, prev.shape[2] % 2
+    if ph or pw:
+        prev = da.pad(prev, ((0, 0), (0, ph), (0, pw)), constant_values=255)
+    down = prev.map_blocks(_mean2x2, dtype=np.uint8,
+                           chunks=(3,) + tuple(tuple(-(-c // 2) for c in cs)
+                                               for cs in prev.chunks[1:]))
+    da.store(down.rechunk((3, chunk, chunk)), array, lock=False)
+
+
+def _write_store(plan: _Plan, tmp: Path, src_path: str | os.PathLike) -> None:
+    """Every level into the temporary store ``tmp``, then the NGFF metadata that makes it an
+    image (last: a store interrupted before it is no image). A slide without a usable mpp gets
+    a scale in pixels and says why in ``attributes.ram_wsi``."""
+    import dask
+    import zarr
+
+    with dask.config.set(scheduler="threads", num_workers=plan.workers):
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        (tmp / ".writer-pid").write_text(str(os.getpid()))  # lets a rerun tell we are alive
+        arrays = [create_level_array(group, i, lw, lh, plan.chunk, plan.compressor)
+                  for i, (lw, lh) in enumerate(plan.shapes)]
+        _store_level0(plan, arrays[0])
+        for i in range(1, plan.levels):
+            _store_coarser(arrays[i - 1], arrays[i], plan.chunk)
+        src = plan.src
+        group.attrs.update(ngff_attributes(
+            plan.levels, src.mpp, name=plan.dst.stem,
+            extra={"source": os.path.abspath(os.fspath(src_path)), "converted_by": "ram_wsi",
+                   "mpp_note": src.info.mpp_note}))
+        (tmp / ".writer-pid").unlink(missing_ok=True)
 
 
 def convert_to_ome_zarr(src_path: str | os.PathLike, dst_path: str | os.PathLike, *,
@@ -63,66 +162,25 @@ def convert_to_ome_zarr(src_path: str | os.PathLike, dst_path: str | os.PathLike
         workers: dask threads (default: the CPUs this process may use).
 
     Returns:
-        A summary dict (dimensions, levels, mpp, seconds, bytes written).
+        A summary dict (dimensions, levels, mpp -- None with ``mpp_note`` when the source
+        states no usable one, and the store's scale is then in pixels -- seconds, bytes).
 
     Raises:
         SlideError: the source cannot be opened or read (naming it and the cause).
+        ValueError: ``chunk`` or ``levels`` below 1.
     """
-    import dask
-    import dask.array as da
-    import zarr
-
-    from . import open_source
-
     t0 = time.perf_counter()
-    src = open_source(src_path)
-    w, h = src.dimensions
-    mpp = src.mpp
-    nlev = int(levels or _default_levels(w, h, chunk))
-    if nlev < 1:
-        raise ValueError(f"levels must be >= 1, got {levels}")
-    shapes = level_shapes(w, h, nlev)
-    workers = int(workers or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                  else workers or os.cpu_count() or 1)
-    comp = compressor if compressor is not None else default_compressor()
-    dst = Path(dst_path)
-    clean_stale_tmp(dst)
-
-    def read0(block_info=None):
-        (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
-        return src.read_region(0, x0, y0, x1 - x0, y1 - y0, use_cache=False)
-
-    with atomic_path(dst, is_dir=True) as tmp, \
-            dask.config.set(scheduler="threads", num_workers=workers):
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        (tmp / ".writer-pid").write_text(str(os.getpid()))  # lets a rerun tell we are alive
-        arrays = [create_level_array(group, i, lw, lh, chunk, comp)
-                  for i, (lw, lh) in enumerate(shapes)]
-        ych = tuple(min(chunk, h - y) for y in range(0, h, chunk))
-        xch = tuple(min(chunk, w - x) for x in range(0, w, chunk))
-        lvl0 = da.map_blocks(read0, dtype=np.uint8, chunks=((3,), ych, xch))
-        da.store(lvl0, arrays[0], lock=False)
-        for i in range(1, nlev):
-            prev = da.from_array(arrays[i - 1], chunks=(3, 2 * chunk, 2 * chunk), lock=False,
-                                 asarray=True, fancy=False)
-            ph, pw = prev.shape[1] % 2, prev.shape[2] % 2
-            if ph or pw:
-                prev = da.pad(prev, ((0, 0), (0, ph), (0, pw)), constant_values=255)
-            down = prev.map_blocks(_mean2x2, dtype=np.uint8,
-                                   chunks=(3,) + tuple(tuple(-(-c // 2) for c in cs)
-                                                       for cs in prev.chunks[1:]))
-            down = down.rechunk((3, chunk, chunk))
-            da.store(down, arrays[i], lock=False)
-        group.attrs.update(ngff_attributes(
-            nlev, mpp, name=dst.stem,
-            extra={"source": os.path.abspath(os.fspath(src_path)), "converted_by": "ram_wsi"}))
-        (tmp / ".writer-pid").unlink(missing_ok=True)
-    publish_mode(dst)
-    nbytes = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
-    return {"src": str(src_path), "dst": str(dst), "dimensions": [w, h], "levels": nlev,
-            "level_dimensions": [list(s) for s in shapes], "mpp": mpp, "chunk": chunk,
-            "workers": workers, "seconds": round(time.perf_counter() - t0, 3),
-            "bytes": nbytes}
+    plan = _plan(src_path, dst_path, chunk, levels, compressor, workers)
+    clean_stale_tmp(plan.dst)
+    with atomic_path(plan.dst, is_dir=True) as tmp:
+        _write_store(plan, tmp, src_path)
+    nbytes = sum(f.stat().st_size for f in plan.dst.rglob("*") if f.is_file())
+    src = plan.src
+    return {"src": str(src_path), "dst": str(plan.dst), "dimensions": list(src.dimensions),
+            "levels": plan.levels, "level_dimensions": [list(s) for s in plan.shapes],
+            "mpp": src.mpp, "physical_units": src.mpp is not None,
+            "mpp_note": src.info.mpp_note, "chunk": plan.chunk, "workers": plan.workers,
+            "seconds": round(time.perf_counter() - t0, 3), "bytes": nbytes}
 
 
 def _mean2x2(block: np.ndarray) -> np.ndarray:
