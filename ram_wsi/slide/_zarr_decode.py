@@ -3,6 +3,10 @@
 chunk). :class:`~ram_wsi.slide.zarr_source.ZarrSource` describes each level once
 (:func:`fast_reader`) and reads chunks through :func:`read_chunk`; anything this layer cannot
 read is None and zarr reads it.
+
+Every failure of a store -- opening it (``zarr_source``) or reading it (here) -- becomes a
+:class:`SlideError` through :func:`zarr_error`, the one place that builds them, as
+``_openslide_lowlevel.openslide_error`` is for OpenSlide.
 """
 
 from __future__ import annotations
@@ -18,6 +22,17 @@ from ..errors import SlideError
 from .cache import BlockCache
 
 _MAX_U64 = 2**64 - 1
+
+
+def zarr_error(path: str, cause: str, exc: BaseException | None = None, *,
+               file: str | None = None) -> SlideError:
+    """The :class:`SlideError` for a failure of the OME-Zarr store ``path``: ``cause`` says
+    what is wrong and where (a level, a chunk), ``file`` names the chunk or shard file to
+    blame, ``exc`` is the library's exception when one was raised (its type and text follow)."""
+    text = cause if file is None else f"{cause} ({file})"
+    if exc is not None:
+        text = f"{text}: {type(exc).__name__}: {exc}"
+    return SlideError(path, text)
 
 
 class ShardLayout(NamedTuple):
@@ -185,8 +200,8 @@ def read_chunk(fast: FastReader, path: str, level: int, ix: int, iy: int, bx: in
         data = np.frombuffer(fast.decode(raw), dtype=np.uint8)
         return data.reshape(chunks)
     except Exception as e:
-        raise SlideError(path, f"cannot decode level {level} chunk ({by}, {bx}) "
-                               f"({f}): {type(e).__name__}: {e}") from e
+        raise zarr_error(path, f"cannot decode level {level} chunk ({by}, {bx})", e,
+                         file=f) from e
 
 
 def read_inner(shard: ShardLayout, f: str, inner: tuple[int, ...], level: int,
@@ -212,7 +227,7 @@ def read_inner(shard: ShardLayout, f: str, inner: tuple[int, ...], level: int,
     finally:
         os.close(fd)
     if len(raw) != nb:
-        raise SlideError(path, f"level {level} shard {f} is truncated: inner chunk "
+        raise zarr_error(path, f"level {level} shard {f} is truncated: inner chunk "
                                f"{inner} needs bytes {off}..{off + nb}, read {len(raw)}")
     return raw
 
@@ -223,16 +238,16 @@ def parse_shard_index(shard: ShardLayout, fd: int, f: str, size: int, level: int
     bounds, and its crc32c when it has one. Raises SlideError naming ``path``."""
     isz = shard.index_size
     if size < isz:
-        raise SlideError(path, f"level {level} shard {f} is truncated: {size} bytes, "
+        raise zarr_error(path, f"level {level} shard {f} is truncated: {size} bytes, "
                                f"shorter than its {isz}-byte index")
     start = 0 if shard.loc == "start" else size - isz
     buf = os.pread(fd, isz, start)
     if len(buf) != isz:
-        raise SlideError(path, f"level {level} shard {f}: short read of its index")
+        raise zarr_error(path, f"level {level} shard {f}: short read of its index")
     if shard.crc:
         fn = shard.crcfn
         if fn is not None and fn(buf[:-4]) != int.from_bytes(buf[-4:], "little"):
-            raise SlideError(path, f"level {level} shard {f}: index checksum (crc32c) "
+            raise zarr_error(path, f"level {level} shard {f}: index checksum (crc32c) "
                                    "mismatch (corrupt or truncated shard)")
         buf = buf[:-4]
     index = np.frombuffer(buf, dtype=shard.dtype).astype(np.uint64)
@@ -243,6 +258,6 @@ def parse_shard_index(shard: ShardLayout, fd: int, f: str, size: int, level: int
     o, n = off[~empty], nb[~empty]
     if (np.any(empty & (nb != _MAX_U64)) or np.any(o < lo) or np.any(n > hi)
             or np.any(o > hi - n)):
-        raise SlideError(path, f"level {level} shard {f}: its index points outside "
+        raise zarr_error(path, f"level {level} shard {f}: its index points outside "
                                f"the shard ({size} bytes; corrupt or truncated shard)")
     return ShardIndex(index)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import SlideError
 from . import _zarr_decode
+from ._zarr_decode import zarr_error
 from .base import GlimpseSource, SlideInfo
 from .cache import handle_pool
 from .units import MppRule, slide_mpp
@@ -38,22 +39,22 @@ def read_multiscales(path: str) -> dict[str, Any]:
     """Parse a store's NGFF multiscales metadata without opening arrays. Raises SlideError."""
     p = Path(path)
     if not p.exists():
-        raise SlideError(path, "no such file or directory")
+        raise zarr_error(path, "no such file or directory")
     if not p.is_dir():
-        raise SlideError(path, "not a zarr store (not a directory)")
+        raise zarr_error(path, "not a zarr store (not a directory)")
     zj = p / "zarr.json"
     if not zj.exists():
-        raise SlideError(path, "not a zarr v3 store (no zarr.json)")
+        raise zarr_error(path, "not a zarr v3 store (no zarr.json)")
     try:
         meta = json.loads(zj.read_text())
     except (OSError, ValueError) as e:
-        raise SlideError(path, f"zarr.json is not valid JSON: {e}") from e
+        raise zarr_error(path, "zarr.json is not valid JSON", e) from e
     if meta.get("node_type") != "group":
-        raise SlideError(path, "zarr.json does not describe a group (OME-Zarr needs a group)")
+        raise zarr_error(path, "zarr.json does not describe a group (OME-Zarr needs a group)")
     attrs = meta.get("attributes") or {}
     ms = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
     if not ms or not isinstance(ms, list) or not ms[0].get("datasets"):
-        raise SlideError(path, "the zarr group has no OME-NGFF 'multiscales' metadata "
+        raise zarr_error(path, "the zarr group has no OME-NGFF 'multiscales' metadata "
                                "(not an OME-Zarr image)")
     return ms[0]
 
@@ -66,7 +67,7 @@ def _open(path: str) -> dict[str, Any]:
     axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
     names = [str(a.get("name", "")).lower() for a in axes]
     if "x" not in names or "y" not in names:
-        raise SlideError(path, f"multiscales axes {names} have no 'x' and 'y'")
+        raise zarr_error(path, f"multiscales axes {names} have no 'x' and 'y'")
     ndim = len(names)
     ix, iy = names.index("x"), names.index("y")
     ic = next((i for i, a in enumerate(axes) if a.get("type") == "channel"
@@ -75,13 +76,13 @@ def _open(path: str) -> dict[str, Any]:
         group = zarr.open_group(path, mode="r")
         arrays = [group[str(d["path"])] for d in ms["datasets"]]
     except Exception as e:  # zarr raises many types for broken stores
-        raise SlideError(path, f"cannot open the multiscale arrays: {type(e).__name__}: {e}") from e
+        raise zarr_error(path, "cannot open the multiscale arrays", e) from e
     glob = _scale_of(ms.get("coordinateTransformations"), ndim)
     scales = [_scale_of(d.get("coordinateTransformations"), ndim) * glob
               for d in ms["datasets"]]
     for i, a in enumerate(arrays):
         if a.ndim != ndim:
-            raise SlideError(path, f"level {i} has {a.ndim} dimensions, axes say {ndim}")
+            raise zarr_error(path, f"level {i} has {a.ndim} dimensions, axes say {ndim}")
     unit = axes[ix].get("unit")
     fast = [_zarr_decode.fast_reader(a, Path(path) / str(d["path"]), ic) for a, d in
             zip(arrays, ms["datasets"])]
@@ -132,7 +133,7 @@ class ZarrSource(GlimpseSource):
             nch = 1 if h["ic"] is None else int(h["arrays"][0].shape[h["ic"]])
         for i, (dx, dy) in enumerate(axis):
             if not (dx > 0 and dy > 0 and np.isfinite(dx) and np.isfinite(dy)):
-                raise SlideError(self._path, f"level {i} has an invalid scale transformation")
+                raise zarr_error(self._path, f"level {i} has an invalid scale transformation")
         return SlideInfo(dimensions=dims[0], level_dimensions=dims, block_sizes=blocks,
                          mpp=rule.mpp, mpp_note=rule.note, axis_downsamples=axis,
                          properties={"ngff.name": h["name"], "dtype": dtype, "channels": nch,
@@ -163,8 +164,7 @@ class ZarrSource(GlimpseSource):
         except SlideError:
             raise
         except Exception as e:
-            raise SlideError(self._path, f"cannot read level {level} chunk ({by}, {bx}): "
-                                         f"{type(e).__name__}: {e}") from e
+            raise zarr_error(self._path, f"cannot read level {level} chunk ({by}, {bx})", e) from e
         out = np.full((3, bh, bw), 255, dtype=np.uint8)
         data = _to_uint8(_as_cyx(data, keep))
         out[:, :h, :w] = data[:3] if data.shape[0] in (2, 3) else _channels3(data)
