@@ -86,9 +86,15 @@ class MnistDataConfig:
     clutter_pieces: int | None = None
     clutter_size: int = 8
     synthetic_count: int = 10000  # digits generated when source == synthetic
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    # official: the paper's protocol -- train and validation digits from the train files, test
+    # on the t10k digits (a directory without t10k files splits test from train, said in the
+    # log); pooled: every digit of the directory in one pool, split by the fractions below.
+    protocol: str = "official"
+    val_fraction: float = 0.1  # of the training digits (official) or of the pool (pooled)
+    test_fraction: float = 0.1  # of the pool; official uses it only when t10k is absent
     eval_size: int | None = None  # size of the fixed val/test sets (None: the held-out digits)
+    val_size: int | None = None  # validation canvases (None: eval_size)
+    test_size: int | None = None  # test canvases (None: eval_size)
     # Training episodes per canvas (the paper's M in its 1/M sum): a batch of B holds
     # B / episodes_per_image canvases; with train.advantage: group each episode's baseline is
     # the mean reward of the same canvas's other episodes (leave-one-out).
@@ -102,8 +108,12 @@ class MnistDataConfig:
         if self.task == "custom" and (self.kind is None or self.canvas is None):
             raise ConfigError("a custom task needs data.kind and data.canvas", key="data.task",
                               source=src)
+        one_of(self.protocol, ("official", "pooled"), "data.mnist.protocol", src)
         for name in ("val_fraction", "test_fraction"):
             in_range(getattr(self, name), 0.0, 0.5, f"data.{name}", src)
+        for name in ("eval_size", "val_size", "test_size"):
+            if getattr(self, name) is not None:
+                at_least(getattr(self, name), 1, f"data.mnist.{name}", src)
         at_least(self.synthetic_count, 100, "data.synthetic_count", src)
         at_least(self.episodes_per_image, 1, "data.episodes_per_image", src)
 

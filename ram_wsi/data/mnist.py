@@ -34,6 +34,7 @@ __all__ = [
     "MNIST_FILES",
     "default_mnist_dir",
     "download_mnist",
+    "has_split",
     "load_mnist",
     "load_pool",
     "read_idx",
@@ -222,7 +223,8 @@ def default_mnist_dir() -> Path | None:
     return None
 
 
-def _has_split(directory: Path, name: str) -> bool:
+def has_split(directory: Path, name: str) -> bool:
+    """Whether ``directory`` holds either file of split ``name`` (``train`` or ``t10k``)."""
     return any(_find(directory, f"{name}-{part}") is not None
                for part in ("images-idx3-ubyte", "labels-idx1-ubyte"))
 
@@ -239,7 +241,7 @@ def load_pool(directory: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(directory, "missing directory; expected MNIST idx files "
                                    "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
                                    "and optionally the t10k pair)")
-    parts = [load_mnist(directory, s) for s in ("train", "t10k") if _has_split(directory, s)]
+    parts = [load_mnist(directory, s) for s in ("train", "t10k") if has_split(directory, s)]
     if not parts:
         raise DataError(directory, "no MNIST idx files; expected train-images-idx3-ubyte[.gz] "
                                    "and train-labels-idx1-ubyte[.gz] (or the t10k pair)")

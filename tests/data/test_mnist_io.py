@@ -1,7 +1,8 @@
 """The idx reader, MNIST loading, pooling, splitting and the verified download.
 
 Small idx files are written into ``tmp_path`` (raw and gzipped, whole and broken) so every error
-path is exercised with real files; the shared 8,000-digit directory checks real data.
+path is exercised with real files; ``../shared/data/mnist`` (the official 60,000 training digits
+and the first 8,000 official test digits) checks real data.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from ram_wsi.data import download_mnist, load_mnist, load_pool, read_idx, split_
 from ram_wsi.data import mnist as mnist_mod
 from ram_wsi.errors import ConfigError, DataError
 
-SHARED = Path("/work/shared/data/mnist")
+# Reached beside the project root, never by an absolute path: CI lays shared/ beside its clone.
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 
 
 def idx_bytes(arr: np.ndarray, *, dtype_code: int = 0x08, magic: int | None = None) -> bytes:
@@ -48,20 +50,23 @@ def write_split(directory: Path, split: str, images: np.ndarray, labels: np.ndar
 # --- real data -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def shared_pool() -> tuple[np.ndarray, np.ndarray]:
+def shared_train() -> tuple[np.ndarray, np.ndarray]:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent")
     return load_mnist(SHARED, "train")
 
 
-def test_shared_train_only_directory(shared_pool):
-    images, labels = shared_pool
-    assert images.shape == (8000, 28, 28) and images.dtype == np.uint8
-    assert labels.shape == (8000,) and labels.dtype == np.int64
-    # Values of these particular files (their first digits are 7 2 1 0 4 ...).
-    assert labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
-    assert np.bincount(labels).tolist() == [773, 905, 834, 803, 788, 723, 756, 813, 787, 818]
-    assert int(images[0].sum()) == 18454
+def test_shared_train_split_is_the_official_60000(shared_train):
+    images, labels = shared_train
+    assert images.shape == (60000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (60000,) and labels.dtype == np.int64
+    # ../shared/data/README.md: byte-identical to LeCun's training set (md5 of the idx file).
+    raw = gzip.decompress((SHARED / "train-images-idx3-ubyte.gz").read_bytes())
+    assert hashlib.md5(raw).hexdigest() == "6bbc9ace898e44ae57da46a324031adb"
+    assert raw[16:] == images.tobytes()
+    assert labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert np.bincount(labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265,
+                                            5851, 5949]
     assert images.max() == 255 and images.min() == 0
     assert 0.12 < images.mean() / 255 < 0.14  # MNIST's ink fraction
     # MNIST centres each digit's mass on pixel *index* 14, i.e. half a pixel right of and below
@@ -73,18 +78,28 @@ def test_shared_train_only_directory(shared_pool):
     assert abs(com_x.mean() - 14.5) < 0.1 and abs(com_y.mean() - 14.5) < 0.1
 
 
-def test_shared_pool_is_train_split_and_test_split_is_missing(shared_pool):
+def test_shared_test_split_is_8000_official_test_digits():
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent")
+    images, labels = load_mnist(SHARED, "test")
+    assert images.shape == (8000, 28, 28)
+    assert labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert np.bincount(labels).tolist() == [773, 905, 834, 803, 788, 723, 756, 813, 787, 818]
+    assert int(images[0].sum()) == 18454
+
+
+def test_shared_pool_is_train_then_test(shared_train):
     images, labels = load_pool(SHARED)
-    assert np.array_equal(images, shared_pool[0]) and np.array_equal(labels, shared_pool[1])
-    with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
-        load_mnist(SHARED, "test")
+    assert images.shape == (68000, 28, 28)
+    assert np.array_equal(images[:60000], shared_train[0])
+    assert labels[60000:70000][:3].tolist() == [7, 2, 1]
 
 
 def test_read_idx_real_labels_file():
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent")
     labels = read_idx(SHARED / "train-labels-idx1-ubyte.gz")
-    assert labels.shape == (8000,) and labels.dtype == np.uint8 and labels[0] == 7
+    assert labels.shape == (60000,) and labels.dtype == np.uint8 and labels[0] == 5
     labels[0] = 3  # the result is writable (not a view of immutable bytes)
 
 

@@ -11,7 +11,7 @@ import pytest
 from ram_wsi.data import load_mnist, synthetic_digits
 from ram_wsi.data.synthetic_digits import glyph_styles
 
-SHARED = Path("/work/shared/data/mnist")
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from ram_wsi.data import (
 )
 from ram_wsi.errors import ConfigError
 
-SHARED = Path("/work/shared/data/mnist")
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 
 
 @pytest.fixture(scope="module")
