@@ -9,37 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from .errors import RamWsiError
+from .cli_args import add_config_args, config_from_args, guarded
 
 __all__ = ["main"]
-
-
-def _config(args: argparse.Namespace):
-    from .config import load_config
-
-    overrides = list(args.set or [])
-    if getattr(args, "data_dir", None):
-        overrides.append(f"data.mnist.dir={args.data_dir}")
-    if getattr(args, "out_dir", None):
-        overrides.append(f"train.out_dir={args.out_dir}")
-    return load_config(args.config, overrides)
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="experiment YAML (configs/...)")
-    p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
-                   help="override a config value, e.g. train.lr=0.0005 (repeatable)")
-    p.add_argument("--data-dir", help="MNIST idx directory (sets data.mnist.dir)")
-    p.add_argument("--out-dir", help="output directory (sets train.out_dir)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import os
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     if args.distributed and cfg.distributed.enabled:
         from .distributed import train_distributed
 
@@ -61,7 +41,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .train.checkpoint import load_checkpoint
     from .train.trainer import Trainer
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     trainer = Trainer(cfg)
     trainer.model.load_state_dict(load_checkpoint(args.checkpoint, trainer.device)["model"])
     if trainer.slides:
@@ -130,14 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train from a config (single process, or --distributed)")
-    _add_config_args(t)
+    add_config_args(t)
     t.add_argument("--no-resume", action="store_true", help="ignore an existing last.pt")
     t.add_argument("--distributed", action="store_true",
                    help="Ray rollout actors + learner (joins RAY_ADDRESS or starts Ray)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint: stochastic, mean and M-avg errors")
-    _add_config_args(e)
+    add_config_args(e)
     e.add_argument("checkpoint")
     e.add_argument("--split", choices=["val", "test"], default="test")
     e.add_argument("--samples", type=int, default=None, help="M for the M-averaged error")
@@ -150,15 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("score", help="score a folder of slides with a checkpoint: CSV, QuPath "
                                  "GeoJSON, thumbnails (`ram-wsi score -h`)")
     return p
-
-
-def guarded(fn: Callable[..., int | None], *args: Any) -> int:
-    """``fn(*args)`` as a command's exit status: user mistakes print one line and give 2."""
-    try:
-        return int(fn(*args) or 0)
-    except RamWsiError as exc:
-        print(f"ram-wsi: error: {exc}", file=sys.stderr)
-        return 2
 
 
 def _run(argv: list[str]) -> int:

@@ -27,6 +27,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ..cli_args import guarded
 from ._report import emit, print_table
 from .mnist import PAPER_NIPS, mnist_table, synthetic_benchmark
 from .throughput import measure_throughput, naive_glimpse
@@ -58,8 +59,6 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """``main([NAME, *ARGS])``: run benchmark NAME with its own command line ARGS; a user
     mistake (bad config, missing files) prints one line and gives 2, as ``ram-wsi`` does."""
-    from ..cli import guarded
-
     return guarded(_run, list(sys.argv[1:] if argv is None else argv))
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from ..cli_args import add_config_args, config_from_args
 from ..config import ExperimentConfig, load_config
 from ..train.trainer import Trainer
 from ._report import emit, print_table
@@ -83,19 +84,15 @@ def synthetic_benchmark(out_dir: str, *, steps: int = 1500, batch: int = 128, se
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..cli import _add_config_args
-
     bm = argparse.ArgumentParser(prog="ram-wsi bench mnist",
                                  description="train the paper's rows; our errors beside the "
                                              "paper's")
-    _add_config_args(bm)
+    add_config_args(bm)
     bm.add_argument("--archs", default="ram,ram_random,conv,fc", help="rows of the table")
     return bm
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import _config
-
     args = build_parser().parse_args(argv)
-    mnist_table(_config(args), args.archs.split(","))
+    mnist_table(config_from_args(args), args.archs.split(","))
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..cli_args import add_config_args, config_from_args
 from ..config import ExperimentConfig
 from ..models import RecurrentAttentionModel, RetinaSensor
 from ..retina import RetinaSpec, loc_to_pixels
@@ -123,11 +124,9 @@ def throughput_table(cfg: ExperimentConfig, batches: Sequence[int] | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..cli import _add_config_args
-
     bt = argparse.ArgumentParser(prog="ram-wsi bench throughput",
                                  description="training images/s: batched retina vs crop loop")
-    _add_config_args(bt)
+    add_config_args(bt)
     bt.add_argument("--batches", type=int, nargs="*", help="batch sizes")
     bt.add_argument("--steps", type=int, default=20, help="timed steps")
     bt.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
@@ -138,12 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import _config
-
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.config = args.config or "configs/cluttered60_8g.yaml"
-    throughput_table(_config(args), args.batches, steps=args.steps, amp=args.amp,
+    throughput_table(config_from_args(args), args.batches, steps=args.steps, amp=args.amp,
                      compile=args.compile, skip_naive=args.skip_naive)
     return 0

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cli_args import add_config_args, config_from_args
 from ..errors import RamWsiError
 from ._report import emit, print_table
 from .mnist import PAPER_NIPS
@@ -120,12 +121,10 @@ def report(config: dict[str, Any], history: list[dict[str, Any]], summary: dict[
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..cli import _add_config_args
-
     p = argparse.ArgumentParser(prog="ram-wsi bench time-to-accuracy",
                                 description="minutes until the validation error reaches the "
                                             "paper's rows (one capped training run)")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--minutes", type=float, default=25.0,
                    help="the run's budget (train.max_minutes; default 25)")
     p.add_argument("--targets", type=float, nargs="+",
@@ -137,7 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import _config
     from ..train.trainer import Trainer
 
     args = build_parser().parse_args(argv)
@@ -146,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report(config, history, summary, args.targets, args.smooth)
         return 0
     args.set = [*(args.set or []), f"train.max_minutes={args.minutes}"]
-    cfg = _config(args)
+    cfg = config_from_args(args)
     trainer = Trainer(cfg)
     summary = trainer.fit()
     report(cfg.to_dict(), trainer.history, summary, args.targets, args.smooth)
