@@ -152,16 +152,6 @@ def _cohort(manifest: Path):
     return load_manifest(manifest, check_slides=False)
 
 
-def _measure(fn, source) -> tuple[Any, dict[str, int], float]:
-    from ..slide import clear_caches
-
-    clear_caches()
-    source.reset_counters()
-    t0 = time.perf_counter()
-    out = fn()
-    return out, source.counters, time.perf_counter() - t0
-
-
 def _baseline_row(name: str, size: int, man, probs: list[np.ndarray], costs: list[dict],
                   secs: list[float], train_s: float) -> dict[str, Any]:
     from ..train.slide_eval import auc_macro
@@ -181,7 +171,12 @@ def _baseline_row(name: str, size: int, man, probs: list[np.ndarray], costs: lis
 
 def _thumbnail_row(manifest: Path, size: int, args) -> dict[str, Any]:
     from ..slide import open_source
-    from .needle_baselines import predict_thumbnails, slide_thumbnails, train_thumbnail_cnn
+    from .needle_baselines import (
+        measure_cold,
+        predict_thumbnails,
+        slide_thumbnails,
+        train_thumbnail_cnn,
+    )
 
     man = _cohort(manifest)
     t0 = time.perf_counter()
@@ -193,8 +188,8 @@ def _thumbnail_row(manifest: Path, size: int, args) -> dict[str, Any]:
     probs, costs, secs = [], [], []
     for r in man.split("test"):
         src = open_source(r.path)
-        p, c, s = _measure(lambda src=src: predict_thumbnails(model, slide_thumbnails([src], 256)),
-                           src)
+        p, c, s = measure_cold(
+            lambda src=src: predict_thumbnails(model, slide_thumbnails([src], 256)), src)
         probs.append(p[0])
         costs.append(c)
         secs.append(s)
@@ -203,7 +198,7 @@ def _thumbnail_row(manifest: Path, size: int, args) -> dict[str, Any]:
 
 def _dense_row(manifest: Path, size: int, args) -> dict[str, Any]:
     from ..slide import open_source
-    from .needle_baselines import score_dense, tile_training_set, train_tile_cnn
+    from .needle_baselines import measure_cold, score_dense, tile_training_set, train_tile_cnn
 
     man = _cohort(manifest)
     t0 = time.perf_counter()
@@ -217,9 +212,8 @@ def _dense_row(manifest: Path, size: int, args) -> dict[str, Any]:
     probs, costs, secs = [], [], []
     for r in man.split("test"):
         src = open_source(r.path)
-        res, c, s = _measure(lambda src=src: score_dense(src, model, level=args.dense_level,
-                                                         tile=args.dense_tile, mask_size=512),
-                             src)
+        res, c, s = measure_cold(lambda src=src: score_dense(
+            src, model, level=args.dense_level, tile=args.dense_tile, mask_size=512), src)
         probs.append(res["probs"])
         costs.append(c)
         secs.append(s)

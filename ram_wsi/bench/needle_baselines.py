@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -30,9 +30,11 @@ from torch.nn import functional as F
 from ..slide.base import COUNTERS, GlimpseSource
 from ..slide.tissue import TissueMask, mask_from_rgb, tissue_mask
 
-__all__ = ["ThumbnailCNN", "TileCNN", "predict_thumbnails", "score_dense", "slide_thumbnails",
-           "tile_training_set", "tissue_tiles", "train_thumbnail_cnn", "train_tile_cnn"]
+__all__ = ["ThumbnailCNN", "TileCNN", "measure_cold", "predict_thumbnails", "score_dense",
+           "slide_thumbnails", "tile_training_set", "tissue_tiles", "train_thumbnail_cnn",
+           "train_tile_cnn"]
 
+T = TypeVar("T")
 MIN_LESION_OVERLAP = 0.3
 """A tile is a lesion tile when its box overlaps the lesion's box by at least this fraction of
 the tile's area."""
@@ -349,6 +351,19 @@ def tile_training_set(sources: Sequence[GlimpseSource], labels: Sequence[int],
 
 
 # ---------------------------------------------------------------------------- scoring
+def measure_cold(fn: Callable[[], T], source: GlimpseSource) -> tuple[T, dict[str, int], float]:
+    """``fn()`` (which reads ``source``) on cold caches: its result, what ``source`` read
+    (its counters) and the seconds it took. Every cost row of the needle and score benchmarks
+    is measured so, so that their pixels and seconds compare."""
+    from ..slide import clear_caches
+
+    clear_caches()
+    source.reset_counters()
+    t0 = time.perf_counter()
+    out = fn()
+    return out, source.counters, time.perf_counter() - t0
+
+
 @torch.no_grad()
 def score_dense(source: GlimpseSource, model: TileCNN, *, level: int, tile: int,
                 batch: int = 256, min_tissue: float = 0.25, mask_size: int = 2048,

@@ -154,8 +154,7 @@ def _dense_rows(sizes: dict[int, list[Path]], ram: dict[int, float], args) -> li
     import torch
 
     from ..slide import open_source
-    from .needle import _measure
-    from .needle_baselines import TileCNN, score_dense
+    from .needle_baselines import TileCNN, measure_cold, score_dense
 
     torch.manual_seed(0)
     model = TileCNN(2).eval()
@@ -164,9 +163,8 @@ def _dense_rows(sizes: dict[int, list[Path]], ram: dict[int, float], args) -> li
         secs, pixels = [], []
         for p in paths[:args.dense_slides]:
             src = open_source(str(p))
-            _, c, s = _measure(lambda src=src: score_dense(src, model, level=args.dense_level,
-                                                           tile=args.dense_tile, mask_size=512),
-                               src)
+            _, c, s = measure_cold(lambda src=src: score_dense(
+                src, model, level=args.dense_level, tile=args.dense_tile, mask_size=512), src)
             src.close()
             secs.append(s)
             pixels.append(c["pixels_decoded"])
