@@ -51,3 +51,15 @@ def test_help_lists_subcommands(capsys):
     out = capsys.readouterr().out
     for cmd in ("train", "eval", "bench", "convert"):
         assert cmd in out
+
+
+@pytest.mark.parametrize("name", ["mnist", "time-to-accuracy", "throughput", "glimpse",
+                                  "scaling", "needle", "score"])
+def test_every_benchmark_help_names_its_program(name, capsys):
+    from ram_wsi.bench import BENCHMARKS
+
+    assert name in BENCHMARKS
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", name, "-h"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: ram-wsi bench {name} ")

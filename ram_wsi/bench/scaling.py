@@ -75,7 +75,7 @@ def measure(cfg, n: int, cpus: float, calls: int, repeats: int = 1) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="ram-wsi bench scaling", description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/cluttered60_8g.yaml")
     p.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--envs", nargs="+", default=["mnist", "slides"], choices=["mnist", "slides"])
