@@ -45,6 +45,7 @@ __all__ = [
     "image_context",
     "is_prepared",
     "prepare_slide_data",
+    "slide_episodes",
 ]
 
 
@@ -127,6 +128,24 @@ class MnistEnv:
             ids = None
         ctx = image_context(x, self.context_size) if self.context_size else None
         return Episodes(RetinaSensor(x, self.spec), y, None, ctx, ids)
+
+
+def slide_episodes(slides: SlideSet, idx: np.ndarray, rng: np.random.Generator) -> Episodes:
+    """Episodes on slides ``idx`` of ``slides`` (one per entry): a sensor reading their
+    glimpses, labels, first locations (the set's start rule), thumbnails for a context net."""
+    idx = np.asarray(idx, dtype=np.int64)
+    views = {int(i): slides.view(int(i)) for i in np.unique(idx)}
+    start = torch.zeros(len(idx), 2)
+    for i, v in views.items():
+        rows = np.nonzero(idx == i)[0]
+        start[torch.from_numpy(rows)] = v.start(len(rows), rng, slides.start_rule)
+    ctx = None
+    if slides.context_size:
+        ctx = torch.stack([views[int(i)].context for i in idx])
+    all_views = [views.get(i) for i in range(max(views) + 1)]
+    labels = torch.as_tensor([slides.records[int(i)].label for i in idx], dtype=torch.long)
+    return Episodes(SlideSensor(all_views, idx, slides.spec, slides.units), labels, start,
+                    ctx, idx)
 
 
 def slide_spec(cfg: ExperimentConfig) -> RetinaSpec:
@@ -232,7 +251,7 @@ class SlideEnv:
         n = -(-batch // self.per_slide)
         idx = np.repeat(self.rng.choice(len(self.train), size=n, p=self.weights),
                         self.per_slide)[:batch]
-        return self.train.episodes(idx, self.rng)
+        return slide_episodes(self.train, idx, self.rng)
 
 
 def env_shape(cfg: ExperimentConfig) -> tuple[int, int]:

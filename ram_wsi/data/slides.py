@@ -12,9 +12,10 @@ A :class:`SlideView` is everything an episode on a slide needs besides the glimp
 * the target (synthetic slides only: a procedural source's ``target`` or the writer's
   ``<path>.json`` sidecar), for the on-target fraction.
 
-:class:`SlideSet` holds the views of one split and builds batches of episodes
-(:class:`~ram_wsi.data.episodes.Episodes`). Views are built in the process that reads the slide
-(a rollout actor); only paths travel.
+:class:`SlideSet` holds the views of one split; :class:`SlideSensor` reads an episode batch's
+glimpses from them (:func:`ram_wsi.data.episodes.slide_episodes` builds the batches, so that
+episodes.py owns :class:`~ram_wsi.data.episodes.Episodes` and this module needs none of it).
+Views are built in the process that reads the slide (a rollout actor); only paths travel.
 """
 
 from __future__ import annotations
@@ -274,21 +275,3 @@ class SlideSet:
                 self.records[i].path, frame=self.frame, context_size=self.context_size,
                 thumb_size=self.thumb_size, preview=self.previews)
         return v
-
-    def episodes(self, idx: np.ndarray, rng: np.random.Generator):
-        """Episodes on slides ``idx`` (one per entry): sensor, labels, starts, contexts."""
-        from .episodes import Episodes
-
-        idx = np.asarray(idx, dtype=np.int64)
-        views = {int(i): self.view(int(i)) for i in np.unique(idx)}
-        start = torch.zeros(len(idx), 2)
-        for i, v in views.items():
-            rows = np.nonzero(idx == i)[0]
-            start[torch.from_numpy(rows)] = v.start(len(rows), rng, self.start_rule)
-        ctx = None
-        if self.context_size:
-            ctx = torch.stack([views[int(i)].context for i in idx])
-        all_views = [views.get(i) for i in range(max(views) + 1)]
-        labels = torch.as_tensor([self.records[int(i)].label for i in idx], dtype=torch.long)
-        return Episodes(SlideSensor(all_views, idx, self.spec, self.units), labels, start,
-                        ctx, idx)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.episodes import slide_episodes
 from ..data.slides import SlideSet
 from ..models import RecurrentAttentionModel
 
@@ -134,7 +135,7 @@ def _windows_px(source, slides: SlideSet) -> list[float]:
 
 def _run(model, slides: SlideSet, i: int, b: int, policy: str, gen, rng, dev, keep=False):
     """``b`` episodes on slide ``i``: the trajectory and the seconds spent reading glimpses."""
-    ep = slides.episodes(np.full(b, i), rng)
+    ep = slide_episodes(slides, np.full(b, i), rng)
     ctx = ep.model_context()
     traj = model.unroll(ep.sensor, b, policy=policy, generator=gen, start=ep.start,
                         context=None if ctx is None else ctx.to(dev), keep_glimpses=keep)
