@@ -9,13 +9,21 @@ key           value                                   default
 ============= ======================================= =========================================
 size          ``S`` or ``WxH`` level-0 pixels          required
 seed          integer                                 0
-label         class (digit 0-9, needle 0/1); ``none``  none (drawn from the seed)
+label         class (digit 0-9, needle 0/1, tissue    none (drawn from the seed)
+              0 benign / 1 carcinoma); ``none``
 tile          tile size, a multiple of 16             256
-mpp           micrometres per pixel; ``none``          0.25
+mpp           micrometres per pixel; ``none``          0.25 (tissue: 0.5)
 target_size   digit: width of the digit               none (``min(320, S / 8)``)
 lesion_size   needle: diameter of the lesion          1024
 period        needle: period of its pattern           8
 tissue_blobs  number of tissue blobs                  none (drawn from the seed)
+tiles         tissue: the folder of class tiles       none (``../shared/data/tissue/crc_tiles``)
+pool          tissue: train, val or test tiles        train
+split_seed    tissue: the seed of the tile split      0
+region_min_um tissue: the region's least diameter     500.0
+region_max_um tissue: its largest                     2000.0
+adenoma       tissue: P(adenoma region | benign)      0.5
+tissue_um     tissue: the tissue's largest extent     20000.0
 ============= ======================================= =========================================
 
 Its pixels are those :func:`write_synthetic_slide` writes for the same parameters, by
@@ -34,13 +42,13 @@ import math
 import os
 import threading
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 import numpy as np
 
 from ..errors import SlideError
 from .base import GlimpseSource, SlideInfo
-from .synth.kinds import KINDS, SCENE_KINDS, make_scene, scene_parameters
+from .synth.kinds import KINDS, SCENE_KINDS, make_scene, scene_parameters, text_parameters
 from .synth.scene import Scene, level_count, level_shape, shared_tile
 
 __all__ = ["SCHEME", "ProceduralSource", "is_procedural", "parse_procedural_uri",
@@ -64,6 +72,7 @@ def _uri_defaults() -> dict[str, Any]:
 
 
 _DEFAULTS = _uri_defaults()
+_TEXT = text_parameters()
 _SCENE_LOCK = threading.Lock()
 
 
@@ -101,6 +110,9 @@ def _check(uri: str, kind: str, p: dict[str, Any]) -> dict[str, Any]:
             raise SlideError(uri, f"label={p['label']} is not a {kind} class (0..{n - 1})")
     if p["mpp"] is not None and not (math.isfinite(p["mpp"]) and p["mpp"] > 0):
         raise SlideError(uri, f"mpp={p['mpp']} must be a positive number or 'none'")
+    for key, allowed in SCENE_KINDS[kind].param_choices.items():
+        if p[key] not in allowed:
+            raise SlideError(uri, f"{key}={p[key]!r} must be one of {', '.join(allowed)}")
     return p
 
 
@@ -111,6 +123,8 @@ def _value(uri: str, key: str, text: str) -> Any:
     default = _DEFAULTS[key]
     if key == "size":
         return _size(uri, text)
+    if key in _TEXT:
+        return None if text.lower() in ("none", "") else text
     if text.lower() in ("none", "") and (default is None or key == "mpp"):
         return None
     if isinstance(default, float):
@@ -121,13 +135,22 @@ def _value(uri: str, key: str, text: str) -> Any:
     return _int(uri, key, text, {"seed": 0, "label": 0, "tile": 16}.get(key, 1))
 
 
+def _kind_defaults(kind: str) -> dict[str, Any]:
+    """The keys of ``kind``'s URIs (the common ones, then its own) with their defaults (its
+    own ``default_mpp``), in canonical order."""
+    own = SCENE_KINDS[kind].params
+    return {**{k: v for k, v in _DEFAULTS.items() if k in _COMMON or k in own},
+            "mpp": SCENE_KINDS[kind].default_mpp}
+
+
 def parse_procedural_uri(uri: str) -> dict[str, Any]:
-    """``{"kind", "size": (W, H), "seed", "label", "tile", "mpp", "target_size",
-    "lesion_size", "period", "tissue_blobs"}`` (defaults filled in) of a ``procedural:`` URI.
+    """``{"kind", "size": (W, H), "seed", "label", "tile", "mpp", <the kind's own keys>}``
+    (defaults filled in) of a ``procedural:`` URI; e.g. a needle's ``lesion_size``,
+    ``period``, ``tissue_blobs``.
 
     Raises:
-        SlideError: naming the URI, for another scheme, an unknown kind or key, a key given
-            twice, a missing size, or a bad value.
+        SlideError: naming the URI, for another scheme, an unknown kind or key, a key of
+            another kind, a key given twice, a missing size, or a bad value.
     """
     uri = os.fspath(uri)
     if not is_procedural(uri):
@@ -136,7 +159,7 @@ def parse_procedural_uri(uri: str) -> dict[str, Any]:
     kind, _, query = body.partition("?")
     if kind not in KINDS:
         raise SlideError(uri, f"unknown procedural kind {kind!r} (known: {', '.join(KINDS)})")
-    p: dict[str, Any] = dict(_DEFAULTS)
+    p: dict[str, Any] = _kind_defaults(kind)
     seen: set[str] = set()
     try:
         items = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
@@ -145,6 +168,9 @@ def parse_procedural_uri(uri: str) -> dict[str, Any]:
     for key, text in items:
         if key not in _DEFAULTS:
             raise SlideError(uri, f"unknown key {key!r} (known: {', '.join(_DEFAULTS)})")
+        if key not in p:
+            raise SlideError(uri, f"key {key!r} does not apply to {kind} slides (theirs: "
+                                  f"{', '.join(p)})")
         if key in seen:
             raise SlideError(uri, f"key {key!r} given twice")
         seen.add(key)
@@ -155,6 +181,8 @@ def parse_procedural_uri(uri: str) -> dict[str, Any]:
 def _fmt(v: Any) -> str:
     if v is None:
         return "none"
+    if isinstance(v, (str, os.PathLike)):
+        return quote(os.fspath(v), safe="/:~._-")
     if isinstance(v, float):
         return repr(v)
     return str(int(v))
@@ -179,8 +207,14 @@ def procedural_uri(kind: str, size: int | tuple[int, int], *, seed: int,
     given = {"label": label, **params}
     if "mpp" in given and given["mpp"] is not None:
         given["mpp"] = float(given["mpp"])
-    for key in list(_DEFAULTS)[2:]:
-        if key in given and given[key] != _DEFAULTS[key]:
+    if kind not in SCENE_KINDS:
+        raise SlideError(draft, f"unknown procedural kind {kind!r} (known: {', '.join(KINDS)})")
+    defaults = _kind_defaults(kind)
+    foreign = sorted(k for k in given if k not in defaults and given[k] != _DEFAULTS[k])
+    if foreign:  # another kind's key at its default says nothing; set, it is a mistake
+        raise SlideError(draft, f"key(s) {foreign} do not apply to {kind} slides")
+    for key in list(defaults)[2:]:
+        if key in given and given[key] != defaults[key]:
             values[key] = _fmt(given[key])
     uri = draft + "?" + "&".join(f"{k}={v}" for k, v in values.items())
     parse_procedural_uri(uri)  # validate
@@ -223,10 +257,11 @@ class ProceduralSource(GlimpseSource):
             with _SCENE_LOCK:
                 if self._scene_obj is None:
                     p = self.params
-                    kind_params = {k: p[k] for k in _DEFAULTS if k not in _COMMON}
+                    kind_params = {k: v for k, v in p.items()
+                                   if k not in _COMMON and k != "kind"}
                     self._scene_obj = make_scene(p["kind"], *p["size"], seed=p["seed"],
                                                  label=p["label"], tile=p["tile"],
-                                                 **kind_params)
+                                                 mpp=p["mpp"], **kind_params)
         return self._scene_obj
 
     @property

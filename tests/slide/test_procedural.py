@@ -160,8 +160,7 @@ def test_uri_round_trip_and_canonical_order():
     assert u == "procedural:needle?size=4096x2048&seed=3&label=1&tile=128&mpp=none&period=16"
     p = parse_procedural_uri(u)
     assert p == {"kind": "needle", "size": (4096, 2048), "seed": 3, "label": 1, "tile": 128,
-                 "mpp": None, "target_size": None, "lesion_size": 1024, "period": 16,
-                 "tissue_blobs": None}
+                 "mpp": None, "lesion_size": 1024, "period": 16, "tissue_blobs": None}
     kind, size = p.pop("kind"), p.pop("size")
     assert procedural_uri(kind, size, **p) == u
     shuffled = "procedural:needle?period=16&mpp=none&tile=128&label=1&seed=3&size=4096x2048"
@@ -187,6 +186,9 @@ def test_uri_round_trip_and_canonical_order():
     "procedural:needle?size=64&seed=1&seed=2",
     "procedural:needle?seed=1",
     "procedural:needle?size=64&period=0",
+    "procedural:needle?size=64&target_size=5",      # a digit's key
+    "procedural:digit?size=64&pool=test",           # a tissue slide's key
+    "procedural:tissue?size=64&pool=somewhere",
 ])
 def test_bad_uris_raise_slide_errors_naming_the_uri(uri):
     with pytest.raises(SlideError) as e:

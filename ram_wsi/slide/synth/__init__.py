@@ -103,7 +103,7 @@ def write_synthetic_slide(path: str | os.PathLike, size: int | tuple[int, int], 
     if tile % 16:
         raise ValueError(f"tile must be a multiple of 16, got {tile}")
     scene = make_scene(kind, w, h, seed=seed, label=label, tile=tile, data_dir=mnist_dir,
-                       target_size=target_size, tissue_blobs=tissue_blobs,
+                       mpp=mpp, target_size=target_size, tissue_blobs=tissue_blobs,
                        lesion_size=lesion_size, period=period, **params)
     path = Path(path)
     with atomic_path(path, is_dir=(fmt == "zarr")) as tmp:

@@ -12,7 +12,9 @@ The interface (what a new kind writes; everything else is inherited):
 
 * class attributes ``kind`` (its name in URIs and sidecars), ``class_names`` (one per label;
   their number bounds ``label=``) and ``params`` (its own parameters and their defaults: keyword
-  arguments of ``write_synthetic_slide`` and keys of ``procedural:`` URIs);
+  arguments of ``write_synthetic_slide`` and keys of ``procedural:`` URIs); ``text_params``
+  (those of them whose values are text); ``needs_mpp`` / ``default_mpp`` (a kind sized in
+  micrometres gets ``mpp=``, and URIs of the kind default to ``default_mpp``);
 * ``__init__(width, height, *, seed, label, tile, data_dir=None, **params)``: call
   ``Scene.__init__(self, width, height, tile)``, set ``self.label`` (drawn from ``seed`` when
   ``label`` is None); ``data_dir`` is where real data the scene draws from lies (MNIST digits,
@@ -109,6 +111,13 @@ class Scene:
     kind: ClassVar[str] = ""
     class_names: ClassVar[tuple[str, ...]] = ()
     params: ClassVar[dict[str, Any]] = {}
+    # Parameters whose values are text (a folder, a pool name), not numbers, in URIs.
+    text_params: ClassVar[tuple[str, ...]] = ()
+    param_choices: ClassVar[dict[str, tuple[str, ...]]] = {}  # text parameters' allowed values
+    # A kind whose geometry is physical (sizes in micrometres) is given the slide's mpp as
+    # ``mpp=`` (its default_mpp when the slide states none); the others are not.
+    needs_mpp: ClassVar[bool] = False
+    default_mpp: ClassVar[float] = 0.25
     VARIANTS: ClassVar[int] = 1
     label: int
 
