@@ -69,7 +69,7 @@ def _eval_slides(trainer, args: argparse.Namespace) -> int:
     from .train.slide_eval import slide_metrics, write_slide_rows
     from .viz import plot_slide_glimpses
 
-    rows = trainer._local_slide_rollouts(args.split, keep_glimpses=4 if args.figure else 0,
+    rows = trainer.local_slide_rollouts(args.split, keep_glimpses=4 if args.figure else 0,
                                          samples=args.samples)
     res = slide_metrics(rows, trainer.data.class_names)
     out = trainer.out_dir / f"{args.split}_slides.csv"

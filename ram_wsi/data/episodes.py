@@ -64,6 +64,8 @@ class Episodes:
         slide_idx: ``(B,)`` which slide of the split each episode is on (slides), or which
             canvas (MNIST with ``data.mnist.episodes_per_image`` > 1): the groups of
             ``train.advantage: group``.
+        images: ``(B, C, H, W)`` the canvases themselves, for a model that reads the whole
+            image (the paper's FC and Conv rows; then ``sensor`` is None), else None.
     """
 
     sensor: Any
@@ -71,6 +73,7 @@ class Episodes:
     start: torch.Tensor | None = None
     context: torch.Tensor | None = None
     slide_idx: np.ndarray | None = None
+    images: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -102,18 +105,35 @@ class Env(Protocol):
 
 
 class MnistEnv:
-    """Fresh canvases of the config's digit task from the training digits only."""
+    """Fresh canvases of the config's digit task from the training digits only: the one
+    definition of an MNIST episode, for the Ray actors (which build it from the config) and the
+    single-process trainer (which hands it its own ``sampler``, on its device, whose state its
+    checkpoints hold).
+
+    Args:
+        seed: the canvases' seed (a sampler built here); also numbers the canvases apart.
+        sampler: draw from this sampler instead of building one from the config.
+        whole_images: episodes for a model that reads the whole canvas (the paper's FC and
+            Conv rows): ``Episodes.images`` and no sensor, one episode per canvas.
+    """
 
     channels = 1
     classes = 10
+    description = ""  # the digits, when read here
 
-    def __init__(self, cfg: ExperimentConfig, seed: int, log=lambda *_: None):
-        images, labels, self.description, (tr, _, _) = split_digits(cfg, log)
-        self.sampler = EpisodeSampler(torch.from_numpy(images[tr]), torch.from_numpy(labels[tr]),
-                                      task_spec(cfg), seed=seed, device="cpu")
+    def __init__(self, cfg: ExperimentConfig, seed: int, log=lambda *_: None, *,
+                 sampler: EpisodeSampler | None = None, whole_images: bool = False):
+        if sampler is None:
+            images, labels, self.description, (tr, _, _) = split_digits(cfg, log)
+            sampler = EpisodeSampler(torch.from_numpy(images[tr]),
+                                     torch.from_numpy(labels[tr]), task_spec(cfg), seed=seed,
+                                     device="cpu")
+        self.sampler = sampler
         self.spec = cfg.model.retina()
-        self.context_size = cfg.model.context_size if cfg.model.context != "none" else None
-        self.per_image = int(cfg.data.mnist.episodes_per_image)
+        self.whole_images = whole_images
+        self.context_size = (cfg.model.context_size
+                             if cfg.model.context != "none" and not whole_images else None)
+        self.per_image = 1 if whole_images else int(cfg.data.mnist.episodes_per_image)
         # Canvas ids unique across actors (seeds differ) and calls: a learner that concatenates
         # several actors' batches must not merge two canvases into one group.
         self._next_image = (int(seed) & 0xFFFFF) << 40
@@ -121,11 +141,13 @@ class MnistEnv:
     def episodes(self, batch: int) -> Episodes:
         if self.per_image > 1:
             x, y, image = self.sampler.sample_repeated(batch, self.per_image)
-            ids = (image + self._next_image).numpy()
+            ids = (image.cpu() + self._next_image).numpy()
             self._next_image += int(image.max()) + 1
         else:
             x, y, _ = self.sampler.sample(batch)
             ids = None
+        if self.whole_images:
+            return Episodes(None, y, images=x)
         ctx = image_context(x, self.context_size) if self.context_size else None
         return Episodes(RetinaSensor(x, self.spec), y, None, ctx, ids)
 

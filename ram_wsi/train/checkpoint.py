@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from ..config import ExperimentConfig
 from ..errors import CheckpointError
 from ..io_utils import atomic_path
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "save_checkpoint", "scoring_metadata"]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -37,3 +39,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
         raise CheckpointError(path, f"not a readable checkpoint ({type(exc).__name__}: "
                                     f"{str(exc).splitlines()[0][:200]})") from None
+
+
+def scoring_metadata(cfg: ExperimentConfig, model: nn.Module, data: Any) -> dict[str, Any]:
+    """What scoring needs besides the weights, stated plainly in every checkpoint: the class
+    names, the retina as the slides are read (units, base), the context settings, and the
+    package version that wrote it. ``data``: the run's task data (its channels, classes;
+    slides: class names and the units the slides are read in)."""
+    from .. import __version__
+
+    meta: dict[str, Any] = {"package_version": __version__, "data_source": cfg.data.source,
+                            "channels": int(data.channels), "classes": int(data.classes)}
+    if cfg.data.source == "slides":
+        d = cfg.data.slides
+        meta["class_names"] = data.class_names
+        meta["retina"] = {"patch": cfg.model.patch, "scales": cfg.model.scales,
+                          "scale_factor": cfg.model.scale_factor, "base": float(d.retina_base),
+                          "units": data.env.units, "frame": d.frame,
+                          "thumb_size": d.thumb_size}
+    else:
+        meta["class_names"] = [str(i) for i in range(int(data.classes))]
+    meta["context"] = {"kind": cfg.model.context, "size": cfg.model.context_size,
+                       "grid": cfg.model.context_grid}
+    return meta

@@ -171,12 +171,13 @@ def auc_macro(probs: np.ndarray, labels: np.ndarray, classes: int) -> float:
 
 
 def slide_metrics(rows: list[dict[str, Any]], class_names: list[str]) -> dict[str, Any]:
-    """Slide-level metrics of :func:`rollout_slides` rows (errors in percent, like MNIST's)."""
+    """Slide-level metrics of :func:`rollout_slides` rows (errors in percent, like MNIST's);
+    the errors are None when no slide was read (an empty split, or every slide failed)."""
     classes = max(2, len(class_names))
     ok = [r for r in rows if "error" not in r]
     out: dict[str, Any] = {"slides": len(rows), "slides_failed": len(rows) - len(ok)}
-    if not ok:
-        return {**out, "error_mean": 100.0, "error_stochastic": 100.0, "error_m_avg": 100.0}
+    if not ok:  # nothing measured (no slides, or none read): no error, not 100 %
+        return {**out, "error_mean": None, "error_stochastic": None, "error_m_avg": None}
     y = np.asarray([r["label"] for r in ok])
     p_mean = np.stack([r["probs_mean"] for r in ok])
     p_first = np.stack([r["probs_samples"][0] for r in ok])

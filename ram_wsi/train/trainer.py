@@ -13,11 +13,10 @@ apart.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from ..config import ExperimentConfig
 from ..data.datasets import TaskData, build_task_data
 from ..data.episodes import (
     Episodes,
+    MnistEnv,
     SlideTaskData,
     build_slide_data,
     context_float,
@@ -38,80 +38,16 @@ from ..data.episodes import (
 from ..io_utils import append_jsonl, write_json
 from ..models import RecurrentAttentionModel, RetinaSensor, build_model
 from ..models.ram import Trajectory
-from .checkpoint import load_checkpoint, save_checkpoint
-from .evaluate import evaluate, on_target_fraction, on_target_half_width, random_locations
+from .checkpoint import load_checkpoint, save_checkpoint, scoring_metadata
+from .evaluate import evaluate
 from .losses import LossTerms, hybrid_loss
-from .slide_eval import rollout_slides, slide_metrics, write_slide_rows
+from .optim import build_optimizer, lr_factor, resolve_device
+from .report import closing_lines, mnist_test_summary, pct, slide_test_summary, write_figures
+from .slide_eval import rollout_slides, slide_metrics
 
 __all__ = ["Trainer", "build_optimizer", "lr_factor", "resolve_device", "scoring_metadata"]
 
 SLIDE_UPDATES_PER_EPOCH = 20  # slides: an epoch is this many updates unless steps_per_epoch
-
-
-def scoring_metadata(cfg: ExperimentConfig, model: nn.Module,
-                     data: TaskData | SlideTaskData) -> dict[str, Any]:
-    """What scoring needs besides the weights, stated plainly in every checkpoint: the class
-    names, the retina as the slides are read (units, base), the context settings, and the
-    package version that wrote it."""
-    from .. import __version__
-
-    meta: dict[str, Any] = {"package_version": __version__, "data_source": cfg.data.source,
-                            "channels": int(data.channels), "classes": int(data.classes)}
-    if isinstance(data, SlideTaskData):
-        d = cfg.data.slides
-        meta["class_names"] = data.class_names
-        meta["retina"] = {"patch": cfg.model.patch, "scales": cfg.model.scales,
-                          "scale_factor": cfg.model.scale_factor, "base": float(d.retina_base),
-                          "units": data.env.units, "frame": d.frame,
-                          "thumb_size": d.thumb_size}
-    else:
-        meta["class_names"] = [str(i) for i in range(int(data.classes))]
-    meta["context"] = {"kind": cfg.model.context, "size": cfg.model.context_size,
-                       "grid": cfg.model.context_grid}
-    return meta
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def lr_factor(step: int, total: int, schedule: str, warmup: int,
-              time_frac: float | None = None) -> float:
-    """Multiplier of the base learning rate after ``step`` optimiser steps of ``total``
-    (paper: linear decay to 0). ``time_frac``: the fraction of a wall-clock budget spent
-    (``train.max_minutes``); the schedule runs on whichever of steps and time is further
-    along, so a capped run ends annealed instead of being cut at a high learning rate."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    frac = min(1.0, (step - warmup) / max(1, total - warmup))
-    if time_frac is not None:
-        frac = max(frac, min(1.0, time_frac))
-    if schedule == "linear":
-        return max(0.0, 1.0 - frac)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * frac))
-    return 1.0
-
-
-def build_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
-    """One optimiser; the location net is its own group with ``lr * policy_lr_scale``."""
-    t = cfg.train
-    if isinstance(model, RecurrentAttentionModel):
-        g = model.parameter_groups()
-        groups = [{"params": g["supervised"] + g["baseline"], "lr_scale": 1.0},
-                  {"params": g["policy"], "lr_scale": t.policy_lr_scale}]
-        if g["context_policy"]:
-            groups.append({"params": g["context_policy"], "lr_scale": t.context_lr_scale})
-    else:
-        groups = [{"params": list(model.parameters()), "lr_scale": 1.0}]
-    for group in groups:
-        group["lr"] = t.lr * group["lr_scale"]
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
 
 
 def _log(msg: str) -> None:
@@ -122,6 +58,25 @@ def _log(msg: str) -> None:
 class StepResult:
     loss: dict[str, float]
     skipped: bool
+
+
+@dataclass
+class EpochRun:
+    """What one epoch's training loop did: its updates, their summed loss terms, its seconds,
+    and whether it ended at the time cap."""
+
+    updates: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    capped: bool = False
+
+    def add(self, loss: dict[str, float]) -> None:
+        self.updates += 1
+        for k, v in loss.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def means(self) -> dict[str, float]:
+        return {f"train_{k}": v / max(1, self.updates) for k, v in self.sums.items()}
 
 
 class Trainer:
@@ -136,22 +91,12 @@ class Trainer:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(t.device)
         self.slides = cfg.data.source == "slides"
-        if self.slides and data is None and not is_prepared(cfg):
-            # Every slide checked once, the split and the units fixed in OUT/slides.csv.
-            cfg = self.cfg = prepare_slide_data(cfg, self.log)
-        if data is None:
-            data = build_slide_data(cfg, self.log) if self.slides else build_task_data(
-                cfg, self.device)
-        self.data = data
-        # Parameters are initialised from a seeded generator, not the global RNG.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(t.seed)
-            self.model = build_model(cfg.model, self.data.canvas, self.data.channels,
-                                     self.data.classes).to(self.device)
-        if t.init_from:
-            self.model.load_state_dict(load_checkpoint(t.init_from, self.device)["model"])
-            self.log(f"model weights from {t.init_from}")
+        self.data = self._task_data(data)
+        cfg = self.cfg
+        self.model = self._build_model()
         self.attention = isinstance(self.model, RecurrentAttentionModel)
+        self.env = self.data.env if self.slides else MnistEnv(
+            cfg, t.seed, sampler=self.data.sampler, whole_images=not self.attention)
         self.optimizer = build_optimizer(self.model, cfg)
         self.updates_per_epoch = t.steps_per_epoch or (
             SLIDE_UPDATES_PER_EPOCH if self.slides else max(1, self.data.train_size // t.batch_size))
@@ -164,6 +109,8 @@ class Trainer:
         self.skipped_updates = 0  # batches whose update was skipped (non-finite)
         self.seconds_before = 0.0  # training wall seconds of earlier fits (a resumed run)
         self._fit_start: float | None = None
+        self.train_seconds: float | None = None  # the run's clock when training stopped
+        self.updates_past_cap = 0  # updates that ended after train.max_minutes
         self.out_dir = cfg.out_dir
         self.history: list[dict[str, Any]] = []
         self._unroll = self.model.unroll if self.attention else None
@@ -171,9 +118,44 @@ class Trainer:
             self._unroll = torch.compile(self.model.unroll)
         # Per-slide evaluation rollouts (:func:`rollout_slides`); the Ray runner replaces this
         # with one that runs them on its actors, so that the learner never reads a slide.
-        self.slide_rollouts: Callable[[str], list[dict[str, Any]]] = self._local_slide_rollouts
+        self.slide_rollouts: Callable[[str], list[dict[str, Any]]] = self.local_slide_rollouts
+        if self.slides:
+            self._warn_unmeasured()
 
-    # -- one update -------------------------------------------------------------------------
+    def _task_data(self, data: TaskData | None) -> TaskData | SlideTaskData:
+        """``data``, or the config's: slides checked once (the split and the units fixed in
+        ``OUT/slides.csv``, which becomes the config's manifest), or the digit task."""
+        if data is not None:
+            return data
+        if not self.slides:
+            return build_task_data(self.cfg, self.device)
+        if not is_prepared(self.cfg):
+            self.cfg = prepare_slide_data(self.cfg, self.log)
+        return build_slide_data(self.cfg, self.log)
+
+    def _build_model(self) -> nn.Module:
+        """The config's model on this device, initialised from a seeded generator (not the
+        global RNG), or from ``train.init_from``'s weights."""
+        t = self.cfg.train
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(t.seed)
+            model = build_model(self.cfg.model, self.data.canvas, self.data.channels,
+                                self.data.classes).to(self.device)
+        if t.init_from:
+            model.load_state_dict(load_checkpoint(t.init_from, self.device)["model"])
+            self.log(f"model weights from {t.init_from}")
+        return model
+
+    def _warn_unmeasured(self) -> None:
+        """Said at the start: a split without slides measures nothing, so its metrics will be
+        null (and without validation nothing selects the weights)."""
+        if not len(self.data.val):
+            self.log("warning: no validation slides: nothing selects the weights (best.pt is "
+                     "the last epoch's) and best_val_error_mean will be null")
+        if not len(self.data.test):
+            self.log("warning: no test slides: the test metrics will be null")
+
+    # -- the clock --------------------------------------------------------------------------
     def _seconds(self) -> float:
         """Wall seconds of training so far, earlier fits (a resumed run) included."""
         return self.seconds_before + (time.time() - self._fit_start if self._fit_start else 0.0)
@@ -183,6 +165,23 @@ class Trainer:
         m = self.cfg.train.max_minutes
         return None if m is None else self._seconds() / max(1e-9, 60.0 * m)
 
+    def over_cap(self) -> bool:
+        """Whether ``train.max_minutes`` is spent: checked before every update, so that no
+        update starts after the cap (the Ray runner checks again when a batch arrives)."""
+        return (self._time_frac() or 0.0) >= 1.0
+
+    def _cap_fields(self) -> dict[str, Any]:
+        """``summary.json``'s account of the clock: the seconds trained, and for a capped run
+        how long past the cap the end took (the update in flight, validation, checkpoints,
+        the test) and how many updates ended past it."""
+        m = self.cfg.train.max_minutes
+        out: dict[str, Any] = {"train_seconds": self.train_seconds}
+        if m is not None:
+            out.update(max_minutes=m, seconds_over_cap=max(0.0, self._seconds() - 60.0 * m),
+                       updates_past_cap=self.updates_past_cap)
+        return out
+
+    # -- one update -------------------------------------------------------------------------
     def _set_lr(self) -> float:
         t = self.cfg.train
         lr = t.lr * lr_factor(self.step, self.total_steps, t.schedule, t.warmup_steps,
@@ -208,7 +207,10 @@ class Trainer:
         return torch.as_tensor(ids, device=self.device)
 
     def episode_loss(self, ep: Episodes) -> LossTerms:
-        """The hybrid loss of a live batch of episodes (slides: glimpses read lazily)."""
+        """The hybrid loss of a live batch of episodes (MNIST canvases or slides, whose
+        glimpses are read lazily); a whole-image model's cross-entropy on ``ep.images``."""
+        if not self.attention:
+            return self.loss(ep.images, ep.labels)
         amp = self.cfg.train.amp and self.device.type == "cuda"
         ctx = ep.model_context()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
@@ -282,7 +284,7 @@ class Trainer:
             samples = t.val_samples if split == "val" and t.val_samples else t.eval_samples
         return evaluate(self.model, x, y, samples=samples, seed=t.seed + 7)
 
-    def _local_slide_rollouts(self, split: str, keep_glimpses: int = 0,
+    def local_slide_rollouts(self, split: str, keep_glimpses: int = 0,
                               samples: int | None = None) -> list[dict[str, Any]]:
         slides = self.data.val if split == "val" else self.data.test
         # The test counts what one decision decodes from cold caches; validation during
@@ -337,19 +339,12 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def _local_update(self) -> dict[str, float]:
-        b = self.cfg.train.batch_size
-        if self.slides:
-            ep = self.data.env.episodes(b)
-            return self.update(lambda: self.episode_loss(ep)).loss
-        m = self.cfg.data.mnist.episodes_per_image
-        if m > 1 and self.attention:
-            x, y, image = self.data.sampler.sample_repeated(b, m)
-            return self.train_step(x, y, image).loss
-        x, y = self.data.sampler.sample(b)[:2]
-        return self.train_step(x, y).loss
+        """One update on a fresh batch of this process's episodes (MNIST or slides)."""
+        ep = self.env.episodes(self.cfg.train.batch_size)
+        return self.update(lambda: self.episode_loss(ep)).loss
 
     def fit(self, until_epoch: int | None = None, *,
-            update: Callable[[], dict[str, float]] | None = None,
+            update: Callable[[], dict[str, float] | None] | None = None,
             epoch_stats: Callable[[float], dict[str, Any]] | None = None,
             summary_extra: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
         """Train until the epoch budget, early stopping, or ``max_minutes``; then test.
@@ -357,146 +352,125 @@ class Trainer:
         ``until_epoch`` stops early at that epoch (an interruption, as far as the schedule and
         the checkpoint are concerned: a later ``resume()`` + ``fit()`` continues exactly).
         ``update`` replaces the local update (the Ray runner passes one that takes a batch from
-        its actors and returns the loss terms); ``epoch_stats`` adds to each metrics row and
-        ``summary_extra`` to the summary -- one epoch loop for both kinds of training.
+        its actors and returns the loss terms, or None when the cap passed while it waited);
+        ``epoch_stats`` adds to each metrics row and ``summary_extra`` to the summary -- one
+        epoch loop for both kinds of training. The time cap is checked before every update;
+        once it is spent the run validates, checkpoints and tests once.
         """
+        t = self.cfg.train
+        update = update or self._local_update
+        self._begin_fit()
+        start = self._fit_start
+        stop_reason = "epochs"
+        last = min(t.epochs, until_epoch) if until_epoch else t.epochs
+        while self.epoch < last:
+            done = self._train_epoch(update)
+            if done.updates:
+                self.epoch += 1
+                self._end_epoch(done, time.time() - start, epoch_stats)
+            stop_reason = self._stop_reason(done) or stop_reason
+            if stop_reason != "epochs":
+                break
+        self.train_seconds = self._seconds()
+        try:
+            return self.finish(stop_reason, time.time() - start,
+                               summary_extra() if summary_extra else None)
+        finally:
+            self.seconds_before = self._seconds()
+            self._fit_start = None
+
+    def _begin_fit(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.out_dir / "config.json", self.cfg.to_dict())
+        self._fit_start = time.time()
+        self.model.train()
+
+    def _train_epoch(self, update: Callable[[], dict[str, float] | None]) -> EpochRun:
+        """Up to ``updates_per_epoch`` updates; none starts once the time cap is spent."""
         from tqdm.auto import tqdm
 
         t = self.cfg.train
-        update = update or self._local_update
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.out_dir / "config.json", self.cfg.to_dict())
-        metrics_path = self.out_dir / "metrics.jsonl"
-        start = self._fit_start = time.time()
-        stop_reason = "epochs"
-        self.model.train()
-        last = min(t.epochs, until_epoch) if until_epoch else t.epochs
-        while self.epoch < last:
-            t0 = time.time()
-            sums: dict[str, float] = {}
-            bar = tqdm(range(self.updates_per_epoch), desc=f"epoch {self.epoch + 1}/{t.epochs}",
-                       disable=not (t.progress and sys.stderr.isatty()), leave=False)
-            for _ in bar:
+        run = EpochRun()
+        t0 = time.time()
+        with tqdm(total=self.updates_per_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
+                  disable=not (t.progress and sys.stderr.isatty()), leave=False) as bar:
+            while run.updates < self.updates_per_epoch:
+                if self.over_cap():
+                    run.capped = True
+                    break
                 loss = update()
-                for k, v in loss.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                if loss is None:  # the cap passed while the batch was on its way
+                    run.capped = True
+                    break
+                run.add(loss)
+                self.updates_past_cap += self.over_cap()
+                bar.update(1)
                 bar.set_postfix(loss=f"{loss['total']:.3f}", acc=f"{loss['accuracy']:.3f}")
-            train_time = time.time() - t0
-            self.epoch += 1
-            errors = self.evaluate("val")
-            sel = self.selection_error(errors)
-            improved = sel < self.best_error - 1e-9
-            if improved:
-                self.best_error = sel
-                self.bad_epochs = 0
-            else:
-                self.bad_epochs += 1
-            row = {"epoch": self.epoch, "step": self.step,
-                   "lr": self.optimizer.param_groups[0]["lr"],
-                   **{f"train_{k}": v / self.updates_per_epoch for k, v in sums.items()},
-                   **{f"val_{k}": v for k, v in errors.items()},
-                   "images_per_s": self.updates_per_epoch * t.batch_size / max(train_time, 1e-9),
-                   "skipped_updates": self.skipped_updates, "elapsed_s": time.time() - start,
-                   "seconds": self._seconds(),  # the run's clock: earlier fits of a resume too
-                   **(epoch_stats(train_time) if epoch_stats else {})}
-            self.history.append(row)
-            append_jsonl(metrics_path, row)
-            self.log(f"epoch {self.epoch}: loss {row['train_total']:.3f} "
-                     f"train-acc {row['train_accuracy']:.3f} val err (mean policy) "
-                     f"{errors['error_mean']:.2f}% stoch {errors['error_stochastic']:.2f}% "
-                     f"{row['images_per_s']:.0f} img/s")
-            if improved:
-                self.save("best.pt")
-            self.save("last.pt")
-            # A time-capped run trains to its cap: its schedule anneals over the budget and the
-            # last, low-rate minutes are where the error falls most (a noisy validation minimum
-            # met halfway would otherwise end it before them).
-            if t.max_minutes is None and self.bad_epochs >= t.patience:
-                stop_reason = "early_stopping"
-                break
-            if t.max_minutes is not None and (self._time_frac() or 0.0) >= 1.0:
-                stop_reason = "time_cap"
-                break
-        self.seconds_before = self._seconds()
-        self._fit_start = None
-        return self.finish(stop_reason, time.time() - start,
-                           summary_extra() if summary_extra else None)
+        run.seconds = time.time() - t0
+        return run
+
+    def _end_epoch(self, done: EpochRun, elapsed: float,
+                   epoch_stats: Callable[[float], dict[str, Any]] | None) -> None:
+        """Validate, log the metrics row, write ``best.pt`` (when better) and ``last.pt``."""
+        t = self.cfg.train
+        errors = self.evaluate("val")
+        improved = self._select(errors)
+        row = {"epoch": self.epoch, "step": self.step, "updates": done.updates,
+               "lr": self.optimizer.param_groups[0]["lr"], **done.means(),
+               **{f"val_{k}": v for k, v in errors.items()},
+               "images_per_s": done.updates * t.batch_size / max(done.seconds, 1e-9),
+               "skipped_updates": self.skipped_updates, "elapsed_s": elapsed,
+               "seconds": self._seconds(),  # the run's clock: earlier fits of a resume too
+               **(epoch_stats(done.seconds) if epoch_stats else {})}
+        self.history.append(row)
+        append_jsonl(self.out_dir / "metrics.jsonl", row)
+        self.log(f"epoch {self.epoch}: loss {row.get('train_total', float('nan')):.3f} "
+                 f"train-acc {row.get('train_accuracy', float('nan')):.3f} val err (mean "
+                 f"policy) {pct(errors['error_mean'])} stoch {pct(errors['error_stochastic'])} "
+                 f"{row['images_per_s']:.0f} img/s")
+        if improved:
+            self.save("best.pt")
+        self.save("last.pt")
+
+    def _select(self, errors: dict[str, Any]) -> bool:
+        """Whether this epoch's weights become ``best.pt``: a lower validation error, or
+        (nothing validated: no validation slides) always, the latest weights standing in."""
+        sel = self.selection_error(errors)
+        if sel is None:
+            return True
+        if sel < self.best_error - 1e-9:
+            self.best_error = sel
+            self.bad_epochs = 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def _stop_reason(self, done: EpochRun) -> str | None:
+        """Why training stops after this epoch, or None. A time-capped run trains to its cap:
+        its schedule anneals over the budget and the last, low-rate minutes are where the error
+        falls most (a noisy validation minimum met halfway would otherwise end it before
+        them); patience is for uncapped runs."""
+        t = self.cfg.train
+        if t.max_minutes is not None:
+            return "time_cap" if done.capped or self.over_cap() else None
+        return "early_stopping" if self.bad_epochs >= t.patience else None
 
     def finish(self, stop_reason: str, elapsed: float, extra: dict[str, Any] | None = None
                ) -> dict[str, Any]:
-        """Reload the best weights, evaluate on the test split, write summary and figures."""
-        from ..viz import plot_curves
-
+        """Reload the best weights, test them, write ``summary.json`` (with the clock's
+        account: :meth:`_cap_fields`) and the figures."""
         best = self.out_dir / "best.pt"
         if best.is_file():
             self.model.load_state_dict(load_checkpoint(best, self.device)["model"])
+        rows = None
         if self.slides:
-            return self._finish_slides(stop_reason, elapsed, extra)
-        test = self.evaluate("test")
-        summary = {"name": self.cfg.name, "arch": self.cfg.model.arch, "task": self.data.name,
-                   "digits": self.data.description, "epochs": self.epoch, "steps": self.step,
-                   "stop_reason": stop_reason, "elapsed_s": elapsed,
-                   "device": str(self.device), "threads": torch.get_num_threads(),
-                   "best_val_error_mean": self.best_error,
-                   **{f"test_{k}": v for k, v in test.items()},
-                   "test_size": int(self.data.test[1].shape[0])}
-        if self.attention and self.data.test_centers is not None:
-            x, _ = self.data.test
-            half = on_target_half_width(self.data.canvas)
-            summary["test_on_target"] = on_target_fraction(self.model, x, self.data.test_centers,
-                                                           half)
-            if not self.model.random_glimpses:  # the ablation: same weights, random locations
-                (summary["test_error_random_locations"],
-                 summary["test_on_target_random_locations"]) = random_locations(
-                    self.model, x, self.data.test[1], self.data.test_centers, half)
+            summary, rows = slide_test_summary(self, stop_reason, elapsed)
+        else:
+            summary = mnist_test_summary(self, stop_reason, elapsed)
         summary.update(extra or {})
+        summary.update(self._cap_fields())
         write_json(self.out_dir / "summary.json", summary)
-        if self.history:
-            plot_curves(self.history, self.out_dir / "curve.png", title=self.cfg.name)
-        if self.attention:
-            from ..viz import plot_glimpses
-
-            x, y = self.data.test
-            centers = self.data.test_centers
-            plot_glimpses(self.model, x[:6].to(self.device), y[:6],
-                          self.out_dir / "glimpses.png",
-                          centers=None if centers is None else centers[:6])
-        self.log(f"test error: stochastic {test['error_stochastic']:.2f}%  mean "
-                 f"{test['error_mean']:.2f}%  M={self.cfg.train.eval_samples} avg "
-                 f"{test['error_m_avg']:.2f}%  ({summary['test_size']} images)")
-        if "test_error_random_locations" in summary:
-            self.log(f"on target: {summary['test_on_target']:.2f} of the glimpses after the "
-                     f"first; the same network with its glimpses at random locations: error "
-                     f"{summary['test_error_random_locations']:.2f}%, on target "
-                     f"{summary['test_on_target_random_locations']:.2f}")
-        return summary
-
-    def _finish_slides(self, stop_reason: str, elapsed: float,
-                       extra: dict[str, Any] | None) -> dict[str, Any]:
-        """The slide run's test: metrics, one row per test slide, the glimpse figure."""
-        from ..viz import plot_curves, plot_slide_glimpses
-
-        rows = self.slide_rollouts("test", keep_glimpses=4)
-        test = slide_metrics(rows, self.data.class_names)
-        summary = {"name": self.cfg.name, "arch": self.cfg.model.arch,
-                   "context": self.cfg.model.context, "task": self.data.name,
-                   "slides": self.data.description, "class_names": self.data.class_names,
-                   "epochs": self.epoch, "steps": self.step, "stop_reason": stop_reason,
-                   "elapsed_s": elapsed, "best_val_error_mean": self.best_error,
-                   **{f"test_{k}": v for k, v in test.items()}, "test_size": len(rows),
-                   **(extra or {})}
-        write_json(self.out_dir / "summary.json", summary)
-        write_slide_rows(self.out_dir / "test_slides.csv", rows, self.data.class_names)
-        if self.history:
-            plot_curves(self.history, self.out_dir / "curve.png", title=self.cfg.name)
-        shown = [r for r in rows if "glimpses" in r]
-        if shown:
-            plot_slide_glimpses(shown, self.model.spec, self.data.class_names,
-                                self.out_dir / "glimpses.png")
-        self.log(f"test ({len(rows)} slides): error mean policy {test['error_mean']:.2f}%  "
-                 f"stochastic {test['error_stochastic']:.2f}%  M={self.cfg.train.eval_samples}"
-                 f" avg {test['error_m_avg']:.2f}%  balanced acc "
-                 f"{test.get('balanced_accuracy', float('nan')):.3f}  AUC "
-                 f"{test.get('auc', float('nan')):.3f}  "
-                 f"{test.get('pixels_decoded_per_slide', 0) / 1e6:.2f} Mpx decoded per slide")
+        write_figures(self, rows)
+        for line in closing_lines(self, summary):
+            self.log(line)
         return summary

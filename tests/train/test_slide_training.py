@@ -124,3 +124,28 @@ def test_trainer_and_learner_share_one_update(cohort, tmp_path):
     assert res_a.loss == res_b
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(va, vb), k
+
+
+def test_a_run_without_validation_or_test_slides_reports_null_metrics(tmp_path):
+    """Issue 23: nothing measured is null (not 100 %), said by a warning at the start; with
+    no validation the latest weights stand in as best.pt."""
+    from ram_wsi.data.manifest import write_manifest
+    from ram_wsi.slide import procedural_uri
+
+    rows = [(procedural_uri("needle", 1024, seed=i, label=i % 2, lesion_size=256),
+             ["dots", "stripes"][i % 2], "train", f"c{i}") for i in range(4)]
+    manifest = write_manifest(tmp_path / "train_only.csv", rows)
+    cfg = load_config(None, _overrides(manifest, tmp_path / "run", **{
+        "train.epochs": 1, "train.steps_per_epoch": 1, "train.batch_size": 8,
+        "data.slides.episodes_per_slide": 4}))
+    said = []
+    s = Trainer(cfg, log=said.append).fit()
+    assert any("warning: no validation slides" in m for m in said[:3]), said
+    assert any("warning: no test slides" in m for m in said[:3]), said
+    assert s["best_val_error_mean"] is None and s["test_size"] == 0
+    assert s["test_error_mean"] is s["test_error_stochastic"] is s["test_error_m_avg"] is None
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["best_val_error_mean"] is None and on_disk["test_error_mean"] is None
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["val_error_mean"] is None
+    assert (tmp_path / "run" / "best.pt").is_file()
