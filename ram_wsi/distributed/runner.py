@@ -8,8 +8,9 @@ Async mode: every actor always has one call in flight; the learner takes batches
 clipped trajectory importance ratio (``hybrid_loss(..., behaviour_log_probs=, rho_clip=)``), and
 re-submits the actor at once with the newest weights reference.
 
-Epochs, validation, early stopping, the time cap, ``best.pt``/``last.pt``, ``metrics.jsonl`` and
-the final test (:meth:`Trainer.finish`) follow :meth:`Trainer.fit`; a resubmitted job resumes from
+Epochs, validation, early stopping, the time cap (checked before every update and again when a
+batch arrives), ``best.pt``/``last.pt``, ``metrics.jsonl`` and the final test
+(:meth:`Trainer.finish`) follow :meth:`Trainer.fit`; a resubmitted job resumes from
 ``last.pt``. Actors that die are restarted by Ray (``max_restarts``) and their in-flight call is
 retried (``max_task_retries``); a call that still fails is re-submitted and counted.
 """
@@ -96,7 +97,7 @@ class DistributedRunner:
         self.publish()
         self.pending: dict[Any, int] = {}
         self.stats = {"episodes": 0, "batches": 0, "dropped_batches": 0, "call_failures": 0,
-                      "staleness_sum": 0, "skipped_updates": 0}
+                      "staleness_sum": 0, "skipped_updates": 0, "batches_after_cap": 0}
         self.contributions: dict[str, int] = {}  # "actor:pid" -> episodes received
         self._ray = ray
         if self.trainer.slides:  # evaluation rollouts on the actors: the learner reads no slide
@@ -186,18 +187,23 @@ class DistributedRunner:
         """``(batch, off_policy)``."""
         return self._async_batch() if self.mode == "async" else self._sync_batch()
 
-    def update(self) -> tuple[bool, dict[str, float]]:
-        """One update on the next batch: ``(applied, loss terms)``."""
+    def update(self) -> tuple[bool, dict[str, float] | None]:
+        """One update on the next batch: ``(applied, loss terms)``; ``(False, None)`` when the
+        run's time cap passed while the batch was on its way (the batch is dropped: no update
+        starts after the cap)."""
         batch, off = self.next_batch()
+        if self.trainer.over_cap():
+            self.stats["batches_after_cap"] += 1
+            return False, None
         applied, loss = self.learner.update(batch, off_policy=off)
         if not applied:
             self.stats["skipped_updates"] += 1
         return applied, loss
 
     # -- the loop ---------------------------------------------------------------------------
-    def _fit_update(self) -> dict[str, float]:
+    def _fit_update(self) -> dict[str, float] | None:
         _, loss = self.update()
-        if self.callback is not None:
+        if self.callback is not None and loss is not None:
             self.callback(self)
         return loss
 

@@ -102,3 +102,32 @@ def test_sync_run_uses_the_restarted_actor(tmp_path):
     new = [k for k in by if k.startswith("1:") and k != f"1:{old}"]
     assert len(new) == 1 and by[new[0]] == 3 * 8, by
     assert by[f"0:{seen['before'][0]['pid']}"] == 5 * 8
+
+
+def test_the_time_cap_stops_a_ray_run_at_the_update_that_passes_it(tmp_path):
+    """Issue 26 §3 with the Ray learner: the cap is checked before every update (here spent,
+    deterministically, by the callback after update 3 of an epoch of 100,000), and a batch
+    that arrives after the cap is dropped, not applied."""
+    from ram_wsi.distributed import DistributedRunner
+    from ram_wsi.train.trainer import Trainer
+
+    def spend(runner):
+        if runner.trainer.step == 3:
+            runner.trainer.cfg.train.max_minutes = 1e-9  # the budget ends now
+
+    cfg = _cfg(tmp_path / "run", "train.epochs=1", "train.steps_per_epoch=100000")
+    trainer = Trainer(cfg, log=_quiet)
+    runner = DistributedRunner(cfg, trainer, log=_quiet, callback=spend)
+    try:
+        s = runner.fit()
+        assert s["stop_reason"] == "time_cap" and s["steps"] == 3
+        assert s["distributed"]["updates"] == 3 and s["updates_past_cap"] == 1
+        assert s["seconds_over_cap"] > 0
+        rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
+                .splitlines()]
+        assert [r["updates"] for r in rows] == [3]
+        applied, loss = runner.update()
+        assert not applied and loss is None and trainer.step == 3
+        assert runner.stats["batches_after_cap"] == 1
+    finally:
+        runner.close()
