@@ -138,10 +138,21 @@ class SlideStain:
         return cls(matrix, rng.uniform(-shift, shift, 3), _reference_rgb())
 
     def apply(self, rgb: np.ndarray) -> np.ndarray:
-        """``(..., 3)`` float RGB in ``[0, 255]`` -> the stained float RGB (not clipped: a caller
-        averaging it further clips once at the end)."""
-        return (np.asarray(rgb, np.float64) - self.pivot) @ self.matrix.T + self.pivot \
-            + self.offset
+        """``(..., 3)`` RGB in ``[0, 255]`` -> the stained float32 RGB (not clipped: a caller
+        averaging it further clips once at the end). Nine multiply-adds on channel planes: a
+        matrix product with an inner size of 3 is several times slower."""
+        x = np.asarray(rgb)
+        bias = (self.pivot + self.offset - self.matrix @ self.pivot).astype(np.float32)
+        m = self.matrix.astype(np.float32)
+        out = np.empty(x.shape, np.float32)
+        planes = [x[..., j].astype(np.float32) for j in range(3)]
+        for i in range(3):
+            acc = planes[0] * m[i, 0]
+            acc += planes[1] * m[i, 1]
+            acc += planes[2] * m[i, 2]
+            acc += bias[i]
+            out[..., i] = acc
+        return out
 
     def as_dict(self) -> dict[str, list]:
         return {"matrix": np.round(self.matrix, 6).tolist(),

@@ -73,7 +73,7 @@ def scan_tiles(directory: str | os.PathLike) -> dict[str, list[Path]]:
     for cls in TILE_CLASSES:
         sub = directory / cls
         if not sub.is_dir():
-            raise DataError(sub, f"missing class folder: a tile folder holds "
+            raise DataError(sub, "missing class folder: a tile folder holds "
                                  + ", ".join(f"{c}/" for c in TILE_CLASSES))
         files = sorted(p for p in sub.iterdir() if p.is_file() and not p.name.startswith("."))
         if len(files) < len(POOLS):

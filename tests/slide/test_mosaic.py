@@ -103,7 +103,7 @@ def test_bad_tile_folders_are_refused_naming_the_file(tiles, tmp_path, breakage,
     if breakage == "missing":
         shutil.rmtree(bad / "T")
     else:
-        target = bad / "H" / sorted(p.name for p in (bad / "H").iterdir())[0]
+        target = bad / "H" / min(p.name for p in (bad / "H").iterdir())
         if breakage == "empty":
             target.write_bytes(b"")
         elif breakage == "text":
@@ -141,8 +141,8 @@ def test_region_lies_in_tissue_and_its_annotation_matches_its_cells(tiles, label
         assert len(cells) > 0
         # every region cell's centre is on tissue
         centre = (cells + 0.5) * scene.cell
-        assert scene.blocks[(centre[:, 1] // BLOCK).astype(int),
-                            (centre[:, 0] // BLOCK).astype(int)].all()
+        assert all(scene.tissue_blocks(int(x // BLOCK), int(y // BLOCK), 1, 1)[0, 0]
+                   for x, y in centre)
         # the bounding box holds every cell; the cells draw tiles of the region's class
         cx, cy = meta["target_center_px"]
         sx, sy = meta["target_size_px"]
@@ -226,7 +226,7 @@ def test_cohort_manifest_splits_pools(tiles, tmp_path):
     rows = [line.split(",") for line in m.read_text().splitlines()[1:]]
     assert [r[2] for r in rows] == ["train"] * 4 + ["val"] * 2 + ["test"] * 2
     assert all("pool=val" in r[0] for r in rows if r[2] == "val")
-    assert all("pool=" not in r[0] for r in rows if r[2] == "train")  # the default: train
+    assert all("pool=" not in r[0] and "tile=64" in r[0] for r in rows if r[2] == "train")
     assert {r[1] for r in rows} == {"benign", "carcinoma"}
     assert (tmp_path / "c" / "test_000.tiff").is_file()
     assert (tmp_path / "c" / "test_001.tiff").is_file()

@@ -75,16 +75,38 @@ def _hash(seed: int, a: np.ndarray, b: np.ndarray, salt: int) -> np.ndarray:
     return x
 
 
+def _turn(cell: np.ndarray, variant: int) -> np.ndarray:
+    """A view of ``cell`` ``(c, c, 3)`` turned by ``variant`` in 0..7 (4 rotations, then a
+    flip): pooling commutes with these, so every level shows the same turn."""
+    x = np.rot90(cell, k=variant % 4)
+    return x[:, ::-1] if variant >= 4 else x
+
+
 def _dihedral(cells: np.ndarray, variant: np.ndarray) -> np.ndarray:
-    """``cells`` ``(..., c, c, 3)`` each turned by its ``variant`` in 0..7 (4 rotations, then
-    a flip): pooling commutes with these, so every level shows the same turn."""
+    """``cells`` ``(n, c, c, 3)`` each turned by its ``variant`` (:func:`_turn`), vectorised
+    per variant: for the many small cells of coarse levels."""
     out = np.empty_like(cells)
-    for v in range(8):
+    for v in np.unique(variant):
         sel = variant == v
-        if not sel.any():
-            continue
-        x = np.rot90(cells[sel], k=v % 4, axes=(-3, -2))
+        x = np.rot90(cells[sel], k=int(v) % 4, axes=(-3, -2))
         out[sel] = x[..., ::-1, :] if v >= 4 else x
+    return out
+
+
+def _mosaic(pooled: np.ndarray, ids: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """The ``(rows * c, cols * c, 3)`` uint8 image of cells ``ids`` / ``var`` (``(rows,
+    cols)``) taken from ``pooled`` ``(N, c, c, 3)``: one copy per cell for the few large cells
+    of fine levels, one vectorised gather for the many small ones of coarse levels."""
+    rows, cols = ids.shape
+    c = pooled.shape[1]
+    if ids.size > 64:
+        cells = _dihedral(np.asarray(pooled[ids.ravel()]), var.ravel())
+        return cells.reshape(rows, cols, c, c, 3).transpose(0, 2, 1, 3, 4).reshape(
+            rows * c, cols * c, 3)
+    out = np.empty((rows * c, cols * c, 3), np.uint8)
+    for j in range(rows):
+        for i in range(cols):
+            out[j * c:(j + 1) * c, i * c:(i + 1) * c] = _turn(pooled[ids[j, i]], var[j, i])
     return out
 
 
@@ -156,10 +178,27 @@ class TissueScene(Scene):
         n = bilinear(noise, (gy - (cy - 1.3 * r)) / (2.6 * r) * 8, (gx - (cx - 1.3 * r))
                      / (2.6 * r) * 8, None)
         inside = np.hypot(dx, dy) / (r * bend) + 0.35 * (n - 0.5) < 1.0
-        self.blocks = np.zeros((nby, nbx), bool)
-        self.blocks[y0:y1, x0:x1] = inside
-        if not self.blocks.any():
-            self.blocks[int(cy), int(cx)] = True
+        if not inside.any():  # a slide too small for an outline: one block at the centre
+            inside[min(int(cy) - y0, inside.shape[0] - 1),
+                   min(int(cx) - x0, inside.shape[1] - 1)] = True
+        # Only the tissue's bounding box is kept: a 131,072^2 slide's whole block grid is
+        # 16 MB, and a training run holds hundreds of scenes.
+        self.block_grid = (nbx, nby)
+        self.mask_origin = (x0, y0)
+        self.mask = inside
+
+    def tissue_blocks(self, bx0: int, by0: int, nbx: int, nby: int) -> np.ndarray:
+        """Boolean ``(nby, nbx)``: which 32 px blocks from block ``(bx0, by0)`` are tissue
+        (False outside the tissue's box and outside the slide)."""
+        out = np.zeros((nby, nbx), bool)
+        ox, oy = self.mask_origin
+        mh, mw = self.mask.shape
+        xa, xb = max(bx0, ox), min(bx0 + nbx, ox + mw)
+        ya, yb = max(by0, oy), min(by0 + nby, oy + mh)
+        if xa < xb and ya < yb:
+            out[ya - by0:yb - by0, xa - bx0:xb - bx0] = self.mask[ya - oy:yb - oy,
+                                                                   xa - ox:xb - ox]
+        return out
 
     def _place_region(self, rng: np.random.Generator, lo_um: float, hi_um: float,
                       adenoma: float) -> None:
@@ -180,11 +219,12 @@ class TissueScene(Scene):
         self.region_diameter_px = float(diameter_px)
         if self.region_class is None:
             return
-        depth = ndimage.distance_transform_edt(np.pad(self.blocks, 1))[1:-1, 1:-1] * BLOCK
+        depth = ndimage.distance_transform_edt(np.pad(self.mask, 1))[1:-1, 1:-1] * BLOCK
         want = 0.5 * diameter_px
         ok = np.flatnonzero(depth.ravel() >= min(want, 0.8 * depth.max()))
         pick = int(ok[rng.integers(len(ok))])
-        cy, cx = (np.array(np.unravel_index(pick, depth.shape)) + 0.5) * BLOCK
+        cy, cx = (np.array(np.unravel_index(pick, depth.shape)) + 0.5
+                  + self.mask_origin[::-1]) * BLOCK
         amp, phase = rng.uniform(0.05, 0.2, 3), rng.uniform(0, 2 * np.pi, 3)
         px = (np.arange(ncx) + 0.5) * self.cell
         py = (np.arange(ncy) + 0.5) * self.cell
@@ -192,12 +232,18 @@ class TissueScene(Scene):
         theta = np.arctan2(dy, dx)
         bend = 1 + sum(a * np.cos((k + 2) * theta + p) for k, (a, p) in enumerate(zip(amp, phase)))
         inside = np.hypot(dx, dy) <= want * bend
-        bx = np.minimum((px // BLOCK).astype(int), self.blocks.shape[1] - 1)
-        by = np.minimum((py // BLOCK).astype(int), self.blocks.shape[0] - 1)
-        self.region = inside & self.blocks[np.ix_(by, bx)]
+        self.region = inside & self._on_tissue(px, py)
         if not self.region.any():  # a tiny region: at least the cell under its centre
             self.region[int(cy // self.cell), int(cx // self.cell)] = True
         self.region_center = (float(cx), float(cy))
+
+    def _on_tissue(self, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+        """Boolean ``(len(py), len(px))``: is level-0 point ``(px[i], py[j])`` on tissue."""
+        bx = (np.asarray(px) // BLOCK).astype(np.int64)
+        by = (np.asarray(py) // BLOCK).astype(np.int64)
+        x0, y0 = int(bx.min()), int(by.min())
+        win = self.tissue_blocks(x0, y0, int(bx.max()) - x0 + 1, int(by.max()) - y0 + 1)
+        return win[np.ix_(by - y0, bx - x0)]
 
     # ----------------------------------------------------------------------- cells
     def cell_tiles(self, cx: np.ndarray, cy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -215,28 +261,27 @@ class TissueScene(Scene):
         return ids, var
 
     def _fine(self, level: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-        """Float ``(h, w, 3)`` pixels of ``level`` <= 5 from level pixel ``(x0, y0)``: cells
+        """Float32 ``(h, w, 3)`` pixels of ``level`` <= 5 from level pixel ``(x0, y0)``: cells
         from the pool's pooled tiles, turned, stained, on white outside tissue."""
         f = 2 ** level
         c, b = self.cell // f, BLOCK // f
         cx = np.arange(x0 // c, (x0 + w - 1) // c + 1)
         cy = np.arange(y0 // c, (y0 + h - 1) // c + 1)
         ids, var = self.cell_tiles(cx[None, :], cy[:, None])
-        cells = _dihedral(np.asarray(self.pool.levels[level][ids.ravel()]), var.ravel())
-        img = cells.reshape(len(cy), len(cx), c, c, 3).transpose(0, 2, 1, 3, 4)
-        img = img.reshape(len(cy) * c, len(cx) * c, 3)
+        img = _mosaic(self.pool.levels[level], ids, var)
         ox, oy = x0 - cx[0] * c, y0 - cy[0] * c
         img = self.stain.apply(img[oy:oy + h, ox:ox + w])
-        bx = (np.arange(x0, x0 + w) // b).clip(0, self.blocks.shape[1] - 1)
-        by = (np.arange(y0, y0 + h) // b).clip(0, self.blocks.shape[0] - 1)
-        tissue = self.blocks[np.ix_(by, bx)]
-        return np.where(tissue[..., None], img, float(WHITE_VALUE))
+        bx, by = np.arange(x0, x0 + w) // b, np.arange(y0, y0 + h) // b
+        win = self.tissue_blocks(int(bx[0]), int(by[0]), int(bx[-1] - bx[0]) + 1,
+                                 int(by[-1] - by[0]) + 1)
+        tissue = win[np.ix_(by - by[0], bx - bx[0])]
+        return np.where(tissue[..., None], img, np.float32(WHITE_VALUE))
 
     def _coarse(self, level: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         """Float pixels of ``level`` > 5: the mean of the level-5 pixels under each, composed
         a band of rows at a time."""
         k = 2 ** (level - FINE_LEVEL)
-        out = np.empty((h, w, 3))
+        out = np.empty((h, w, 3), np.float32)
         rows = max(1, BAND // k)
         for r in range(0, h, rows):
             n = min(rows, h - r)
@@ -251,14 +296,9 @@ class TissueScene(Scene):
         (every tissue tile is its own mosaic: nothing repeats)."""
         r0, r1, c0, c1 = self.tile_span(level, rows, cols)
         per = self.tile * 2 ** level // BLOCK  # mask blocks per tile side
-        nby, nbx = self.blocks.shape
-        ty, tx = np.arange(r0, r1), np.arange(c0, c1)
-        cum = np.pad(self.blocks.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        ya, yb = np.minimum(ty * per, nby), np.minimum((ty + 1) * per, nby)
-        xa, xb = np.minimum(tx * per, nbx), np.minimum((tx + 1) * per, nbx)
-        count = (cum[np.ix_(yb, xb)] - cum[np.ix_(ya, xb)] - cum[np.ix_(yb, xa)]
-                 + cum[np.ix_(ya, xa)])
-        return np.where(count > 0, COMPOSE, WHITE).astype(np.int8)
+        win = self.tissue_blocks(c0 * per, r0 * per, (c1 - c0) * per, (r1 - r0) * per)
+        anyt = win.reshape(r1 - r0, per, c1 - c0, per).any((1, 3))
+        return np.where(anyt, COMPOSE, WHITE).astype(np.int8)
 
     def draw(self, level: int, tx: int, ty: int) -> np.ndarray:
         t = self.tile
@@ -274,7 +314,7 @@ class TissueScene(Scene):
                "region_class": self.region_class, "cell_px": self.cell,
                "tiles": str(self.pool.directory), "pool": self.pool.pool,
                "split_seed": self.pool.seed, "stain": self.stain.as_dict(),
-               "tissue_fraction": round(float(self.blocks.mean()), 6),
+               "tissue_fraction": round(float(self.mask.sum()) / np.prod(self.block_grid), 6),
                "region_diameter_px": round(self.region_diameter_px, 1)}
         if self.region_class is None:
             return {**out, "region_cells": []}
