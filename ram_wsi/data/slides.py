@@ -159,14 +159,22 @@ class SlideView:
         return self.frame.from_slide(self.mask.sample(n, rng)).float().clamp_(-1, 1)
 
     def on_target(self, loc: torch.Tensor) -> torch.Tensor | None:
-        """Boolean ``(N,)``: is each frame location within the target's box (None: no
-        target known)."""
-        if self.target is None:
+        """Boolean ``(N,)``: is each frame location on the target (None: no target known, or
+        a slide without one). A tissue mosaic's target is its region's cells (exact); other
+        synthetic slides' the box ``target_center_px +- target_size_px / 2`` (a size or a
+        ``[width, height]``)."""
+        t = self.target
+        if t is None or t.get("target_center_px") is None:
             return None
-        cx, cy = self.target["target_center_px"]
-        half = 0.5 * float(self.target.get("target_size_px", 0))
         px = self.frame.to_pixels(loc.double())
-        return ((px[:, 0] - cx).abs() <= half) & ((px[:, 1] - cy).abs() <= half)
+        if t.get("region_cells"):
+            cell = float(t["cell_px"])
+            cells = {(int(x), int(y)) for x, y in t["region_cells"]}
+            idx = torch.floor(px / cell).long().tolist()
+            return torch.tensor([(x, y) in cells for x, y in idx], dtype=torch.bool)
+        cx, cy = t["target_center_px"]
+        hx, hy = 0.5 * np.broadcast_to(np.asarray(t.get("target_size_px", 0), float), (2,))
+        return ((px[:, 0] - cx).abs() <= hx) & ((px[:, 1] - cy).abs() <= hy)
 
     def on_tissue(self, loc: torch.Tensor) -> np.ndarray:
         return self.mask.contains(self.frame.to_slide(loc).numpy())

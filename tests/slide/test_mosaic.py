@@ -230,3 +230,21 @@ def test_cohort_manifest_splits_pools(tiles, tmp_path):
     assert {r[1] for r in rows} == {"benign", "carcinoma"}
     assert (tmp_path / "c" / "test_000.tiff").is_file()
     assert (tmp_path / "c" / "test_001.tiff").is_file()
+
+
+@needs_tiles
+def test_on_target_reads_the_region_cells(tiles):
+    from ram_wsi.data.slides import open_view
+
+    kw = tissue_slide_kwargs(tiles, region_um=(400, 600), tissue_um=1500)
+    view = open_view(procedural_uri("tissue", 4096, seed=7, label=1, pool="test", **kw))
+    cells = np.array(view.target["region_cells"])
+    inside = torch.tensor((cells + 0.5) * view.target["cell_px"], dtype=torch.float64)
+    outside = torch.tensor([[5.0, 5.0], [4090.0, 4090.0]], dtype=torch.float64)
+    px = torch.cat([inside, outside])
+    loc = view.frame.from_slide(px / 4096 * 2 - 1)  # level-0 pixels -> frame locations
+    hit = view.on_target(loc.float())
+    assert hit[:len(cells)].all() and not hit[len(cells):].any()
+    none = open_view(procedural_uri("tissue", 4096, seed=7, label=0, pool="test",
+                                    **{**kw, "adenoma": 0.0}))
+    assert none.on_target(loc.float()) is None
