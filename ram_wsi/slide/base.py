@@ -17,6 +17,12 @@ per slide. Scales whose residual factor is an integer (a power-of-two retina on 
 pyramid) read their region from the window's first pixel so that ``resample`` takes its strided
 path; scales alike are resampled in one call.
 
+Single-level and shallow slides: the levels a source reads are the file's plus the coarser ones
+it builds once, 2x2-averaged, into the block cache (:mod:`._levels`); a coarse scale reads a
+built level as it would a pyramid's. What the counters report is what was decoded from the file
+(built blocks are made from decoded ones, so they count nothing), each block clipped to the
+level: a decision never counts more than the slide's own pixels.
+
 Coordinates: ``loc`` is ``(N, 2)`` centres ``(x, y)`` in ``[-1, 1]`` of the level-0 image
 (``(-1, -1)`` its top-left corner, ``+-1`` its border), ``x`` maps to ``(x + 1) / 2 * W``.
 Level ``l`` has its own per-axis downsample ``W0 / W_l`` and ``H0 / H_l`` (non-integer ones such
@@ -35,7 +41,8 @@ import numpy as np
 import torch
 
 from ..errors import SlideError
-from ..retina import RetinaSpec, choose_level, resample
+from ..retina import RetinaSpec, choose_level, resample, window_span
+from ._levels import BUILT_BLOCK, ReadLevels, assemble, mean2x2, read_levels
 from ._plan import ScaleGroup, place_windows, plan_retina, select_groups
 from .cache import block_cache
 
@@ -90,6 +97,7 @@ class GlimpseSource(abc.ABC):
 
     backend = "abstract"
     fill = 1.0  # white: what a glimpse sees outside the slide
+    builds_levels = True  # build the coarse levels a single-level or shallow file lacks
 
     def __init__(self, path: str | os.PathLike | None, **settings: Any):
         self._path = None if path is None else str(path)
@@ -98,6 +106,7 @@ class GlimpseSource(abc.ABC):
         self._stamp: float | None = None
         self._plans: dict[RetinaSpec, list[tuple[ScaleGroup, list[ScaleGroup]]]] = {}
         self._counts = dict.fromkeys(COUNTERS, 0)
+        self._read: ReadLevels | None = None
 
     # ----------------------------------------------------------------------- to implement
     @abc.abstractmethod
@@ -116,6 +125,12 @@ class GlimpseSource(abc.ABC):
         level pixels (``(N,)`` each), or None when they start exactly there (most readers).
         OpenSlide on a level with a non-integer downsample reads from a sub-pixel position."""
         return None
+
+    def _blocked(self, level: int, use_cache: bool) -> bool:
+        """Whether reads of ``level`` are assembled from blocks here (every level of a
+        block reader; a built level always). A reader of regions (OpenSlide) says which of its
+        file levels it reads through blocks instead."""
+        return True
 
     # ----------------------------------------------------------------------- pickling
     def __reduce__(self):
@@ -177,6 +192,17 @@ class GlimpseSource(abc.ABC):
         return [0.5 * (dx + dy) for dx, dy in self.axis_downsamples]
 
     @property
+    def read_levels(self) -> ReadLevels:
+        """The levels glimpses and thumbnails read: the file's, then those built from its
+        coarsest when the file is single-level or shallow (:mod:`._levels`)."""
+        if self._read is None:
+            info = self.info
+            self._read = read_levels(info.level_dimensions, self.level_downsamples,
+                                     self.axis_downsamples, info.block_sizes,
+                                     build=self.builds_levels)
+        return self._read
+
+    @property
     def mpp(self) -> float | None:
         """Micrometres per level-0 pixel (mean of x and y), or None when the slide does not
         say."""
@@ -195,6 +221,7 @@ class GlimpseSource(abc.ABC):
             "level_count": self.level_count,
             "level_dimensions": [list(d) for d in self.level_dimensions],
             "level_downsamples": self.level_downsamples,
+            "levels_built": len(self.read_levels.dims) - self.read_levels.files,
             "block_sizes": [list(b) for b in info.block_sizes],
             "mpp": self.mpp,
             "mpp_xy": None if not has_mpp else list(info.mpp),
@@ -235,65 +262,82 @@ class GlimpseSource(abc.ABC):
         return (self.backend, self._path, self._stamp)
 
     def _block(self, level: int, bx: int, by: int, use_cache: bool = True) -> np.ndarray:
-        if not use_cache:
-            blk = self._read_block(level, bx, by)
-            self._count(blocks_decoded=1, pixels_decoded=blk.shape[-1] * blk.shape[-2])
-            return blk
+        """Block ``(bx, by)`` of file ``level``, from the cache when it holds it, else decoded
+        (and counted: the block's pixels inside the level). ``use_cache=False`` (a read done
+        once: a conversion, a benchmark's naive read) does not fill the cache."""
         cache = block_cache()
         key = (self._cache_key(), level, bx, by)
         blk = cache.get(key)
         if blk is None:
-            blk = cache.put(key, np.ascontiguousarray(self._read_block(level, bx, by)))
-            self._count(blocks_decoded=1, pixels_decoded=blk.shape[-1] * blk.shape[-2])
+            blk = np.ascontiguousarray(self._read_block(level, bx, by))
+            self._count(blocks_decoded=1, pixels_decoded=self._block_pixels(level, bx, by))
+            if use_cache:
+                blk = cache.put(key, blk)
         return blk
+
+    def _built(self, level: int, bx: int, by: int, use_cache: bool = True) -> np.ndarray:
+        """Block ``(bx, by)`` of built ``level``, from the cache or made now (counting nothing
+        itself: what it is made of was counted when decoded)."""
+        cache = block_cache()
+        key = (self._cache_key(), level, bx, by)
+        blk = cache.get(key)
+        if blk is None:
+            blk = np.ascontiguousarray(self._build_block(level, bx, by, use_cache))
+            if use_cache:
+                blk = cache.put(key, blk)
+        return blk
+
+    def _block_pixels(self, level: int, bx: int, by: int) -> int:
+        """Pixels of file block ``(bx, by)`` that lie inside ``level`` (what it holds of the
+        slide: an edge block's padding is not the slide's)."""
+        lw, lh = self.info.level_dimensions[level]
+        bw, bh = self.info.block_sizes[level]
+        return max(0, min(bw, lw - bx * bw)) * max(0, min(bh, lh - by * bh))
+
+    def _share_blocks(self, level: int, blocks: dict[tuple[int, int], np.ndarray]) -> None:
+        """Put blocks a backend decoded along with the one asked for (a plain image decodes
+        whole) into the cache, counting their pixels (not as more decodes)."""
+        cache, key = block_cache(), self._cache_key()
+        for (bx, by), blk in blocks.items():
+            cache.put((key, level, bx, by), np.ascontiguousarray(blk))
+            self._count(pixels_decoded=self._block_pixels(level, bx, by))
+
+    def _build_block(self, level: int, bx: int, by: int, use_cache: bool) -> np.ndarray:
+        """Block ``(bx, by)`` of built ``level``: the 2x2 mean of the ``2B x 2B`` region under
+        it one level down (white outside), itself read from blocks (built or the file's)."""
+        b = BUILT_BLOCK
+        below = self._level_region(level - 1, 2 * b * bx, 2 * b * by, 2 * b, 2 * b, use_cache)
+        return mean2x2(below)
+
+    def _level_region(self, level: int, x: int, y: int, w: int, h: int,
+                      use_cache: bool) -> np.ndarray:
+        """One ``(3, h, w)`` region read for building a coarser level (not asked for by a
+        caller, so not counted as a region requested)."""
+        xs, ys = np.array([x], np.int64), np.array([y], np.int64)
+        if self._blocked(level, use_cache):
+            return self._assemble(level, xs, ys, w, h, use_cache)[0]
+        out = self.read_regions(level, xs, ys, w, h, use_cache)[0]
+        self._count(regions=-1, pixels_requested=-w * h)  # a region reader counted it
+        return out
 
     def read_regions(self, level: int, x0: np.ndarray, y0: np.ndarray, w: int, h: int,
                      use_cache: bool = True) -> np.ndarray:
-        """``(N, 3, h, w)`` uint8 regions of ``level`` with top-left corners ``(x0, y0)`` (level
-        pixels, integers, may lie partly or wholly outside: the outside is white).
-
-        Blocks are fetched once per call however many regions share them, and only the
-        intersections are copied (no per-pixel Python)."""
+        """``(N, 3, h, w)`` uint8 regions of ``level`` (any of :attr:`read_levels`: the file's
+        or a built one) with top-left corners ``(x0, y0)`` (level pixels, integers, may lie
+        partly or wholly outside: the outside is white, and costs no decoding)."""
         x0 = np.asarray(x0, dtype=np.int64).reshape(-1)
         y0 = np.asarray(y0, dtype=np.int64).reshape(-1)
         n = x0.shape[0]
         self._count(regions=n, pixels_requested=n * w * h)
-        out = np.full((n, 3, h, w), 255, dtype=np.uint8)
-        lw, lh = self.info.level_dimensions[level]
-        bw, bh = self.info.block_sizes[level]
-        # Python ints from here on: numpy scalars make this loop several times slower.
-        xs0, ys0 = x0.tolist(), y0.tolist()
-        xa = [min(max(v, 0), lw) for v in xs0]
-        xb = [min(max(v + w, 0), lw) for v in xs0]
-        ya = [min(max(v, 0), lh) for v in ys0]
-        yb = [min(max(v + h, 0), lh) for v in ys0]
-        blocks: dict[tuple[int, int], np.ndarray] = {}
-        for i in range(n):
-            ra, rb, ca, cb = ya[i], yb[i], xa[i], xb[i]
-            if ca >= cb or ra >= rb:
-                continue
-            ox, oy = xs0[i], ys0[i]
-            by0, bx0 = ra // bh, ca // bw
-            if by0 == (rb - 1) // bh and bx0 == (cb - 1) // bw:
-                # Inside one block (most regions of a small window): one copy, no inner loops.
-                blk = blocks.get((bx0, by0))
-                if blk is None:
-                    blk = blocks[(bx0, by0)] = self._block(level, bx0, by0, use_cache)
-                ty, tx = by0 * bh, bx0 * bw
-                out[i, :, ra - oy:rb - oy, ca - ox:cb - ox] = \
-                    blk[:, ra - ty:rb - ty, ca - tx:cb - tx]
-                continue
-            dst = out[i]
-            for by in range(by0, (rb - 1) // bh + 1):
-                ys, ye = max(ra, by * bh), min(rb, (by + 1) * bh)
-                for bx in range(bx0, (cb - 1) // bw + 1):
-                    blk = blocks.get((bx, by))
-                    if blk is None:
-                        blk = blocks[(bx, by)] = self._block(level, bx, by, use_cache)
-                    xs, xe = max(ca, bx * bw), min(cb, (bx + 1) * bw)
-                    dst[:, ys - oy:ye - oy, xs - ox:xe - ox] = \
-                        blk[:, ys - by * bh:ye - by * bh, xs - bx * bw:xe - bx * bw]
-        return out
+        return self._assemble(level, x0, y0, w, h, use_cache)
+
+    def _assemble(self, level: int, x0: np.ndarray, y0: np.ndarray, w: int, h: int,
+                  use_cache: bool = True) -> np.ndarray:
+        """:meth:`read_regions` from blocks (:func:`._levels.assemble`), uncounted."""
+        lv = self.read_levels
+        fetch = self._built if lv.built(level) else self._block
+        return assemble(lambda bx, by: fetch(level, bx, by, use_cache), lv.dims[level],
+                        lv.blocks[level], x0, y0, w, h)
 
     def read_region(self, level: int, x: int, y: int, w: int, h: int,
                     use_cache: bool = True) -> np.ndarray:
@@ -335,9 +379,11 @@ class GlimpseSource(abc.ABC):
             p, kg = group.first, len(group.scales)
             # Regions' top-left corners and windows' top-left corners, level pixels, (kg, n).
             x0, y0, left, top = place_windows(group, pxx, pxy, g)
+            cl, ct = left - x0, top - y0  # window corners in region pixels, (kg, n)
+            if not p.int_factor:
+                _outside_to_padding(group, x0, y0, left, top, g)
             regions = [self.read_regions(q.level, x0[i], y0[i], p.region_w, p.region_h)
                        for i, q in enumerate(group.scales)]
-            cl, ct = left - x0, top - y0  # window corners in region pixels, (kg, n)
             if p.margin:  # the reader's regions start a sub-pixel off (the plan probed it)
                 for i, q in enumerate(group.scales):
                     ex, ey = self._region_offsets(q.level, x0[i], y0[i])
@@ -365,26 +411,32 @@ class GlimpseSource(abc.ABC):
         this slide's plan of ``spec`` (:func:`._plan.plan_retina`, cached per retina)."""
         plans = self._plans.get(spec)
         if plans is None:
-            plans = self._plans[spec] = plan_retina(
-                spec, self.level_downsamples, self.axis_downsamples,
-                self.info.level_dimensions, self._margin)
+            lv = self.read_levels
+            plans = self._plans[spec] = plan_retina(spec, lv.downsamples, lv.axis, lv.dims,
+                                                    self._margin)
         return select_groups(plans, n)
 
     def _margin(self, level: int) -> int:
         """Extra level pixels to read on each side of a region of ``level``: 1 for a reader
         whose regions start a sub-pixel off (so that the shifted window still lies inside what
         was read), else 0."""
+        if self._blocked(level, True):
+            return 0
         z = np.zeros(1, np.int64)
         return 0 if self._region_offsets(level, z, z) is None else 1
 
     def thumbnail(self, max_size: int = 2048) -> np.ndarray:
         """``(h, w, 3)`` uint8 view of the whole slide, longest side ``<= max_size``, read from
-        the coarsest level that still has at least that resolution (bypassing the cache)."""
+        the coarsest level that still has at least that resolution. On a pyramid it bypasses
+        the cache (a level read once); on a single-level or shallow slide it reads through it,
+        building the coarse levels the glimpses will read: the slide is decoded once."""
         w0, h0 = self.dimensions
         factor = max(w0, h0) / float(max_size)
-        lvl = choose_level(max(factor, 1.0), self.level_downsamples)
-        lw, lh = self.level_dimensions[lvl]
-        img = self.read_region(lvl, 0, 0, lw, lh, use_cache=False).transpose(1, 2, 0)
+        lv = self.read_levels
+        lvl = choose_level(max(factor, 1.0), lv.downsamples)
+        lw, lh = lv.dims[lvl]
+        img = self.read_region(lvl, 0, 0, lw, lh,
+                               use_cache=lv.base is not None).transpose(1, 2, 0)
         scale = max_size / float(max(lw, lh))
         if scale < 1.0:
             from PIL import Image
@@ -409,6 +461,21 @@ class GlimpseSource(abc.ABC):
         from .cache import handle_pool
 
         handle_pool().discard(self._cache_key())
+
+
+def _outside_to_padding(group: ScaleGroup, x0: np.ndarray, y0: np.ndarray, left: np.ndarray,
+                        top: np.ndarray, g: int) -> None:
+    """Move the regions of windows lying wholly outside their level (a dense group keeps its
+    regions inside the level, so such a window would read -- and decode -- the level's edge
+    for nothing) wholly outside too, in place: they then read as white, decoding nothing, and
+    the window, all outside, sees white either way."""
+    p = group.first
+    fx, cx = window_span(left, p.factor_x, g)
+    fy, cy = window_span(top, p.factor_y, g)
+    out = ((fx >= group.level_w) | (fx + cx <= 0) | (fy >= group.level_h) | (fy + cy <= 0))
+    if out.any():
+        x0[out] = -p.region_w
+        y0[out] = -p.region_h
 
 
 def _rebuild(cls, path, settings):

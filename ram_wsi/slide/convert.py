@@ -36,6 +36,7 @@ import numpy as np
 
 from ..errors import SlideError
 from ..io_utils import atomic_path
+from ._levels import mean2x2 as _mean2x2  # the one 2x2 arithmetic: built levels agree to the bit
 from .ngff import (
     clean_stale_tmp,
     create_level_array,
@@ -181,15 +182,6 @@ def convert_to_ome_zarr(src_path: str | os.PathLike, dst_path: str | os.PathLike
             "mpp": src.mpp, "physical_units": src.mpp is not None,
             "mpp_note": src.info.mpp_note, "chunk": plan.chunk, "workers": plan.workers,
             "seconds": round(time.perf_counter() - t0, 3), "bytes": nbytes}
-
-
-def _mean2x2(block: np.ndarray) -> np.ndarray:
-    c, hh, ww = block.shape
-    if hh % 2 or ww % 2:  # a ragged dask edge block: pad with white
-        block = np.pad(block, ((0, 0), (0, hh % 2), (0, ww % 2)), constant_values=255)
-        c, hh, ww = block.shape
-    m = block.reshape(c, hh // 2, 2, ww // 2, 2).astype(np.uint16).sum((2, 4))
-    return ((m + 2) // 4).astype(np.uint8)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

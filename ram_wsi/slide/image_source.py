@@ -4,8 +4,11 @@ slide.
 What openslide-python's ``ImageSlide`` is to ``OpenSlide``: real folders of slides also hold
 plain images (a stripped TIFF of a few MB is common), and :func:`ram_wsi.slide.open_source`
 falls back to this source when OpenSlide does not recognise a file that Pillow can open. The
-image is one level and one block: decoded once into the process's block cache, then glimpses,
-thumbnails and counters work as on any slide. Alpha is composited over white; greyscale and
+image is one level, decoded whole (Pillow cannot decode a part) once into the process's block
+cache as blocks of :data:`BLOCK` pixels -- blocks, not one image-sized entry, so that an image
+larger than the cache still fills most of it instead of being decoded again for every read --
+then glimpses, thumbnails and counters work as on any slide, and its coarser levels are built
+once as a pyramid's (:mod:`ram_wsi.slide._levels`). Alpha is composited over white; greyscale and
 16-bit images become 8-bit RGB. The physical pixel size comes from the file's own resolution
 fields with their unit (TIFF ``ResolutionUnit``, JPEG's JFIF or EXIF unit, PNG's pHYs), through
 the one rule of :mod:`ram_wsi.slide.units`: a length unit and >= 2,540 dpi (<= 10 um per
@@ -27,6 +30,7 @@ from .units import mpp_from_resolution
 __all__ = ["MAX_PIXELS", "ImageSource", "is_plain_image"]
 
 MAX_PIXELS = 1 << 28  # ~268 Mpx: beyond that a plain image should be converted to a pyramid
+BLOCK = 256  # side of the blocks the decoded image is cached as
 
 
 def is_plain_image(path: str | os.PathLike) -> bool:
@@ -83,16 +87,21 @@ class ImageSource(GlimpseSource):
             raise SlideError(self._path, f"a plain {fmt} image of {w}x{h} pixels is too large "
                                          f"to read whole; convert it to a pyramid "
                                          f"(ram-wsi convert) first")
-        return SlideInfo(dimensions=(w, h), level_dimensions=[(w, h)], block_sizes=[(w, h)],
+        return SlideInfo(dimensions=(w, h), level_dimensions=[(w, h)],
+                         block_sizes=[(BLOCK, BLOCK)],
                          mpp=rule.mpp, mpp_note=rule.note,
                          properties={"image.format": fmt, "image.mode": mode})
 
     def _read_block(self, level: int, bx: int, by: int) -> np.ndarray:
+        """Block ``(bx, by)``: the image is decoded whole, the block returned and every other
+        block put into the cache (:meth:`GlimpseSource._share_blocks`), so that one decode
+        serves the slide. Counts the file's bytes once per decode."""
         from PIL import Image
 
         w, h = self.info.dimensions
-        if level != 0 or bx != 0 or by != 0:
-            return np.full((3, h, w), 255, np.uint8)
+        nx, ny = -(-w // BLOCK), -(-h // BLOCK)
+        if level != 0 or not (0 <= bx < nx and 0 <= by < ny):
+            return np.full((3, BLOCK, BLOCK), 255, np.uint8)
         try:
             with Image.open(self._path) as im:
                 im.load()
@@ -100,7 +109,19 @@ class ImageSource(GlimpseSource):
         except Exception as e:  # noqa: BLE001
             raise SlideError(self._path, f"cannot decode the image: {type(e).__name__}: {e}"
                              ) from None
-        return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+        try:
+            self._count(bytes_read=os.path.getsize(self._path))
+        except OSError:
+            pass
+        pad = np.full((3, ny * BLOCK, nx * BLOCK), 255, np.uint8)
+        for c in range(3):  # channel by channel: 2.5x faster than one transposed copy
+            pad[c, :h, :w] = rgb[..., c]
+        blocks = {(i, j): np.ascontiguousarray(pad[:, j * BLOCK:(j + 1) * BLOCK,
+                                                   i * BLOCK:(i + 1) * BLOCK])
+                  for j in range(ny) for i in range(nx)}
+        mine = blocks.pop((bx, by))
+        self._share_blocks(0, blocks)
+        return mine
 
 
 _TIFF_UNITS = {1: None, 2: "inch", 3: "centimeter"}  # ResolutionUnit; absent: inch (the spec)
@@ -144,4 +165,6 @@ def _as_rgb(im) -> np.ndarray:
         rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
         alpha = rgba[..., 3:4] / 255.0
         return (rgba[..., :3] * alpha + 255.0 * (1 - alpha) + 0.5).astype(np.uint8)
+    if im.mode == "RGB":
+        return np.asarray(im)  # convert("RGB") would copy the whole image once more
     return np.asarray(im.convert("RGB"), dtype=np.uint8)

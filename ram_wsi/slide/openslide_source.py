@@ -6,8 +6,9 @@ downsample), alpha-composited over white (OpenSlide returns non-premultiplied RG
 outside the scanned area and outside the level). OpenSlide's own process-wide
 ``openslide.OpenSlideCache`` (:func:`openslide_cache`, set on every handle; its size
 ``RAM_WSI_OPENSLIDE_CACHE_BYTES``, default 256 MiB -- 64 MiB cost a third of the slide actors'
-episodes/s -- or ``set_cache_bytes(openslide_bytes=...)``) is this backend's one bounded tile cache; the package's decoded-block cache is not used for
-OpenSlide regions. Why, measured on JPEG-tiled pyramidal TIFFs:
+episodes/s -- or ``set_cache_bytes(openslide_bytes=...)``) is this backend's bounded tile cache;
+the package's decoded-block cache is not used for the regions of a pyramid's levels. Why,
+measured on JPEG-tiled pyramidal TIFFs:
 
 * ``read_region`` costs what it paints, not what it decodes: a whole 256x256 tile ~1,350 us of
   CPU (painting + RGBA conversion), a 33x33 region ~150-220 us with OpenSlide's cache empty and
@@ -32,6 +33,12 @@ round-robin (an OpenSlide open costs ~0.5 ms for an 8k^2 TIFF, ~11 ms for a 131k
 
 ``use_cache=False``: OpenSlide cannot bypass its cache for one read, so it simply reads (through
 OpenSlide's cache, which is bounded).
+
+Single-level and shallow slides (small-region SVS, small DICOMs, one-level TIFFs) are the
+exception: their coarse scales read levels the source builds (:mod:`._levels`), and the file
+level those are built from is read through the block cache in blocks (:meth:`OpenSlideSource.
+_blocked`): the thumbnail decodes it whole once, and its blocks then serve the built levels and
+the fine glimpses without OpenSlide decoding -- and the counters counting -- it again.
 
 Non-integer downsamples (real slides: 3.9995, 4.016, ...): OpenSlide addresses a level through
 level-0 coordinates divided by its own (single) downsample ``d``, so level pixel ``x`` is
@@ -177,6 +184,43 @@ class OpenSlideSource(GlimpseSource):
         reads[level] = n = reads.get(level, 0) + 1
         return level if n > self._shared_reads else 0
 
+    def _blocked(self, level: int, use_cache: bool) -> bool:
+        """Levels read through the block cache rather than one OpenSlide read per region:
+        those built beyond the file's, and -- on a single-level or shallow slide -- the level
+        they are built from, when its downsample is an integer (level 0 always): the thumbnail
+        decodes it whole anyway, and its cached blocks then serve the built levels and the
+        fine glimpses without OpenSlide decoding (and our counters counting) them again.
+        ``use_cache=False`` (a conversion) keeps OpenSlide's own reads."""
+        lv = self.read_levels
+        if lv.built(level):
+            return True
+        return (use_cache and level == lv.base
+                and float(self.info.reported_downsamples[level]).is_integer())
+
+    def _read_block(self, level: int, bx: int, by: int) -> np.ndarray:
+        """Block ``(bx, by)`` of a level read through blocks (:meth:`_blocked`): one OpenSlide
+        read of its part inside the level (none when it has none), white around it; bytes
+        estimated as :meth:`_count_reads` does."""
+        import openslide
+
+        info = self.info
+        bw, bh = info.block_sizes[level]
+        lw, lh = info.level_dimensions[level]
+        x, y = bx * bw, by * bh
+        w, h = min(bw, lw - x), min(bh, lh - y)
+        out = np.full((bh, bw, 3), 255, dtype=np.uint8)
+        if w > 0 and h > 0:
+            d = info.reported_downsamples[level]
+            rx, ry = _ll.level0_coordinate(x, d), _ll.level0_coordinate(y, d)
+            reader = self._reader(level)
+            try:
+                with self._handle(reader) as s:
+                    _ll.put_over_white(out[:h, :w], *_ll.read_rgba(s, rx, ry, level, w, h))
+            except openslide.OpenSlideError as e:
+                raise self._read_error(reader, rx, ry, e) from e
+            self._count(bytes_read=round(w * h * self._bytes_per_pixel()))
+        return out.transpose(2, 0, 1)
+
     def _read_error(self, level: int, x: int, y: int, e: Exception) -> SlideError:
         handle_pool().discard(self._handle_key(level))  # OpenSlide errors are sticky
         return _ll.openslide_error(self._path, e, f"reading level {level} at level-0 ({x}, {y})")
@@ -195,6 +239,8 @@ class OpenSlideSource(GlimpseSource):
         OpenSlide cannot bypass its cache for one read."""
         import openslide
 
+        if self._blocked(level, use_cache):
+            return super().read_regions(level, x0, y0, w, h, use_cache)
         xs = np.asarray(x0, dtype=np.int64).reshape(-1)
         ys = np.asarray(y0, dtype=np.int64).reshape(-1)
         n = xs.shape[0]
@@ -232,8 +278,8 @@ class OpenSlideSource(GlimpseSource):
     def _count_reads(self, level: int, xs: np.ndarray, ys: np.ndarray, w: int, h: int,
                      n: int) -> None:
         """Count a call's regions and the file tiles they touch (what a cold OpenSlide read
-        decodes: its own tile cache is not visible from here), bytes estimated from the file's
-        mean encoded bytes per level pixel."""
+        decodes: its own tile cache is not visible from here; each tile's pixels inside the
+        level), bytes estimated from the file's mean encoded bytes per level pixel."""
         info = self.info
         lw, lh = info.level_dimensions[level]
         props = info.properties
@@ -244,7 +290,8 @@ class OpenSlideSource(GlimpseSource):
             xe, ye = min(x + w, lw) - 1, min(y + h, lh) - 1
             tiles.update((tx, ty) for tx in range(x // tw, xe // tw + 1)
                          for ty in range(y // th, ye // th + 1))
-        decoded = len(tiles) * tw * th
+        # Each tile's part inside the level: a 16x16 slide is 256 pixels, whatever its tiles.
+        decoded = sum(min(tw, lw - tx * tw) * min(th, lh - ty * th) for tx, ty in tiles)
         self._count(regions=n, pixels_requested=n * w * h, blocks_decoded=len(tiles),
                     pixels_decoded=decoded,
                     bytes_read=round(decoded * self._bytes_per_pixel()))
