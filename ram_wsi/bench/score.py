@@ -23,6 +23,13 @@ Four parts, all in one run (so that the ratios compare like with like):
   (from the first committed slide to the last, read off the journal as it grows).
 * a ``memory`` row: ``--memory-slides`` inputs scored by one scorer in a child process, its RSS
   sampled every 50 slides, against the slide caches' budget.
+* ``single`` rows: a one-level slide against a pyramid of the same pixels (issue 26: a
+  single-level slide should cost at most 1.5x a pyramid per decision, and read at most its own
+  pixels). ``--single-slides`` needle scenes of ``--single-size`` (CMU-1-Small-Region's
+  2,220 x 2,967 by default) written three ways from the same level 0: a JPEG pyramidal TIFF, a
+  single-level JPEG TIFF (OpenSlide) and a JPEG image (a plain image, as the GlaS fields),
+  each scored as the ``size`` rows are; ``vs_pyramid`` is the seconds' ratio to the pyramid,
+  ``pixels_vs_slide`` the pixels decoded per slide over the slide's own.
 
 Without ``--checkpoint`` a throwaway checkpoint with ``configs/needle_slides.yaml``'s
 architecture is trained for two updates (its cost is its architecture's, not its accuracy's).
@@ -69,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
                     help="throughput rows: 0 in-process, N a Ray pool of N scorers")
     ap.add_argument("--memory-slides", type=int, default=500, help="0: no memory row")
+    ap.add_argument("--single-size", type=int, nargs=2, default=[2220, 2967],
+                    metavar=("W", "H"), help="single rows: slide size (2220 2967)")
+    ap.add_argument("--single-slides", type=int, default=2,
+                    help="single rows: scenes, each as pyramid, one-level TIFF, JPEG (2; 0: none)")
     ap.add_argument("--out", default="bench-results/score")
     return ap
 
@@ -147,6 +158,66 @@ def _size_rows(ckpt: Path, sizes: dict[int, list[Path]], args, out: Path) -> lis
     base = rows[0]["seconds_per_slide"]
     for r in rows:
         r["vs_smallest"] = r["seconds_per_slide"] / base
+    return rows
+
+
+_SINGLE_KINDS = ("pyramid tiff", "single-level tiff", "jpeg image")
+
+
+def _write_single(folder: Path, size: tuple[int, int], i: int, log) -> list[Path]:
+    """One needle scene as a JPEG pyramidal TIFF, a one-level JPEG TIFF and a JPEG image,
+    all from the same level-0 pixels (the TIFFs through the same writer and encoder)."""
+    import tifffile
+    from PIL import Image
+
+    from ..slide import write_synthetic_slide
+    from ..slide.synth import write_pyramid_tiff
+
+    w, h = size
+    paths = [folder / f"s{w}x{h}_{i:02d}_{k}" for k in ("pyramid.tiff", "single.tiff",
+                                                         "image.jpg")]
+    if all(p.exists() for p in paths):
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    scene = folder / f"s{w}x{h}_{i:02d}_scene.tiff"
+    write_synthetic_slide(scene, (w, h), seed=900 + i, label=i % 2, kind="needle",
+                          lesion_size=max(256, min(w, h) // 6))
+    img = tifffile.imread(scene, key=0)[..., :3]
+    levels = 1
+    while max(-(-w // 2 ** (levels - 1)), -(-h // 2 ** (levels - 1))) > 256:
+        levels += 1
+    for p, n in zip(paths[:2], (levels, 1)):
+        write_pyramid_tiff(p, img, levels=n, tile=256, compression="jpeg", quality=85,
+                           mpp=0.25)
+    Image.fromarray(img).save(paths[2], quality=85)
+    log(f"wrote {paths[0].parent}/s{w}x{h}_{i:02d}_* ({levels} levels / 1 / image)")
+    return paths
+
+
+def _single_rows(ckpt: Path, args, out: Path, tmp: Path) -> list[dict]:
+    """A one-level slide against a pyramid of the same pixels (module docstring)."""
+    from ..score.inputs import ScoreInput
+    from ..score.scorer import ScorerOptions, SlideScorer
+
+    size = (int(args.single_size[0]), int(args.single_size[1]))
+    sets = [_write_single(out / "slides" / "single", size, i, lambda m: print(m, file=sys.stderr))
+            for i in range(args.single_slides)]
+    scorer = SlideScorer(ckpt, ScorerOptions(threads=args.threads))
+    _score_once(scorer, ScoreInput(str(sets[0][0]), "warmup"), tmp / "warmup")
+    rows = []
+    for k, kind in enumerate(_SINGLE_KINDS):
+        runs = [_score_once(scorer, ScoreInput(str(s[k]), s[k].name), tmp / "single")
+                for _ in range(args.rounds) for s in sets]
+        med = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
+        rows.append({"part": "single", "kind": kind, "width": size[0], "height": size[1],
+                     "slides": len(sets), "rounds": args.rounds, "threads": args.threads,
+                     "seconds_per_slide": med["wall"],
+                     **{f"seconds_{p}": med[p] for p in _PARTS},
+                     "pixels_read": med["pixels_read"],
+                     "pixels_decision": med["pixels_decision"],
+                     "pixels_vs_slide": max(r["pixels_read"] for r in runs) / (size[0] * size[1])})
+    for r in rows:
+        r["vs_pyramid"] = r["seconds_per_slide"] / rows[0]["seconds_per_slide"]
     return rows
 
 
@@ -327,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.memory_slides > 0:
             folder = _link_folder(out / "folder_memory", smallest, args.memory_slides)
             emit(_memory_row(ckpt, folder, args.memory_slides, args, Path(tmp)), rows)
+        if args.single_slides > 0:
+            for r in _single_rows(ckpt, args, out, Path(tmp)):
+                emit(r, rows)
     write_jsonl(out / "score.jsonl", rows)
     print()
     print_table([r for r in rows if r["part"] in ("size", "dense")],
@@ -338,6 +412,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print_table(tp, ["workers", "slides", "ok", "wall_seconds", "slides_per_second",
                          "steady_slides_per_second", "seconds_to_first"])
+    single = [r for r in rows if r["part"] == "single"]
+    if single:
+        print()
+        print_table(single, ["kind", "width", "height", "seconds_per_slide", "seconds_open",
+                             "seconds_glimpses", "vs_pyramid", "pixels_read",
+                             "pixels_vs_slide"])
     mem = [r for r in rows if r["part"] == "memory"]
     if mem:
         print()

@@ -10,7 +10,8 @@ def test_bench_score_rows_and_table(slide_checkpoint, tmp_path, capsys):
     out = tmp_path / "bench"
     rc = main(["score", "--checkpoint", str(ckpt), "--sizes", "4096", "1024", "--slides", "2",
                "--rounds", "1", "--throughput-slides", "5", "--workers", "0",
-               "--memory-slides", "3", "--out", str(out)])
+               "--memory-slides", "3", "--single-size", "700", "500", "--single-slides", "1",
+               "--out", str(out)])
     assert rc == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()
                if line.startswith("{")]
@@ -32,3 +33,11 @@ def test_bench_score_rows_and_table(slide_checkpoint, tmp_path, capsys):
     assert mem["caches"]["block_bytes"] > 0
     # the linked folder holds distinct names for the same few files
     assert len(list((out / "folder").iterdir())) == 5
+    # a one-level slide (TIFF, JPEG image) against the pyramid of the same pixels
+    single = {r["kind"]: r for r in saved if r["part"] == "single"}
+    assert list(single) == ["pyramid tiff", "single-level tiff", "jpeg image"]
+    assert single["pyramid tiff"]["vs_pyramid"] == 1.0
+    for r in single.values():
+        assert r["seconds_per_slide"] > 0 and (r["width"], r["height"]) == (700, 500)
+    for kind in ("single-level tiff", "jpeg image"):
+        assert 0 < single[kind]["pixels_vs_slide"] <= 1.0  # never more than its own pixels
