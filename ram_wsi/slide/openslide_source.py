@@ -63,6 +63,7 @@ import numpy as np
 from ..errors import SlideError
 from . import _openslide_lowlevel as _ll
 from ._openslide_lowlevel import composite_over_white
+from ._tiff_tiles import open_tiles
 from .base import GlimpseSource, SlideInfo
 from .cache import drop_process_wide, env_int, handle_pool, process_wide, register_backend_cache
 from .units import slide_mpp
@@ -149,6 +150,7 @@ class OpenSlideSource(GlimpseSource):
         levels = len(self._info.level_dimensions) if self._info is not None else 1
         for level in range(levels):
             pool.discard(self._handle_key(level))
+            pool.discard((self._cache_key(), "tiles", level))
 
     def _open_info(self) -> SlideInfo:
         with self._handle(0) as s:
@@ -198,11 +200,10 @@ class OpenSlideSource(GlimpseSource):
                 and float(self.info.reported_downsamples[level]).is_integer())
 
     def _read_block(self, level: int, bx: int, by: int) -> np.ndarray:
-        """Block ``(bx, by)`` of a level read through blocks (:meth:`_blocked`): one OpenSlide
-        read of its part inside the level (none when it has none), white around it; bytes
-        estimated as :meth:`_count_reads` does."""
-        import openslide
-
+        """Block ``(bx, by)`` of a level read through blocks (:meth:`_blocked`): its part inside
+        the level (none when it has none), white around it, decoded by tifffile where that is
+        OpenSlide's to the bit (:mod:`._tiff_tiles`: 3x faster), else by one OpenSlide read;
+        bytes estimated as :meth:`_count_reads` does."""
         info = self.info
         bw, bh = info.block_sizes[level]
         lw, lh = info.level_dimensions[level]
@@ -210,16 +211,48 @@ class OpenSlideSource(GlimpseSource):
         w, h = min(bw, lw - x), min(bh, lh - y)
         out = np.full((bh, bw, 3), 255, dtype=np.uint8)
         if w > 0 and h > 0:
-            d = info.reported_downsamples[level]
-            rx, ry = _ll.level0_coordinate(x, d), _ll.level0_coordinate(y, d)
-            reader = self._reader(level)
-            try:
-                with self._handle(reader) as s:
-                    _ll.put_over_white(out[:h, :w], *_ll.read_rgba(s, rx, ry, level, w, h))
-            except openslide.OpenSlideError as e:
-                raise self._read_error(reader, rx, ry, e) from e
+            if not self._read_tiles(level, x, y, w, h, out[:h, :w]):
+                self._read_openslide(level, x, y, w, h, out[:h, :w])
             self._count(bytes_read=round(w * h * self._bytes_per_pixel()))
         return out.transpose(2, 0, 1)
+
+    def _read_openslide(self, level: int, x: int, y: int, w: int, h: int,
+                        dst: np.ndarray) -> None:
+        """One OpenSlide read of level pixels ``[x, x + w) x [y, y + h)`` into ``dst``."""
+        import openslide
+
+        d = self.info.reported_downsamples[level]
+        rx, ry = _ll.level0_coordinate(x, d), _ll.level0_coordinate(y, d)
+        reader = self._reader(level)
+        try:
+            with self._handle(reader) as s:
+                _ll.put_over_white(dst, *_ll.read_rgba(s, rx, ry, level, w, h))
+        except openslide.OpenSlideError as e:
+            raise self._read_error(reader, rx, ry, e) from e
+
+    def _read_tiles(self, level: int, x: int, y: int, w: int, h: int,
+                    dst: np.ndarray) -> bool:
+        """The same pixels decoded from the file's tiles by tifffile, when the level's page
+        allows it and its first block matched OpenSlide's read (checked here, once); False:
+        read through OpenSlide."""
+        lw, lh = self.info.level_dimensions[level]
+        with handle_pool().use((self._cache_key(), "tiles", level),
+                               lambda: open_tiles(self._path, lw, lh),
+                               lambda r: r.close() if r is not None else None) as tiles:
+            if tiles is None or tiles.verified is False:
+                return False
+            try:
+                tiles.read(x, y, w, h, dst)
+            except Exception:  # noqa: BLE001 -- OpenSlide reads it and reports what is wrong
+                tiles.verified = False
+                return False
+            if tiles.verified is None:
+                ref = np.empty_like(dst)
+                self._read_openslide(level, x, y, w, h, ref)
+                tiles.verified = bool(np.array_equal(ref, dst))
+                if not tiles.verified:
+                    dst[...] = ref
+        return True
 
     def _read_error(self, level: int, x: int, y: int, e: Exception) -> SlideError:
         handle_pool().discard(self._handle_key(level))  # OpenSlide errors are sticky

@@ -216,3 +216,72 @@ def test_glas_field_decoded_once():
         src.glimpse(_locs(1, seed=i), RetinaSpec(24, 4, 4.0, 1.0))
     assert src.counters["pixels_decoded"] == w * h
     assert src.counters["bytes_read"] == path.stat().st_size
+
+
+# ----------------------------------------------------------------------------- tifffile tiles
+def _jpeg_single(path: Path, img: np.ndarray) -> Path:
+    from ram_wsi.slide.synth import write_pyramid_tiff
+
+    return write_pyramid_tiff(path, img, levels=1, tile=64, compression="jpeg", quality=90)
+
+
+@pytest.mark.parametrize("name", ["jpeg", "small.svs"])
+def test_tiles_decoded_by_tifffile_are_openslides(tmp_path, name):
+    """A one-level slide's base level is decoded from its tiles by tifffile (3x faster than
+    OpenSlide's painting) only where that gives OpenSlide's pixels: checked on the first block,
+    and here on the whole level."""
+    import openslide
+
+    from ram_wsi.slide.cache import handle_pool
+    from ram_wsi.slide.openslide_source import composite_over_white
+
+    if name == "jpeg":
+        path = _jpeg_single(tmp_path / "one.tiff", _image())
+    else:
+        if not (SLIDES / name).exists():
+            pytest.skip("../shared/data is not here")
+        path = SLIDES / name
+    src = open_source(path)
+    w, h = src.dimensions
+    got = src.read_region(0, 0, 0, w, h)  # through blocks: a one-level slide's base level
+    with openslide.OpenSlide(str(path)) as s:
+        want = composite_over_white(np.asarray(s.read_region((0, 0), 0, (w, h))))
+    assert np.array_equal(got.transpose(1, 2, 0), want)
+    tiles = handle_pool()._entries[(src._cache_key(), "tiles", 0)].handle
+    assert tiles is not None and tiles.verified is True
+
+
+def test_layouts_tifffile_would_decode_otherwise_read_through_openslide(tmp_path):
+    from ram_wsi.slide._tiff_tiles import open_tiles
+
+    grey = tmp_path / "grey.tiff"
+    tifffile.imwrite(grey, _image()[..., 0], tile=(64, 64))
+    assert open_tiles(str(grey), W, H) is None  # one sample: OpenSlide makes it RGB
+    rgba = tmp_path / "rgba.tiff"
+    tifffile.imwrite(rgba, np.dstack([_image(), np.full((H, W), 255, np.uint8)]),
+                     tile=(64, 64), photometric="rgb", extrasamples=[2])
+    assert open_tiles(str(rgba), W, H) is None  # alpha: OpenSlide composites it
+    one = _jpeg_single(tmp_path / "one.tiff", _image())
+    assert open_tiles(str(one), W + 1, H) is None  # no page of that level's size
+    assert open_tiles(str(tmp_path), W, H) is None  # a directory (a DICOM slide's)
+    if (SLIDES / "boxes_0.dcm").exists():
+        assert open_tiles(str(SLIDES / "boxes_0.dcm"), 16, 16) is None
+
+
+def test_truncated_single_level_slide_is_a_slide_error(tmp_path):
+    """Tiles cut off the end of the file: tifffile's short read hands the block to OpenSlide,
+    whose failure is the SlideError naming the file."""
+    from ram_wsi.errors import SlideError
+
+    one = _jpeg_single(tmp_path / "one.tiff", _image())
+    data = one.read_bytes()
+    cut = tmp_path / "cut.tiff"
+    cut.write_bytes(data[: int(len(data) * 0.8)])
+    try:
+        src = open_source(cut)
+    except SlideError as e:  # OpenSlide may refuse it at once: as good
+        assert "cut.tiff" in str(e)
+        return
+    with pytest.raises(SlideError) as e:
+        src.thumbnail(128)
+    assert "cut.tiff" in str(e.value) and e.value.cause
