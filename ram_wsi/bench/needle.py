@@ -19,7 +19,12 @@ Per slide size:
   pixels decoded (block-level, cold caches; OpenSlide: the file tiles its regions touch),
   the pixels requested and the seconds of one decision (opening the slide included).
 
-Prints one JSON line per row and a table; writes ``needle.jsonl`` and each RAM row's run
+``--kind tissue`` runs the same rows on tissue-mosaic slides of real H&E tiles (carcinoma
+against benign, :mod:`ram_wsi.slide.synth.mosaic`; ``configs/crc_slides.yaml``), test slides
+from the test tile pool; its dense row pools tile scores as CLAM does (a carcinoma tile
+anywhere makes the slide positive).
+
+Prints one JSON line per row and a table; writes ``<kind>.jsonl`` and each RAM row's run
 directory (``glimpses.png``: the path on a test slide) under ``--out``.
 """
 
@@ -82,8 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sizes", type=int, nargs="+", default=[16384, 131072])
     ap.add_argument("--rows", nargs="+", default=[*RAM_ROWS, "thumbnail", "dense"],
                     choices=[*RAM_ROWS, "thumbnail", "dense"])
-    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[2] / "configs"
-                                            / "needle_slides.yaml"))
+    ap.add_argument("--kind", choices=["needle", "tissue"], default="needle",
+                    help="needle: dots against stripes (synthetic); tissue: carcinoma against "
+                         "benign on mosaics of real H&E tiles (--tiles)")
+    ap.add_argument("--config", default=None,
+                    help="the RAM rows' config (default configs/needle_slides.yaml; tissue: "
+                         "configs/crc_slides.yaml)")
+    ap.add_argument("--tiles", default=None,
+                    help="tissue: a folder with class folders H/ AC/ S/ T/ V/ (default "
+                         "../shared/data/tissue/crc_tiles)")
+    ap.add_argument("--region-um", type=float, nargs=2, default=(1000.0, 3000.0),
+                    metavar=("MIN", "MAX"),
+                    help="tissue: the carcinoma / adenoma region's diameter range, um")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override the RAM rows' config (repeatable)")
     ap.add_argument("--minutes", type=float, default=4.0, help="training budget per RAM row")
@@ -126,7 +141,7 @@ def _ram_row(name: str, manifest: Path, size: int, args) -> dict[str, Any]:
                                     f"data.slides.manifest={manifest}",
                                     f"train.out_dir={out}", f"train.max_minutes={args.minutes}",
                                     f"train.threads={args.threads}", "train.progress=false",
-                                    f"name=needle_{name}_{size}"])
+                                    f"name={args.kind}_{name}_{size}"])
     t0 = time.perf_counter()
     s = Trainer(cfg, log=lambda *_: None).fit()
     n = int(s["test_size"])
@@ -213,7 +228,8 @@ def _dense_row(manifest: Path, size: int, args) -> dict[str, Any]:
     for r in man.split("test"):
         src = open_source(r.path)
         res, c, s = measure_cold(lambda src=src: score_dense(
-            src, model, level=args.dense_level, tile=args.dense_tile, mask_size=512), src)
+            src, model, level=args.dense_level, tile=args.dense_tile, mask_size=512,
+            pooling="ratio" if args.kind == "needle" else "positive"), src)
         probs.append(res["probs"])
         costs.append(c)
         secs.append(s)
@@ -227,16 +243,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     args = build_parser().parse_args(argv)
+    if args.config is None:
+        name = "needle_slides.yaml" if args.kind == "needle" else "crc_slides.yaml"
+        args.config = str(Path(__file__).resolve().parents[2] / "configs" / name)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for size in args.sizes:
         n_test = args.test_slides if size <= 32768 else args.large_test_slides
-        manifest = write_needle_cohort(out / str(size) / "slides", size,
-                                       train=args.train_slides, val=args.val_slides,
-                                       test=n_test,
-                                       lesion=args.lesion or max(2048, size // 16))
+        manifest = _write_cohort(out / str(size) / "slides", size, n_test, args)
         for name in args.rows:
             if name in RAM_ROWS:
                 row = _ram_row(name, manifest, size, args)
@@ -244,14 +260,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row = _thumbnail_row(manifest, size, args)
             else:
                 row = _dense_row(manifest, size, args)
-            emit({"bench": "needle", **row}, rows)
-            write_jsonl(out / "needle.jsonl", rows)
+            emit({"bench": args.kind, **row}, rows)
+            write_jsonl(out / f"{args.kind}.jsonl", rows)
     _ratios(rows)
     print_table(rows, ["row", "size", "test_slides", "accuracy", "accuracy_se", "auc",
                        "pixels_decoded", "pixels_requested", "seconds_per_slide",
                        "dense_over_row_pixels"])
-    (out / "needle_summary.json").write_text(json.dumps(rows, indent=1, default=float))
+    (out / f"{args.kind}_summary.json").write_text(json.dumps(rows, indent=1, default=float))
     return 0
+
+
+def _write_cohort(folder: Path, size: int, n_test: int, args) -> Path:
+    """The cohort of ``args.kind`` at ``size``: its manifest (procedural train / val slides,
+    ``n_test`` test files)."""
+    if args.kind == "needle":
+        return write_needle_cohort(folder, size, train=args.train_slides, val=args.val_slides,
+                                   test=n_test, lesion=args.lesion or max(2048, size // 16))
+    from ..slide.synth.cohort import tissue_slide_kwargs, write_tissue_cohort
+    from ..slide.synth.mosaic import default_tiles_dir
+
+    tiles = args.tiles or default_tiles_dir()
+    return write_tissue_cohort(folder, size, tiles, train=args.train_slides,
+                               val=args.val_slides, test=n_test, fmt="mixed",
+                               scene=tissue_slide_kwargs(tiles, region_um=args.region_um))
 
 
 def _ratios(rows: list[dict[str, Any]]) -> None:

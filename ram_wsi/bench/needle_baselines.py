@@ -298,17 +298,38 @@ def tissue_tiles(source: GlimpseSource, level: int, tile: int, *,
 
 def _overlaps(source: GlimpseSource, level: int, tile: int, corners: np.ndarray,
               target: Mapping[str, Any]) -> np.ndarray:
-    """``(N,)`` area of each tile's box intersected with the lesion box
-    (``target_center_px +- target_size_px / 2``, level 0), as a fraction of the tile's area."""
+    """``(N,)`` area of each tile's box (level-0) on the lesion, as a fraction of the tile's
+    area: the region's cells when the target lists them (a tissue mosaic: ``region_cells`` of
+    ``cell_px``), else the lesion's box (``target_center_px +- target_size_px / 2``); zeros for
+    a slide without a lesion."""
     dx, dy = source.axis_downsamples[level]
+    x0 = corners[:, 0] * dx
+    y0 = corners[:, 1] * dy
+    w, h = tile * dx, tile * dy
+    if target.get("region_cells"):
+        return _cell_overlaps(target, x0, y0, w, h)
+    if target.get("target_center_px") is None:
+        return np.zeros(len(corners))
     cx, cy = (float(v) for v in target["target_center_px"])
     size = target["target_size_px"]
     sx, sy = (float(size), float(size)) if np.isscalar(size) else (float(v) for v in size)
-    x0 = corners[:, 0] * dx
-    y0 = corners[:, 1] * dy
-    ix = np.clip(np.minimum(x0 + tile * dx, cx + sx / 2) - np.maximum(x0, cx - sx / 2), 0, None)
-    iy = np.clip(np.minimum(y0 + tile * dy, cy + sy / 2) - np.maximum(y0, cy - sy / 2), 0, None)
-    return ix * iy / (tile * dx * tile * dy)
+    ix = np.clip(np.minimum(x0 + w, cx + sx / 2) - np.maximum(x0, cx - sx / 2), 0, None)
+    iy = np.clip(np.minimum(y0 + h, cy + sy / 2) - np.maximum(y0, cy - sy / 2), 0, None)
+    return ix * iy / (w * h)
+
+
+def _cell_overlaps(target: Mapping[str, Any], x0: np.ndarray, y0: np.ndarray, w: float,
+                   h: float) -> np.ndarray:
+    """Area of each box ``[x0, x0 + w) x [y0, y0 + h)`` covered by the region's cells (squares
+    of ``cell_px``), over the box's area: per axis, the overlap of the box with each cell
+    column / row, summed over the region's cells."""
+    cell = float(target["cell_px"])
+    cells = np.asarray(target["region_cells"], dtype=np.float64)  # (K, 2) (cx, cy)
+    ox = np.clip(np.minimum(x0[:, None] + w, (cells[None, :, 0] + 1) * cell)
+                 - np.maximum(x0[:, None], cells[None, :, 0] * cell), 0, None)
+    oy = np.clip(np.minimum(y0[:, None] + h, (cells[None, :, 1] + 1) * cell)
+                 - np.maximum(y0[:, None], cells[None, :, 1] * cell), 0, None)
+    return (ox * oy).sum(1) / (w * h)
 
 
 def tile_training_set(sources: Sequence[GlimpseSource], labels: Sequence[int],
@@ -321,10 +342,12 @@ def tile_training_set(sources: Sequence[GlimpseSource], labels: Sequence[int],
     Per slide ``i`` (``targets[i]``: a dict with ``target_center_px`` and ``target_size_px``,
     level-0 pixels, as the synthetic slides' sidecar holds them):
 
-    * lesion tiles -- the tissue tiles (:func:`tissue_tiles`) whose box overlaps the lesion's
-      box by at least :data:`MIN_LESION_OVERLAP` of the tile's area -- get ``labels[i] + 1``.
+    * lesion tiles -- the tissue tiles (:func:`tissue_tiles`) whose box overlaps the lesion
+      (its cells, or its box: :func:`_overlaps`) by at least :data:`MIN_LESION_OVERLAP` of the
+      tile's area -- get ``labels[i] + 1`` (a tissue mosaic: 1 adenoma, 2 carcinoma).
       When none does (a lesion smaller than the tile, or straddling four tiles) the tile of
-      largest overlap, on tissue or not, is taken, so every slide contributes its lesion;
+      largest overlap, on tissue or not, is taken, so every slide contributes its lesion; a
+      slide without a lesion (a benign mosaic without adenoma) contributes background only;
     * up to ``per_slide_background`` tissue tiles that do not touch the lesion box at all get
       ``0``, sampled without replacement from ``seed`` (tiles with a partial overlap below the
       threshold are ambiguous and left out of both).
@@ -337,7 +360,7 @@ def tile_training_set(sources: Sequence[GlimpseSource], labels: Sequence[int],
         corners = tissue_tiles(src, level, tile, min_tissue=min_tissue, mask_size=mask_size)
         ov = _overlaps(src, level, tile, corners, tgt)
         lesion = corners[ov >= MIN_LESION_OVERLAP]
-        if lesion.shape[0] == 0:
+        if lesion.shape[0] == 0 and tgt.get("target_center_px") is not None:
             nx, ny = _tile_grid(src, level, tile)
             grid = np.stack(np.meshgrid(np.arange(nx), np.arange(ny)), -1).reshape(-1, 2) * tile
             lesion = grid[[int(np.argmax(_overlaps(src, level, tile, grid, tgt)))]]
@@ -364,10 +387,25 @@ def measure_cold(fn: Callable[[], T], source: GlimpseSource) -> tuple[T, dict[st
     return out, source.counters, time.perf_counter() - t0
 
 
+def _pool(s: np.ndarray, pooling: str) -> np.ndarray:
+    """Slide probabilities from the per-class maxima ``s`` of tile probabilities
+    (:func:`score_dense`)."""
+    classes = len(s)
+    if pooling == "positive":
+        rest = s[:-1]
+        share = (rest / rest.sum() if rest.sum() > 0
+                 else np.full(classes - 1, 1.0 / (classes - 1)))
+        return np.r_[(1.0 - s[-1]) * share, s[-1]]
+    if pooling != "ratio":
+        raise ValueError(f"pooling must be 'ratio' or 'positive', got {pooling!r}")
+    total = float(s.sum())
+    return s / total if total > 0 else np.full(classes, 1.0 / classes)
+
+
 @torch.no_grad()
 def score_dense(source: GlimpseSource, model: TileCNN, *, level: int, tile: int,
                 batch: int = 256, min_tissue: float = 0.25, mask_size: int = 2048,
-                use_cache: bool = True) -> dict[str, Any]:
+                use_cache: bool = True, pooling: str = "ratio") -> dict[str, Any]:
     """Classify a slide the conventional way: every tissue tile of ``level``, max-pooled.
 
     The tissue mask is computed here from a fresh thumbnail (``mask_from_rgb`` of
@@ -377,8 +415,12 @@ def score_dense(source: GlimpseSource, model: TileCNN, *, level: int, tile: int,
     ``source.read_regions``, and classified; memory is one batch of tiles and activations
     (``batch * 3 * tile**2`` bytes of pixels, ~20x that in float activations), whatever the
     slide's size. For each class ``c`` the slide score is
-    ``s_c = max over tiles of p(tile = c + 1)``, and ``probs = s / s.sum()`` (uniform when all
-    are zero or there is no tissue tile).
+    ``s_c = max over tiles of p(tile = c + 1)``; with ``pooling="ratio"`` (every slide has a
+    lesion: which class is it) ``probs = s / s.sum()`` (uniform when all are zero or there is
+    no tissue tile); with ``pooling="positive"`` (a finding of the last class, carcinoma,
+    anywhere makes the slide positive, as CLAM's and CAMELYON16's max-pooled tile scores do)
+    ``p(last class) = s_last`` and the other classes share ``1 - s_last`` in proportion to
+    their ``s_c``.
 
     How decoded pixels are counted is the backend's (see :data:`~ram_wsi.slide.base.COUNTERS`):
     OpenSlide counts the file tiles each ``read_regions`` call touches (a cold read per call:
@@ -418,9 +460,7 @@ def score_dense(source: GlimpseSource, model: TileCNN, *, level: int, tile: int,
         if float(lesion[j]) > top:
             top, top_tile = float(lesion[j]), [int(v) for v in c[j]]
         del regions, p
-    s = best[1:].numpy()
-    total = float(s.sum())
-    probs = s / total if total > 0 else np.full(classes, 1.0 / classes)
+    probs = _pool(best[1:].numpy(), pooling)
     after = source.counters
     out: dict[str, Any] = {"probs": probs, "predicted": int(np.argmax(probs)),
                            "tiles": int(corners.shape[0]), "top_tile": top_tile,

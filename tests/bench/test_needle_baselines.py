@@ -220,3 +220,28 @@ def test_thumbnail_cnn_fits_a_separable_set():
     model = train_thumbnail_cnn(x, y, classes=3, epochs=30, batch_size=8, lr=3e-3, seed=0)
     pred = predict_thumbnails(model, x).argmax(1)
     assert (pred == y.numpy()).mean() == 1.0
+
+
+def test_region_cells_give_exact_overlaps_and_no_region_gives_none(slide4k):
+    """A tissue mosaic's lesion is its cells: a tile over one whole cell of a 2-cell region
+    overlaps by the cell's share of the tile; a slide without a region has no lesion tiles."""
+    from ram_wsi.bench.needle_baselines import _overlaps
+
+    src = slide4k[0]
+    target = {"region_cells": [[1, 1], [2, 1]], "cell_px": 100,
+              "target_center_px": [200.0, 150.0], "target_size_px": [200, 100]}
+    corners = np.array([[100, 100], [150, 100], [0, 0], [100, 150]])  # level 0, 100 px tiles
+    ov = _overlaps(src, 0, 100, corners, target)
+    assert np.allclose(ov, [1.0, 1.0, 0.0, 0.5])
+    assert not _overlaps(src, 0, 100, corners, {"region_cells": []}).any()
+
+
+def test_positive_pooling_reads_the_last_class():
+    from ram_wsi.bench.needle_baselines import _pool
+
+    s = np.array([0.9, 0.2])  # max p(adenoma tile), max p(carcinoma tile)
+    assert np.allclose(_pool(s, "positive"), [0.8, 0.2])
+    assert np.allclose(_pool(s, "ratio"), [0.9 / 1.1, 0.2 / 1.1])
+    assert np.allclose(_pool(np.zeros(2), "positive"), [1.0, 0.0])
+    with pytest.raises(ValueError):
+        _pool(s, "mean")
