@@ -28,3 +28,23 @@ def _write_levels_tiff(path: Path, img: np.ndarray, dims: list[tuple[int, int]]
 def levels_tiff():
     """``levels_tiff(path, img, dims) -> levels``: see :func:`_write_levels_tiff`."""
     return _write_levels_tiff
+
+
+@pytest.fixture
+def regions_read(monkeypatch):
+    """``watch(source) -> seen``: from now on (until the test ends or ``monkeypatch.undo()``),
+    every ``read_regions`` call on the source's class appends ``(level, w, h)`` to ``seen`` and
+    reads as before -- what a glimpse plan really reads."""
+
+    def watch(src) -> list[tuple[int, int, int]]:
+        seen: list[tuple[int, int, int]] = []
+        orig = type(src).read_regions
+
+        def spy(self, level, x0, y0, w, h, use_cache=True):
+            seen.append((level, w, h))
+            return orig(self, level, x0, y0, w, h, use_cache)
+
+        monkeypatch.setattr(type(src), "read_regions", spy)
+        return seen
+
+    return watch

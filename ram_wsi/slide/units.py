@@ -56,12 +56,10 @@ def slide_mpp(x: Any, y: Any, unit: str | None = "micrometer") -> MppRule:
 
     Anything missing, non-numeric, non-finite or not positive is no mpp without a note (the
     slide states none)."""
-    try:
-        fx, fy = float(x), float(y)
-    except (TypeError, ValueError):
+    pair = _positive(x, y)
+    if pair is None:
         return MppRule(None)
-    if not (math.isfinite(fx) and math.isfinite(fy) and fx > 0 and fy > 0):
-        return MppRule(None)
+    fx, fy = pair
     k = _UM_PER_UNIT.get(str(unit).strip().lower()) if unit is not None else None
     if k is None:
         return MppRule(None, f"the pixel size {fx:g} x {fy:g} has no length unit "
@@ -79,10 +77,19 @@ def mpp_from_resolution(xres: Any, yres: Any, unit: str | None) -> MppRule:
     """:func:`slide_mpp` of a resolution in pixels per ``unit`` (TIFF ``XResolution`` with
     ``ResolutionUnit``, JPEG's JFIF density, PNG's pHYs): ``unit`` None or ``"none"`` is an
     aspect ratio, never a size."""
+    pair = _positive(xres, yres)
+    if pair is None:
+        return MppRule(None)
+    return slide_mpp(1.0 / pair[0], 1.0 / pair[1], unit)
+
+
+def _positive(x: Any, y: Any) -> tuple[float, float] | None:
+    """``(x, y)`` as floats when both are finite and positive (what a file states as a size
+    or a resolution), else None (it states none)."""
     try:
-        rx, ry = float(xres), float(yres)
+        fx, fy = float(x), float(y)
     except (TypeError, ValueError):
-        return MppRule(None)
-    if not (math.isfinite(rx) and math.isfinite(ry) and rx > 0 and ry > 0):
-        return MppRule(None)
-    return slide_mpp(1.0 / rx, 1.0 / ry, unit)
+        return None
+    if math.isfinite(fx) and math.isfinite(fy) and fx > 0 and fy > 0:
+        return fx, fy
+    return None

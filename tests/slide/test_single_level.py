@@ -129,17 +129,10 @@ def test_a_decision_decodes_the_slide_once(files, kind):
     assert after["regions"] > before["regions"]
 
 
-def test_coarse_scale_reads_a_built_level_not_level_0(files, monkeypatch):
+def test_coarse_scale_reads_a_built_level_not_level_0(files, regions_read):
     _, p = files
     src = open_source(p["single"])
-    seen = []
-    orig = type(src).read_regions
-
-    def spy(self, level, x0, y0, w, h, use_cache=True):
-        seen.append((level, w, h))
-        return orig(self, level, x0, y0, w, h, use_cache)
-
-    monkeypatch.setattr(type(src), "read_regions", spy)
+    seen = regions_read(src)
     src.glimpse(_locs(3), SPEC)
     assert [s[0] for s in seen] == [0, 2, 4, 6]
     assert max(w * h for _, w, h in seen) <= (2 * SPEC.patch + 3) ** 2

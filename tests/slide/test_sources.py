@@ -96,17 +96,10 @@ def test_backends_agree_jpeg(pyr):
     assert (other - j).abs().mean() > 0.08
 
 
-def test_level_choice_and_region_size(pyr, monkeypatch):
+def test_level_choice_and_region_size(pyr, regions_read):
     _, paths = pyr
     src = open_source(paths["zarr"])
-    seen = []
-    orig = type(src).read_regions
-
-    def spy(self, level, x0, y0, w, h, use_cache=True):
-        seen.append((level, w, h))
-        return orig(self, level, x0, y0, w, h, use_cache)
-
-    monkeypatch.setattr(type(src), "read_regions", spy)
+    seen = regions_read(src)
     spec = RetinaSpec(8, 4, 2.0, 1.0)  # factors 1, 2, 4, 8
     src.glimpse(_locs(5), spec)
     assert [s[0] for s in seen] == [0, 1, 2, 3]
@@ -119,22 +112,15 @@ def test_level_choice_and_region_size(pyr, monkeypatch):
                                     for j in range(3)] == [0, 2, 3]
 
 
-def test_cost_does_not_grow_with_slide(tmp_path, monkeypatch):
+def test_cost_does_not_grow_with_slide(tmp_path, monkeypatch, regions_read):
     sizes = {}
     for n in (128, 512):
         p = write_pyramid_zarr(tmp_path / f"s{n}.zarr", _image(h=n, w=n), levels=3, chunk=64)
         src = open_source(p)
-        seen = []
-        orig = type(src).read_regions
-
-        def spy(self, level, x0, y0, w, h, use_cache=True, seen=seen, orig=orig):
-            seen.append(w * h)
-            return orig(self, level, x0, y0, w, h, use_cache)
-
-        monkeypatch.setattr(type(src), "read_regions", spy)
+        seen = regions_read(src)
         src.glimpse(_locs(3), RetinaSpec(8, 3, 2.0, 1.0))
         monkeypatch.undo()
-        sizes[n] = seen
+        sizes[n] = [w * h for _, w, h in seen]
     assert sizes[128] == sizes[512]
 
 
@@ -382,22 +368,15 @@ def test_rewritten_file_is_not_served_from_stale_cache(tmp_path):
     assert float(open_source(p).glimpse(loc, spec).min()) == pytest.approx(200 / 255)
 
 
-def test_window_larger_than_slide_reads_only_the_slide(tmp_path, monkeypatch):
+def test_window_larger_than_slide_reads_only_the_slide(tmp_path, regions_read):
     img = _image(h=24, w=20)
     p = write_pyramid_zarr(tmp_path / "tiny.zarr", img, levels=1, chunk=16)
     src = open_source(p)
-    seen = []
-    orig = type(src).read_regions
-
-    def spy(self, level, x0, y0, w, h, use_cache=True):
-        seen.append((w, h))
-        return orig(self, level, x0, y0, w, h, use_cache)
-
-    monkeypatch.setattr(type(src), "read_regions", spy)
+    seen = regions_read(src)
     spec = RetinaSpec(16, 3, 4.0, 1.0)  # windows of 16, 64 and 256 px over a 20x24 slide
     loc = torch.tensor([[0.0, 0.0], [0.9, -0.7]])
     got = src.glimpse(loc, spec)
-    assert all(w <= 20 and h <= 24 for w, h in seen)
+    assert all(w <= 20 and h <= 24 for _, w, h in seen)
     # The coarse scales read the levels the source built (a single-level slide costs what a
     # pyramid costs): the same glimpses as the in-memory retina's pyramid, up to the rounding
     # of each built level to uint8 (half a grey level per level).
