@@ -8,18 +8,38 @@ JSON), never a number: 100 % would read as a model that is always wrong.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
+from ..config import ExperimentConfig
 from .evaluate import on_target_fraction, on_target_half_width, random_locations
 from .slide_eval import write_slide_rows
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
-
 __all__ = ["closing_lines", "measured", "mnist_test_summary", "pct", "slide_test_summary",
            "write_figures"]
+
+
+class Trainer(Protocol):
+    """What a report reads of a :class:`~ram_wsi.train.trainer.Trainer` that has trained."""
+
+    cfg: ExperimentConfig
+    data: Any  # TaskData | SlideTaskData
+    model: nn.Module
+    device: torch.device
+    out_dir: Path
+    history: list[dict[str, Any]]
+    slides: bool
+    attention: bool
+    epoch: int
+    step: int
+    best_error: float
+    slide_rollouts: Callable[..., list[dict[str, Any]]]
+
+    def evaluate(self, split: str = "val", samples: int | None = None) -> dict[str, float]: ...
 
 
 def measured(value: float) -> float | None:
