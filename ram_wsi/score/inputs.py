@@ -1,10 +1,16 @@
 """What a scoring run reads: every input found under SLIDES, each with a stable ``slide_id``.
 
 SLIDES is a folder (searched recursively), a glob, a manifest CSV (a ``path`` column; ``label``
-optional: then the summary has an accuracy), or one slide. The rule is that **every file gets
-a row**: a scoring run that silently skips a file hides a problem from the person who has to
-answer for the cohort. So a folder is not filtered by extension; what is not a slide becomes an
-``error`` row with the reader's reason. Only these are folded or left out, each for a reason:
+optional: then the summary has accuracy, balanced accuracy and AUC), or one slide. The rule is
+that **every candidate slide gets a row**: a scoring run that silently skips a file hides a
+problem from the person who has to answer for the cohort. A file found in a folder or by a glob
+is a candidate when a reader claims its name (:func:`ram_wsi.slide._paths.reader_claims`: a
+slide or image ending, a store, or no ending at all); what is a candidate but not a slide (a
+text file named ``.svs``, a truncated TIFF) becomes an ``error`` row with the reader's reason.
+Files no reader claims (``manifest.csv``, ``notes.txt``, ``README.md``) are not scored and
+are listed as ``skipped`` in the summary and ``run_metadata.json``. A manifest's rows and a
+path given alone are always candidates. Besides, these are folded or left out, each for a
+reason:
 
 * a slide that is a directory is one input: a ``.zarr`` name or a ``zarr.json`` inside (an
   OME-Zarr store; a ``x.zarr`` that is not a store is one input that fails), and the ``.dcm``
@@ -30,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from ..slide._paths import is_uri, is_zarr_path
+from ..slide._paths import is_uri, is_zarr_path, reader_claims
 
-__all__ = ["ScoreInput", "file_stamp", "find_inputs"]
+__all__ = ["InputScan", "ScoreInput", "file_stamp", "find_inputs", "scan_inputs"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,15 @@ class ScoreInput:
     slide_id: str
     label: str | None = None
     files: int = 1
+
+
+@dataclass(frozen=True)
+class InputScan:
+    """What SLIDES names: the inputs to score, and the files found beside them that no reader
+    claims (not scored, listed)."""
+
+    inputs: list[ScoreInput]
+    skipped: list[str]
 
 
 def file_stamp(path: str) -> tuple[int, float]:
@@ -68,25 +83,15 @@ def file_stamp(path: str) -> tuple[int, float]:
         return 0, 0.0
 
 
-def _scan(folder: Path, skip: Path | None) -> list[tuple[str, int]]:
-    """``(path, files)`` of every input under ``folder`` (module docstring's rules), sorted."""
+def _scan(folder: Path, skip: Path | None) -> tuple[list[tuple[str, int]], list[str]]:
+    """``(path, files)`` of every input under ``folder`` (module docstring's rules), sorted,
+    and the files no reader claims."""
     found: list[tuple[str, int]] = []
+    unclaimed: list[str] = []
     for root, dirs, names in os.walk(folder):
         here = Path(root)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        keep, stores = [], set()
-        for d in dirs:
-            p = here / d
-            if skip is not None and p.resolve() == skip:
-                continue
-            if is_zarr_path(p):
-                found.append((str(p), 1))
-                stores.add(d)
-                continue
-            if (here / f"{d}.mrxs").is_file():  # an MRXS slide's data folder
-                continue
-            keep.append(d)
-        dirs[:] = keep
+        dirs[:], stores = _walk_dirs(here, sorted(d for d in dirs if not d.startswith(".")), skip,
+                                     found)
         files = sorted(n for n in names if not n.startswith("."))
         beside = set(files) | set(dirs) | stores  # what a `<name>.json` sidecar may belong to
         dcm = [n for n in files if n.lower().endswith(".dcm")]
@@ -97,8 +102,30 @@ def _scan(folder: Path, skip: Path | None) -> list[tuple[str, int]]:
                 continue
             if n.endswith(".json") and n[:-5] in beside:
                 continue  # a sidecar of a slide beside it
-            found.append((str(here / n), 1))
-    return sorted(found)
+            if reader_claims(n):
+                found.append((str(here / n), 1))
+            else:
+                unclaimed.append(str(here / n))
+    return sorted(found), sorted(unclaimed)
+
+
+def _walk_dirs(here: Path, dirs: list[str], skip: Path | None,
+               found: list[tuple[str, int]]) -> tuple[list[str], set[str]]:
+    """The sub-folders of ``here`` to walk into, and the stores among ``dirs`` (each one input,
+    added to ``found``); the run's output folder and MRXS data folders are neither."""
+    keep, stores = [], set()
+    for d in dirs:
+        p = here / d
+        if skip is not None and p.resolve() == skip:
+            continue
+        if is_zarr_path(p):
+            found.append((str(p), 1))
+            stores.add(d)
+            continue
+        if (here / f"{d}.mrxs").is_file():  # an MRXS slide's data folder
+            continue
+        keep.append(d)
+    return keep, stores
 
 
 def _slide_ids(paths: list[str], root: Path | None) -> list[str]:
@@ -155,7 +182,14 @@ def _from_manifest(path: Path) -> list[ScoreInput]:
 
 def find_inputs(spec: str | os.PathLike, *, exclude: str | os.PathLike | None = None
                 ) -> list[ScoreInput]:
-    """The inputs SLIDES names (module docstring), sorted by path (manifests: in their order).
+    """The inputs SLIDES names (:func:`scan_inputs`' inputs)."""
+    return scan_inputs(spec, exclude=exclude).inputs
+
+
+def scan_inputs(spec: str | os.PathLike, *, exclude: str | os.PathLike | None = None
+                ) -> InputScan:
+    """The inputs SLIDES names (module docstring), sorted by path (manifests: in their order),
+    and the files found that no reader claims.
 
     Args:
         spec: a folder, a glob (``*``, ``?``, ``[``; ``**`` recursive), a ``.csv`` manifest,
@@ -163,33 +197,54 @@ def find_inputs(spec: str | os.PathLike, *, exclude: str | os.PathLike | None = 
         exclude: a folder never searched (the run's output folder).
 
     Raises:
-        DataError: nothing exists at ``spec`` or it matches nothing.
+        DataError: nothing exists at ``spec`` or it matches no candidate slide.
     """
     text = os.fspath(spec)
     skip = Path(exclude).resolve() if exclude is not None else None
     if is_uri(text):
-        return [ScoreInput(text, _slide_ids([text], None)[0])]
+        return InputScan([ScoreInput(text, _slide_ids([text], None)[0])], [])
     p = Path(text).expanduser()
     if p.is_file() and p.suffix.lower() == ".csv":
-        return _from_manifest(p)
+        return InputScan(_from_manifest(p), [])
     if p.is_dir() and not is_zarr_path(p):
-        found, root = _scan(p, skip), p.resolve()
+        (found, unclaimed), root = _scan(p, skip), p.resolve()
     elif p.exists():
-        found, root = [(str(p), 1)], None
+        found, unclaimed, root = [(str(p), 1)], [], None
     elif glob.has_magic(text):
-        found, root = [], None
-        for m in sorted(glob.glob(text, recursive=True)):
-            q = Path(m)
-            if q.is_dir() and not is_zarr_path(q):
-                found.extend(_scan(q, skip))
-            elif not q.name.startswith("."):
-                found.append((m, 1))
-        found = sorted(set(found))
-        if found:
-            root = Path(os.path.commonpath([str(Path(f).resolve().parent) for f, _ in found]))
+        found, unclaimed, root = _glob(text, skip)
     else:
         raise DataError(text, "no such slide, folder or manifest")
     if not found:
-        raise DataError(text, "holds no files to score")
+        raise DataError(text, "holds no files to score" + (
+            f" (no reader claims the {len(unclaimed)} found: {_names(unclaimed)})"
+            if unclaimed else ""))
     paths = [f for f, _ in found]
-    return [ScoreInput(f, i, None, n) for (f, n), i in zip(found, _slide_ids(paths, root))]
+    inputs = [ScoreInput(f, i, None, n) for (f, n), i in zip(found, _slide_ids(paths, root))]
+    return InputScan(inputs, unclaimed)
+
+
+def _glob(text: str, skip: Path | None) -> tuple[list[tuple[str, int]], list[str], Path | None]:
+    """What a glob matches, folders scanned, and the root the slide ids are relative to."""
+    found: list[tuple[str, int]] = []
+    unclaimed: list[str] = []
+    for m in sorted(glob.glob(text, recursive=True)):
+        q = Path(m)
+        if q.is_dir() and not is_zarr_path(q):
+            more, unread = _scan(q, skip)
+            found.extend(more)
+            unclaimed.extend(unread)
+        elif q.name.startswith("."):
+            continue
+        elif reader_claims(q):
+            found.append((m, 1))
+        else:
+            unclaimed.append(m)
+    found = sorted(set(found))
+    root = (Path(os.path.commonpath([str(Path(f).resolve().parent) for f, _ in found]))
+            if found else None)
+    return found, sorted(set(unclaimed)), root
+
+
+def _names(paths: list[str], most: int = 3) -> str:
+    names = [Path(p).name for p in paths[:most]]
+    return ", ".join(names) + (", ..." if len(paths) > most else "")

@@ -19,6 +19,15 @@ BAD_FILES = {
     "unreadable.svs": "failed",
 }
 
+# Files beside the slides that no reader claims by name (not sidecars: no slide of their stem).
+SKIPPED_FILES = ("manifest.csv", "notes.txt", "README.md", "sub/run.json")
+
+
+@pytest.fixture(scope="session")
+def skipped_files():
+    """The names (relative to the mixed folder) a scoring run must list as skipped."""
+    return sorted(SKIPPED_FILES)
+
 
 @pytest.fixture(scope="session")
 def slide_checkpoint(tmp_path_factory):
@@ -49,8 +58,9 @@ def slide_checkpoint(tmp_path_factory):
 def mixed_folder(slide_checkpoint, tmp_path_factory):
     """A folder as real ones are: 6 generated slides (TIFF + OME-Zarr, with sidecars), every
     file of ../shared/data/slides (a DICOM pair, two bad files), a PNG, a JPEG, a text file
-    named .svs, an empty file, a truncated slide, a directory x.zarr that is not a store, and a
-    sub-folder with one more slide. Returns ``(folder, {name: expected error text})``."""
+    named .svs, an empty file, a truncated slide, a directory x.zarr that is not a store, a
+    sub-folder with one more slide, and files no reader claims (:data:`SKIPPED_FILES`).
+    Returns ``(folder, {name: expected error text})``."""
     from PIL import Image
 
     _, cohort = slide_checkpoint
@@ -68,4 +78,6 @@ def mixed_folder(slide_checkpoint, tmp_path_factory):
     (folder / "x.zarr").mkdir()
     (folder / "sub").mkdir()
     shutil.copy2(cohort / "test_001.tiff", folder / "sub" / "again.tiff")
+    for name in SKIPPED_FILES:  # what no reader claims by name: listed as skipped, no row
+        (folder / name).write_text("path,label\n" if name.endswith(".csv") else "notes\n")
     return folder, dict(BAD_FILES)

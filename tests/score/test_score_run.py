@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ram_wsi.score.results import COLUMNS, NOISY_COLUMNS, columns_for
-from ram_wsi.score.runner import RunOptions, exit_status, score_slides
+from ram_wsi.score.runner import RunOptions, exit_status, format_summary, score_slides
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = {"test_000.tiff", "test_001.tiff", "test_002.zarr", "test_003.zarr", "test_004.tiff",
@@ -45,7 +45,7 @@ def _name(folder, path):
     return Path(path).relative_to(folder).as_posix()
 
 
-def test_every_file_gets_a_row_and_the_bad_ones_say_why(scored):
+def test_every_file_gets_a_row_and_the_bad_ones_say_why(scored, skipped_files):
     folder, bad, out, summary = scored
     rows = _rows(out)
     by_name = {_name(folder, r["path"]): r for r in rows}
@@ -61,6 +61,10 @@ def test_every_file_gets_a_row_and_the_bad_ones_say_why(scored):
     assert by_name["photo.png"]["backend"] == "image"
     assert summary["counts"] == {"ok": len(GOOD), "error": len(bad)}
     assert exit_status(summary) == 1  # a failed slide shows in the exit status
+    # Files no reader claims by name are listed, not given error rows (issue 23).
+    assert [_name(folder, p) for p in summary["skipped"]] == skipped_files
+    meta = json.loads((out / "run_metadata.json").read_text())
+    assert meta["skipped"] == summary["skipped"]
 
 
 def test_columns_are_the_documented_ones_and_rows_hold_together(scored):
@@ -204,3 +208,47 @@ def test_killed_and_resumed_run_gives_the_same_results(scored, slide_checkpoint,
     lines = [json.loads(x) for x in journal.read_text().splitlines()]
     assert len(lines) == 18 and len({x["path"] for x in lines}) == 18  # none lost or repeated
     assert "scored 18 inputs" in stdout
+
+
+def test_a_labelled_manifest_reports_accuracy_balanced_accuracy_and_auc_per_class(
+        slide_checkpoint, tmp_path):
+    """``ram-wsi score MANIFEST.csv`` with a label column: the summary and run_metadata.json
+    say how right the predictions were, overall and per class (issue 23)."""
+    ckpt, cohort = slide_checkpoint
+    rows = ["path,label"]
+    for p in sorted(cohort.glob("test_*")):
+        if p.suffix in (".tiff", ".zarr"):
+            rows.append(f"{p},{json.loads(Path(str(p) + '.json').read_text())['pattern']}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    s = score_slides(tmp_path / "m.csv", ckpt, tmp_path / "out",
+                     run_options=_quiet(workers=0), log=lambda *_: None)
+    got = {r["path"]: r for r in _rows(tmp_path / "out")}
+    known = [r for r in got.values() if r["status"] == "ok"]
+    assert s["labelled"] == len(known) == len(rows) - 1 and not s["skipped"]
+    right = sum(r["predicted"] == r["label"] for r in known)
+    assert s["accuracy"] == round(right / len(known), 4)
+    assert set(s["per_class"]) == {"dots", "stripes"}
+    for name, m in s["per_class"].items():
+        mine = [r for r in known if r["label"] == name]
+        assert m["slides"] == len(mine) > 0
+        assert m["recall"] == round(sum(r["predicted"] == name for r in mine) / len(mine), 4)
+        assert m["auc"] is None or 0.0 <= m["auc"] <= 1.0
+    recalls = [m["recall"] for m in s["per_class"].values()]
+    assert s["balanced_accuracy"] == pytest.approx(sum(recalls) / 2, abs=1e-4)
+    assert s["auc"] == s["per_class"]["stripes"]["auc"]  # two classes: class 1's AUC
+    meta = json.loads((tmp_path / "out" / "run_metadata.json").read_text())
+    for key in ("labelled", "accuracy", "balanced_accuracy", "auc", "per_class"):
+        assert meta[key] == s[key], key
+    text = format_summary(s)
+    assert "balanced accuracy" in text and "stripes:" in text and "AUC" in text
+
+
+def test_a_folder_of_files_no_reader_claims_is_one_clear_error(slide_checkpoint, tmp_path):
+    from ram_wsi.errors import DataError
+
+    ckpt, _ = slide_checkpoint
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "manifest.csv").write_text("path,label\n")
+    with pytest.raises(DataError, match="no reader claims the 1 found: manifest.csv"):
+        score_slides(tmp_path / "in", ckpt, tmp_path / "out", run_options=_quiet(workers=0),
+                     log=lambda *_: None)
