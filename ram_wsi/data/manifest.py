@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -236,114 +236,174 @@ def load_manifest(path: str | Path, *, seed: int = 0, val_fraction: float = 0.15
         ValueError: impossible fractions.
     """
     path = Path(path)
+    _check_fractions(val_fraction, test_fraction)
+    rows = _read_rows(path)
+    names, integer = _class_names(rows, class_names)
+    checks = _RowChecks()
+    parsed = _parse_rows(rows, path.parent.resolve(), names, integer,
+                         strict=class_names is not None, checks=checks)
+    if check_slides:
+        _check_openable(parsed, open_slide, checks)
+    _check_case_splits(parsed, checks)
+    bad_rows = checks.bad_rows()
+    if bad_rows and not drop_bad:
+        raise DataError(path, _bad_listing(bad_rows, len(rows)))
+    good = [r for r in parsed if r.line not in checks.reasons]
+    if not good:
+        raise DataError(path, "manifest has no usable rows" if not rows else
+                        f"all {len(rows)} rows are bad; nothing left to load")
+    records, method = _assign_splits(good, len(names), seed, val_fraction, test_fraction)
+    return SlideManifest(source=path, class_names=names, records=records, dropped=bad_rows,
+                         seed=seed, split_method=method)
+
+
+class _Row(NamedTuple):
+    """A parsed data row: line, resolved path, label index (-1: none), split, case."""
+
+    line: int
+    path: str
+    label: int
+    split: str | None
+    case: str | None
+
+    @property
+    def key(self) -> str:
+        """The case the row belongs to: its case id, or itself."""
+        return self.case or self.path
+
+
+class _RowChecks:
+    """Every reason each row is bad (a row may fail several checks), and the path shown."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[int, list[str]] = {}
+        self.shown: dict[int, str] = {}
+
+    def bad(self, line: int, why: str) -> None:
+        self.reasons.setdefault(line, []).append(why)
+
+    def bad_rows(self) -> list[BadRow]:
+        return [BadRow(line, self.shown[line], "; ".join(whys))
+                for line, whys in sorted(self.reasons.items())]
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1
             and val_fraction + test_fraction < 1):
         raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must "
                          "each be in [0, 1) with a sum below 1")
-    rows = _read_rows(path)
-    folder = path.parent.resolve()
-    reasons: dict[int, list[str]] = {}
-    shown: dict[int, str] = {}
 
-    def bad(line: int, why: str) -> None:
-        reasons.setdefault(line, []).append(why)
 
-    # classes
+def _class_names(rows: list[tuple[int, dict[str, str]]],
+                 class_names: Sequence[str] | None) -> tuple[list[str], bool]:
+    """The classes (a checkpoint's, or from every row's label) and whether the labels are all
+    integers (then class indices)."""
     raw_labels = [r["label"] for _, r in rows if r["label"]]
     integer = bool(raw_labels) and all(v.lstrip("-").isdigit() for v in raw_labels)
     if class_names is not None:
-        names = [str(c) for c in class_names]
-    elif integer:
-        names = [str(i) for i in range(max(0, max(int(v) for v in raw_labels)) + 1)]
-    else:
-        names = sorted(set(raw_labels))
-    index = {n: i for i, n in enumerate(names)}
+        return [str(c) for c in class_names], integer
+    if integer:
+        return [str(i) for i in range(max(0, max(int(v) for v in raw_labels)) + 1)], integer
+    return sorted(set(raw_labels)), integer
 
-    parsed: list[tuple[int, str, int, str | None, str | None]] = []   # line, path, label, split, case
+
+def _parse_rows(rows: list[tuple[int, dict[str, str]]], folder: Path, names: list[str],
+                integer: bool, *, strict: bool, checks: _RowChecks) -> list[_Row]:
+    """Each row's path (resolved; empty and duplicate ones bad), label (``strict``: one of
+    ``names``, a checkpoint's) and split."""
+    index = {n: i for i, n in enumerate(names)}
     first_seen: dict[str, int] = {}
+    parsed = []
     for line, r in rows:
         resolved = _resolve(r["path"], folder) if r["path"] else ""
-        shown[line] = resolved
+        checks.shown[line] = resolved
         if not resolved:
-            bad(line, "path is empty")
+            checks.bad(line, "path is empty")
         elif resolved in first_seen:
-            bad(line, f"duplicate of row {first_seen[resolved]}")
+            checks.bad(line, f"duplicate of row {first_seen[resolved]}")
         else:
             first_seen[resolved] = line
-        label = -1
-        if not r["label"]:
-            bad(line, "label is empty")
-        elif class_names is not None:
-            if r["label"] in index:
-                label = index[r["label"]]
-            else:
-                bad(line, f"label {r['label']!r} is not one of the checkpoint's classes "
-                          f"{', '.join(names)}")
-        elif integer:
-            label = int(r["label"])
-            if label < 0:
-                bad(line, f"label {r['label']!r} is not a class index (0 or more)")
-        else:
-            label = index[r["label"]]
-        split = None
-        cell = r.get("split", "")
+        label, why = _label(r["label"], names, index, integer, strict)
+        if why:
+            checks.bad(line, why)
+        split, cell = None, r.get("split", "")
         if cell:
             split = _SPLIT_ALIASES.get(cell.lower())
             if split is None:
-                bad(line, f"split {cell!r} is not one of train, val, test")
-        parsed.append((line, resolved, label, split, r.get("case") or None))
+                checks.bad(line, f"split {cell!r} is not one of train, val, test")
+        parsed.append(_Row(line, resolved, label, split, r.get("case") or None))
+    return parsed
 
-    if check_slides:
-        if open_slide is None:
-            from ..slide import open_source as open_slide
-        for line, resolved, *_ in parsed:
-            if resolved and first_seen.get(resolved) == line:
-                why = _open_error(open_slide, resolved)
-                if why:
-                    bad(line, why)
 
-    # a case's explicit splits must agree (over every row that names a valid split)
+def _label(cell: str, names: list[str], index: dict[str, int], integer: bool,
+           strict: bool) -> tuple[int, str | None]:
+    """``(label index, None)``, or ``(-1, why it is bad)``."""
+    if not cell:
+        return -1, "label is empty"
+    if strict:
+        if cell in index:
+            return index[cell], None
+        return -1, f"label {cell!r} is not one of the checkpoint's classes {', '.join(names)}"
+    if integer:
+        if int(cell) < 0:
+            return -1, f"label {cell!r} is not a class index (0 or more)"
+        return int(cell), None
+    return index[cell], None
+
+
+def _check_openable(parsed: list[_Row], open_slide: Callable[[str], Any] | None,
+                    checks: _RowChecks) -> None:
+    """Open every slide once (its first row); a slide that does not open makes its row bad."""
+    if open_slide is None:
+        from ..slide import open_source as open_slide
+    seen: set[str] = set()
+    for r in parsed:
+        if r.path and r.path not in seen:
+            seen.add(r.path)
+            why = _open_error(open_slide, r.path)
+            if why:
+                checks.bad(r.line, why)
+
+
+def _check_case_splits(parsed: list[_Row], checks: _RowChecks) -> None:
+    """A case's explicit splits must agree (over every row that names a valid split)."""
     explicit: dict[str, dict[str, int]] = {}
-    for line, resolved, _, split, case in parsed:
-        if split is not None:
-            explicit.setdefault(case or resolved, {}).setdefault(split, line)
+    for r in parsed:
+        if r.split is not None:
+            explicit.setdefault(r.key, {}).setdefault(r.split, r.line)
     for case, seen in explicit.items():
         if len(seen) > 1:
             parts = [f"{s} (row {ln})" for s, ln in sorted(seen.items(), key=lambda kv: kv[1])]
-            why = (f"case {case} is split across {', '.join(parts[:-1])} and {parts[-1]}")
-            for line, resolved, _, _, c in parsed:
-                if (c or resolved) == case:
-                    bad(line, why)
+            why = f"case {case} is split across {', '.join(parts[:-1])} and {parts[-1]}"
+            for r in parsed:
+                if r.key == case:
+                    checks.bad(r.line, why)
 
-    bad_rows = [BadRow(line, shown[line], "; ".join(whys)) for line, whys in
-                sorted(reasons.items())]
-    if bad_rows and not drop_bad:
-        k = len(bad_rows)
-        listing = "\n".join(f"  row {b.row} ({b.path or '-'}): {b.reason}" for b in bad_rows)
-        raise DataError(path, f"{k} of {len(rows)} row{'s' if len(rows) != 1 else ''} "
-                              f"{'is' if k == 1 else 'are'} bad:\n{listing}\n{_DROP_HINT}")
-    good = [p for p in parsed if p[0] not in reasons]
-    if not good:
-        raise DataError(path, "manifest has no usable rows" if not rows else
-                        f"all {len(rows)} rows are bad; nothing left to load")
 
-    # splits: explicit ones, spread over each case; then seeded for the rest
+def _bad_listing(bad_rows: list[BadRow], n_rows: int) -> str:
+    k = len(bad_rows)
+    listing = "\n".join(f"  row {b.row} ({b.path or '-'}): {b.reason}" for b in bad_rows)
+    return (f"{k} of {n_rows} row{'s' if n_rows != 1 else ''} {'is' if k == 1 else 'are'} "
+            f"bad:\n{listing}\n{_DROP_HINT}")
+
+
+def _assign_splits(good: list[_Row], n_classes: int, seed: int, val_fraction: float,
+                   test_fraction: float) -> tuple[list[SlideRecord], str]:
+    """The records with their splits: explicit ones spread over each case, then a seeded
+    split of the other cases; and where the splits came from (column, seeded or mixed)."""
     case_split: dict[str, str] = {}
-    for _, resolved, _, split, case in good:
-        if split is not None:
-            case_split[case or resolved] = split
-    n_column = sum((c or p) in case_split for _, p, _, _, c in good)
+    for r in good:
+        if r.split is not None:
+            case_split[r.key] = r.split
+    n_column = sum(r.key in case_split for r in good)
     todo: dict[str, list[int]] = {}
-    for _, resolved, label, _, case in good:
-        key = case or resolved
-        if key not in case_split:
-            todo.setdefault(key, []).append(label)
-    case_split.update(_split_cases(todo, len(names), seed, val_fraction, test_fraction))
-    records = [SlideRecord(resolved, label, case_split[case or resolved], case or resolved, line)
-               for line, resolved, label, _, case in good]
-    method = ("column" if n_column == len(good) else "seeded" if n_column == 0 else "mixed")
-    return SlideManifest(source=path, class_names=names, records=records, dropped=bad_rows,
-                         seed=seed, split_method=method)
+    for r in good:
+        if r.key not in case_split:
+            todo.setdefault(r.key, []).append(r.label)
+    case_split.update(_split_cases(todo, n_classes, seed, val_fraction, test_fraction))
+    records = [SlideRecord(r.path, r.label, case_split[r.key], r.key, r.line) for r in good]
+    method = "column" if n_column == len(good) else "seeded" if n_column == 0 else "mixed"
+    return records, method
 
 
 def read_manifest(path: str | Path) -> tuple[list[str], list[int], list[str]]:
