@@ -20,6 +20,7 @@ the image centre (before the random translation), strokes are ~1 and the backgro
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -118,6 +119,52 @@ def _distance_atlas() -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]
     return atlas, digit, np.asarray(centroids), np.stack([first, counts], axis=1)
 
 
+@dataclass
+class _Draws:
+    """Every random number of a batch of digits, drawn up front in a fixed order (so that
+    chunking the rendering cannot change them), float32 where the pixels are computed."""
+
+    labels: np.ndarray  # (n,) int64
+    style: np.ndarray  # (n,) which glyph style of its class
+    minv: np.ndarray  # (n, 2, 2) inverse linear map: pixel offset -> box offset
+    shift: np.ndarray  # (n, 2) translation, output pixels
+    half_width: np.ndarray  # (n,) stroke half-width, output pixels
+    scale: np.ndarray  # (n,) output pixels per box unit
+    coarse: np.ndarray  # (n, 2, 4, 4) elastic displacement grid, output pixels
+
+
+def _draw(rng: np.random.Generator, n: int, px: float, first_count: np.ndarray) -> _Draws:
+    """Labels (balanced, shuffled), styles, and each digit's affine, thickness and elastic
+    field; ``px`` output pixels per MNIST pixel."""
+    labels = rng.permutation(np.arange(n, dtype=np.int64) % 10)
+    style = first_count[labels, 0] + np.floor(rng.random(n) * first_count[labels, 1]).astype(
+        np.int64)
+    theta = np.radians(rng.uniform(-15.0, 15.0, n))
+    scale = rng.uniform(0.8, 1.1, n) * 20.0 * px  # output pixels per box unit (height)
+    aspect = rng.uniform(0.85, 1.15, n)  # width / height
+    shear = rng.uniform(-0.3, 0.3, n)  # slant: x += shear * y
+    shift = rng.uniform(-2.0, 2.0, (n, 2)) * px
+    half_width = 0.5 * rng.uniform(1.6, 3.2, n) * px
+    coarse = rng.standard_normal((n, 2, 4, 4)) * 1.0 * px  # elastic field, in output pixels
+    scale, half_width, shift, coarse = (a.astype(np.float32)
+                                        for a in (scale, half_width, shift, coarse))
+    minv = _inverse_maps(theta, shear, aspect, scale)  # from the float32 scale
+    return _Draws(labels, style, minv, shift, half_width, scale, coarse)
+
+
+def _inverse_maps(theta: np.ndarray, shear: np.ndarray, aspect: np.ndarray,
+                  scale: np.ndarray) -> np.ndarray:
+    """``(R(theta) Shear diag(aspect, 1) * scale)^-1`` per digit, float32 ``(n, 2, 2)``."""
+    n = len(theta)
+    c, s = np.cos(theta), np.sin(theta)
+    rinv = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], -2)  # R(-theta), (n, 2, 2)
+    shinv = np.zeros((n, 2, 2))
+    shinv[:, 0, 0], shinv[:, 0, 1], shinv[:, 1, 1] = 1.0, -shear, 1.0
+    ainv = np.zeros((n, 2, 2))
+    ainv[:, 0, 0], ainv[:, 1, 1] = 1.0 / aspect, 1.0
+    return (ainv @ shinv @ rinv / scale[:, None, None]).astype(np.float32)
+
+
 def synthetic_digits(n: int, seed: int, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
     """``n`` synthetic digits, identical bit for bit for the same ``(n, seed, size)`` (on one
     platform and library version; across machines, float rounding may differ in the last bit).
@@ -134,62 +181,54 @@ def synthetic_digits(n: int, seed: int, size: int = 28) -> tuple[np.ndarray, np.
         raise ValueError(f"n must be >= 0, got {n}")
     if size < 8:
         raise ValueError(f"size must be at least 8 pixels, got {size}")
-    rng = np.random.default_rng(seed)
     atlas, _, centroid, first_count = _distance_atlas()
-    nstyles = len(centroid)
-    px = size / 28.0  # output pixels per MNIST pixel
-
-    # Every random number is drawn up front, in a fixed order, so chunking cannot change them.
-    labels = rng.permutation(np.arange(n, dtype=np.int64) % 10)
-    style = first_count[labels, 0] + np.floor(rng.random(n) * first_count[labels, 1]).astype(
-        np.int64)
-    theta = np.radians(rng.uniform(-15.0, 15.0, n))
-    scale = rng.uniform(0.8, 1.1, n) * 20.0 * px  # output pixels per box unit (height)
-    aspect = rng.uniform(0.85, 1.15, n)  # width / height
-    shear = rng.uniform(-0.3, 0.3, n)  # slant: x += shear * y
-    shift = rng.uniform(-2.0, 2.0, (n, 2)) * px
-    half_width = 0.5 * rng.uniform(1.6, 3.2, n) * px
-    coarse = rng.standard_normal((n, 2, 4, 4)) * 1.0 * px  # elastic field, in output pixels
-    # Float32 from here on: the precision the pixels are computed in.
-    scale, half_width, shift, coarse = (a.astype(np.float32)
-                                        for a in (scale, half_width, shift, coarse))
-
-    # Inverse linear map pixel offset -> box offset: (R(theta) Shear diag(aspect, 1) * scale)^-1.
-    c, s = np.cos(theta), np.sin(theta)
-    rinv = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], -2)  # R(-theta), (n, 2, 2)
-    shinv = np.zeros((n, 2, 2))
-    shinv[:, 0, 0], shinv[:, 0, 1], shinv[:, 1, 1] = 1.0, -shear, 1.0
-    ainv = np.zeros((n, 2, 2))
-    ainv[:, 0, 0], ainv[:, 1, 1] = 1.0 / aspect, 1.0
-    minv = (ainv @ shinv @ rinv / scale[:, None, None]).astype(np.float32)
-    centroid = centroid.astype(np.float32)
-
+    d = _draw(np.random.default_rng(seed), n, size / 28.0, first_count)
     images = np.empty((n, size, size), dtype=np.float32)
-    lin = torch.arange(size, dtype=torch.float32) + (0.5 - size / 2.0)  # offsets from centre
-    pix_y, pix_x = torch.meshgrid(lin, lin, indexing="ij")  # (size, size)
-    span = 1.0 + 2.0 * _MARGIN
-    # Bicubic upsampling of the 4x4 elastic grid is separable: one (size, 4) matrix per axis,
-    # applied with two small matmuls (several times faster than interpolating every sample).
-    smooth = F.interpolate(torch.eye(4)[:, None, :, None], size=(size, 1), mode="bicubic",
-                           align_corners=True)[:, 0, :, 0].T.contiguous()
+    raster = _Rasteriser(atlas, centroid.astype(np.float32), size)
     for lo in range(0, n, _CHUNK):  # a loop over chunks of thousands, not over digits
         sl = slice(lo, min(n, lo + _CHUNK))
-        m = sl.stop - sl.start
-        disp = torch.matmul(smooth, torch.matmul(torch.from_numpy(coarse[sl]), smooth.T))
-        qx = pix_x - disp[:, 0] - torch.from_numpy(shift[sl, 0])[:, None, None]  # (m, size, size)
-        qy = pix_y - disp[:, 1] - torch.from_numpy(shift[sl, 1])[:, None, None]
-        mi = torch.from_numpy(minv[sl])[:, :, :, None, None]  # (m, 2, 2, 1, 1)
-        cen = torch.from_numpy(centroid[style[sl]])[:, :, None, None]  # (m, 2, 1, 1)
-        # Position inside the style's tile, in [0, 1] (clamped: outside the tile is background).
-        fx = ((mi[:, 0, 0] * qx + mi[:, 0, 1] * qy + cen[:, 0] + _MARGIN) / span).clamp_(0.0, 1.0)
-        fy = ((mi[:, 1, 0] * qx + mi[:, 1, 1] * qy + cen[:, 1] + _MARGIN) / span).clamp_(0.0, 1.0)
-        st = torch.from_numpy(style[sl].astype(np.float32))[:, None, None]
+        images[sl] = raster.render(d, sl)
+    return images, d.labels
+
+
+class _Rasteriser:
+    """Renders digits by looking their pixels up in the styles' distance atlas."""
+
+    def __init__(self, atlas: torch.Tensor, centroid: np.ndarray, size: int):
+        self.atlas, self.centroid, self.size = atlas, centroid, size
+        lin = torch.arange(size, dtype=torch.float32) + (0.5 - size / 2.0)  # offsets from centre
+        self.pix_y, self.pix_x = torch.meshgrid(lin, lin, indexing="ij")  # (size, size)
+        # Bicubic upsampling of the 4x4 elastic grid is separable: one (size, 4) matrix per
+        # axis, applied with two small matmuls (several times faster than interpolating every
+        # sample).
+        self.smooth = F.interpolate(torch.eye(4)[:, None, :, None], size=(size, 1),
+                                    mode="bicubic", align_corners=True)[:, 0, :, 0].T.contiguous()
+
+    def render(self, d: _Draws, sl: slice) -> np.ndarray:
+        """The ``(m, size, size)`` images of digits ``sl``."""
+        fx, fy = self._tile_coords(d, sl)
+        nstyles = len(self.centroid)
+        st = torch.from_numpy(d.style[sl].astype(np.float32))[:, None, None]
         gx = (st * _TILE + fx * (_TILE - 1)) * (2.0 / (nstyles * _TILE - 1)) - 1.0
         gy = fy * 2.0 - 1.0
+        m, size = sl.stop - sl.start, self.size
         grid = torch.stack([gx, gy], dim=-1).reshape(1, m * size, size, 2)
-        dist = F.grid_sample(atlas, grid, mode="bilinear", align_corners=True)
+        dist = F.grid_sample(self.atlas, grid, mode="bilinear", align_corners=True)
         dist = dist.reshape(m, size, size)
-        dist_px = dist * torch.from_numpy(scale[sl])[:, None, None]
-        hw = torch.from_numpy(half_width[sl])[:, None, None]
-        images[sl] = (hw + 0.5 - dist_px).clamp_(0.0, 1.0).numpy()
-    return images, labels
+        dist_px = dist * torch.from_numpy(d.scale[sl])[:, None, None]
+        hw = torch.from_numpy(d.half_width[sl])[:, None, None]
+        return (hw + 0.5 - dist_px).clamp_(0.0, 1.0).numpy()
+
+    def _tile_coords(self, d: _Draws, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each output pixel's position inside its digit's style tile, in ``[0, 1]`` (clamped:
+        outside the tile is background): elastic displacement, translation, inverse affine."""
+        smooth = self.smooth
+        disp = torch.matmul(smooth, torch.matmul(torch.from_numpy(d.coarse[sl]), smooth.T))
+        qx = self.pix_x - disp[:, 0] - torch.from_numpy(d.shift[sl, 0])[:, None, None]
+        qy = self.pix_y - disp[:, 1] - torch.from_numpy(d.shift[sl, 1])[:, None, None]
+        mi = torch.from_numpy(d.minv[sl])[:, :, :, None, None]  # (m, 2, 2, 1, 1)
+        cen = torch.from_numpy(self.centroid[d.style[sl]])[:, :, None, None]  # (m, 2, 1, 1)
+        span = 1.0 + 2.0 * _MARGIN
+        fx = ((mi[:, 0, 0] * qx + mi[:, 0, 1] * qy + cen[:, 0] + _MARGIN) / span).clamp_(0.0, 1.0)
+        fy = ((mi[:, 1, 0] * qx + mi[:, 1, 1] * qy + cen[:, 1] + _MARGIN) / span).clamp_(0.0, 1.0)
+        return fx, fy
