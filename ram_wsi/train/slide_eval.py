@@ -15,6 +15,7 @@ trainer) need not be the one that computes metrics (the Ray learner never reads 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,64 +68,93 @@ def rollout_slide(model: RecurrentAttentionModel, slides: SlideSet, i: int, *, s
     A slide that cannot be read gives a row with ``error`` set (and no probabilities).
     """
     from ..errors import SlideError
-    from ..slide import clear_caches
 
     was_training = model.training
     model.eval()
-    dev = next(model.parameters()).device
     rec = slides.records[i]
     row: dict[str, Any] = {"index": int(i), "path": rec.path, "label": int(rec.label)}
     try:
-        if cold:
-            clear_caches()
-        view = slides.view(i)  # opened once per process; its cost is the view's own
-        src = view.source
-        src.reset_counters()
-        # The mean-policy decision alone is what "one decision" costs.
-        t0 = time.perf_counter()
-        mean, read_s = _run(model, slides, i, 1, "mean", gen, rng, dev, keep=keep_glimpses)
-        read = src.counters
-        t_mean = time.perf_counter() - t0
-        stoch, read_s_m = _run(model, slides, i, samples, "sample", gen, rng, dev)
-        t_all = time.perf_counter() - t0
-        read_all = src.counters
+        runs = _roll(model, slides, i, samples, gen, rng, keep_glimpses, cold)
     except SlideError as exc:
         row["error"] = str(exc)
         return row
     finally:
         model.train(was_training)
-    locs = torch.cat([mean.locations, stoch.locations]).clamp(-1, 1)  # (1+M, T, 2)
-    flat = locs.reshape(-1, 2).cpu()
-    row.update({
-        "probs_mean": torch.softmax(mean.logits.float(), -1)[0].cpu().numpy(),
-        "probs_samples": torch.softmax(stoch.logits.float(), -1).cpu().numpy(),
-        "path_frame": mean.locations[0].clamp(-1, 1).cpu().numpy(),
-        "path_px": view.frame.to_pixels(mean.locations[0].clamp(-1, 1).cpu().double()
-                                        ).numpy(),
-        "on_tissue": float(view.on_tissue(flat).mean()),
-        "tissue_fraction": view.mask.fraction,
-        "seconds": view.open_seconds + t_mean,
-        "seconds_open": view.open_seconds,  # of which: opening, thumbnail, mask, frame
-        "seconds_glimpses": read_s,  # and reading the glimpses (the rest is the model)
-        "seconds_total": view.open_seconds + t_all,
-        "seconds_glimpses_total": read_s + read_s_m,
-        "frame": view.frame.as_dict(),
-        "dimensions": [int(v) for v in src.dimensions],
-        "windows_px": [float(w) for w in _windows_px(src, slides)],
-        **{k: int(read[k] + view.open_counters[k]) for k in _COUNT_KEYS},
-        **{f"{k}_total": int(read_all[k] + view.open_counters[k]) for k in _COUNT_KEYS},
-    })
-    hit = view.on_target(flat)
+    locs = torch.cat([runs.mean.locations, runs.stoch.locations]).clamp(-1, 1)  # (1+M, T, 2)
+    row.update(_decision_fields(runs, locs, slides))
+    hit = runs.view.on_target(locs.reshape(-1, 2).cpu())
     if hit is not None:
         # The learned glimpses only: the first is the start rule's in the paper's model,
         # the context net's choice in ours.
         hit = hit.view(locs.shape[0], locs.shape[1])[:, 0 if model.context is not None else 1:]
         row["on_target"] = float(hit.double().mean())
-    if mean.glimpses is not None:
-        row["glimpses"] = (mean.glimpses[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    if view.preview is not None:  # held-out and scored slides: for figures, thumbnails
-        row["preview"] = view.preview.numpy()
+    if runs.mean.glimpses is not None:
+        row["glimpses"] = (runs.mean.glimpses[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    if runs.view.preview is not None:  # held-out and scored slides: for figures, thumbnails
+        row["preview"] = runs.view.preview.numpy()
     return row
+
+
+@dataclass
+class _Rollouts:
+    """One slide's mean-policy decision and its M sampled rollouts, with what each cost."""
+
+    view: Any  # the slide's SlideView
+    mean: Any  # Trajectory of the mean policy (1 episode)
+    stoch: Any  # Trajectory of the M sampled episodes
+    t_mean: float  # seconds of the decision (without opening)
+    t_all: float  # seconds of the decision and the sampled rollouts
+    read_s: float  # of t_mean, reading glimpses
+    read_s_m: float  # of the rest, reading glimpses
+    read: dict[str, int]  # the source's counters after the decision
+    read_all: dict[str, int]  # and after the sampled rollouts
+
+
+def _roll(model: RecurrentAttentionModel, slides: SlideSet, i: int, samples: int,
+          gen: torch.Generator, rng: np.random.Generator, keep_glimpses: bool,
+          cold: bool) -> _Rollouts:
+    """Open slide ``i`` (caches dropped first when ``cold``), then the mean-policy decision
+    alone -- what "one decision" costs -- then ``samples`` sampled rollouts."""
+    from ..slide import clear_caches
+
+    dev = next(model.parameters()).device
+    if cold:
+        clear_caches()
+    view = slides.view(i)  # opened once per process; its cost is the view's own
+    src = view.source
+    src.reset_counters()
+    t0 = time.perf_counter()
+    mean, read_s = _run(model, slides, i, 1, "mean", gen, rng, dev, keep=keep_glimpses)
+    read = src.counters
+    t_mean = time.perf_counter() - t0
+    stoch, read_s_m = _run(model, slides, i, samples, "sample", gen, rng, dev)
+    return _Rollouts(view, mean, stoch, t_mean, time.perf_counter() - t0, read_s, read_s_m,
+                     read, src.counters)
+
+
+def _decision_fields(runs: _Rollouts, locs: torch.Tensor, slides: SlideSet) -> dict[str, Any]:
+    """The row's probabilities, mean path, where it looked and what it cost (module
+    docstring of :func:`rollout_slide`)."""
+    view, src = runs.view, runs.view.source
+    path = runs.mean.locations[0].clamp(-1, 1).cpu()
+    return {
+        "probs_mean": torch.softmax(runs.mean.logits.float(), -1)[0].cpu().numpy(),
+        "probs_samples": torch.softmax(runs.stoch.logits.float(), -1).cpu().numpy(),
+        "path_frame": path.numpy(),
+        "path_px": view.frame.to_pixels(path.double()).numpy(),
+        "on_tissue": float(view.on_tissue(locs.reshape(-1, 2).cpu()).mean()),
+        "tissue_fraction": view.mask.fraction,
+        "seconds": view.open_seconds + runs.t_mean,
+        "seconds_open": view.open_seconds,  # of which: opening, thumbnail, mask, frame
+        "seconds_glimpses": runs.read_s,  # and reading the glimpses (the rest is the model)
+        "seconds_total": view.open_seconds + runs.t_all,
+        "seconds_glimpses_total": runs.read_s + runs.read_s_m,
+        "frame": view.frame.as_dict(),
+        "dimensions": [int(v) for v in src.dimensions],
+        "windows_px": [float(w) for w in _windows_px(src, slides)],
+        **{k: int(runs.read[k] + view.open_counters[k]) for k in _COUNT_KEYS},
+        **{f"{k}_total": int(runs.read_all[k] + view.open_counters[k]) for k in _COUNT_KEYS},
+    }
 
 
 def _windows_px(source, slides: SlideSet) -> list[float]:
