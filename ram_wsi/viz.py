@@ -73,51 +73,61 @@ def plot_glimpses(model: RecurrentAttentionModel, images: torch.Tensor, labels: 
     model.train(was)
     pred = traj.logits.argmax(-1).cpu()
     glimpses = traj.glimpses.cpu()  # (B, T, k, C, g, g)
-    n_glimpses, k = glimpses.shape[1], glimpses.shape[2]
+    n_glimpses = glimpses.shape[1]
     h, w = images.shape[-2:]
     px = loc_to_pixels(traj.locations.clamp(-1, 1).cpu(), w, h)  # (B, T, 2)
     fig = plt.figure(figsize=(2.6 + 1.6 * n_glimpses, 2.6 * b))
     grid = fig.add_gridspec(b, 2 + n_glimpses, width_ratios=[2.0, 0.1] + [1.0] * n_glimpses)
-    cmap = plt.get_cmap("autumn_r")
-    fovea, widest = model.spec.window(0), model.spec.window(k - 1)
-    side = 192
     for i in range(b):
         ax = fig.add_subplot(grid[i, 0])
-        img = images[i].cpu()
-        ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray",
-                  vmin=0, vmax=1)
-        if centers is not None:
-            c = loc_to_pixels(centers[i].cpu(), w, h)
-            ax.add_patch(Rectangle((c[0] - target_size / 2 - 0.5, c[1] - target_size / 2 - 0.5),
-                                   target_size, target_size, fill=False, ec="cyan", lw=1,
-                                   ls="--"))
-        x0, y0 = px[i, 0].tolist()
-        ax.add_patch(Rectangle((x0 - widest / 2 - 0.5, y0 - widest / 2 - 0.5), widest, widest,
-                               fill=False, ec="lime", lw=0.6, ls=":"))
-        ax.plot(px[i, :, 0] - 0.5, px[i, :, 1] - 0.5, "-", color="yellow", lw=0.8)
-        for t in range(n_glimpses):
-            col = "lime" if t == 0 else cmap(t / max(1, n_glimpses - 1))
-            x, y = px[i, t].tolist()
-            ax.add_patch(Rectangle((x - fovea / 2 - 0.5, y - fovea / 2 - 0.5), fovea, fovea,
-                                   fill=False, ec=col, lw=1.0))
-            ax.text(x - 0.5, y - 0.5, str(t + 1), color=col, fontsize=6, ha="center",
-                    va="center")
-        ax.set_xlim(-0.5 - fovea / 2, w - 0.5 + fovea / 2)
-        ax.set_ylim(h - 0.5 + fovea / 2, -0.5 - fovea / 2)
+        target = None if centers is None else loc_to_pixels(centers[i].cpu(), w, h)
+        _draw_path(ax, images[i].cpu(), px[i], model.spec, target, target_size)
         ax.set_title(f"label {int(labels[i])}, predicted {int(pred[i])}", fontsize=8)
-        ax.axis("off")
         for t in range(n_glimpses):
-            ax = fig.add_subplot(grid[i, 2 + t])
-            sq = composite_glimpse(glimpses[i, t], model.spec.scale_factor, side)
-            ax.imshow(sq[0] if sq.shape[0] == 1 else sq.permute(1, 2, 0), cmap="gray",
-                      vmin=0, vmax=1, interpolation="nearest")
-            for j in range(k - 1):  # the edges of the finer scales, inside the coarsest
-                e = side * model.spec.window(j) / widest
-                ax.add_patch(Rectangle(((side - e) / 2 - 0.5, (side - e) / 2 - 0.5), e, e,
-                                       fill=False, ec="tab:orange", lw=0.5))
-            ax.set_title(f"glimpse {t + 1}", fontsize=7)
-            ax.axis("off")
+            _draw_glimpse(fig.add_subplot(grid[i, 2 + t]), glimpses[i, t], model.spec, t)
     return _save(fig, path)
+
+
+def _draw_path(ax, img: torch.Tensor, px: torch.Tensor, spec, target: torch.Tensor | None,
+               target_size: float) -> None:
+    """The image with its glimpse path: each glimpse's fovea square, numbered (first green,
+    last red), the first glimpse's widest scale dotted, the true target box dashed cyan."""
+    h, w = img.shape[-2:]
+    n_glimpses = px.shape[0]
+    cmap = plt.get_cmap("autumn_r")
+    fovea, widest = spec.window(0), spec.window(spec.scales - 1)
+    ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+    if target is not None:
+        ax.add_patch(Rectangle((target[0] - target_size / 2 - 0.5,
+                                target[1] - target_size / 2 - 0.5), target_size, target_size,
+                               fill=False, ec="cyan", lw=1, ls="--"))
+    x0, y0 = px[0].tolist()
+    ax.add_patch(Rectangle((x0 - widest / 2 - 0.5, y0 - widest / 2 - 0.5), widest, widest,
+                           fill=False, ec="lime", lw=0.6, ls=":"))
+    ax.plot(px[:, 0] - 0.5, px[:, 1] - 0.5, "-", color="yellow", lw=0.8)
+    for t in range(n_glimpses):
+        col = "lime" if t == 0 else cmap(t / max(1, n_glimpses - 1))
+        x, y = px[t].tolist()
+        ax.add_patch(Rectangle((x - fovea / 2 - 0.5, y - fovea / 2 - 0.5), fovea, fovea,
+                               fill=False, ec=col, lw=1.0))
+        ax.text(x - 0.5, y - 0.5, str(t + 1), color=col, fontsize=6, ha="center", va="center")
+    ax.set_xlim(-0.5 - fovea / 2, w - 0.5 + fovea / 2)
+    ax.set_ylim(h - 0.5 + fovea / 2, -0.5 - fovea / 2)
+    ax.axis("off")
+
+
+def _draw_glimpse(ax, glimpse: torch.Tensor, spec, t: int, side: int = 192) -> None:
+    """Glimpse ``t`` as :func:`composite_glimpse` builds it, the finer scales' edges marked."""
+    widest = spec.window(spec.scales - 1)
+    sq = composite_glimpse(glimpse, spec.scale_factor, side)
+    ax.imshow(sq[0] if sq.shape[0] == 1 else sq.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
+    for j in range(spec.scales - 1):  # the edges of the finer scales, inside the coarsest
+        e = side * spec.window(j) / widest
+        ax.add_patch(Rectangle(((side - e) / 2 - 0.5, (side - e) / 2 - 0.5), e, e,
+                               fill=False, ec="tab:orange", lw=0.5))
+    ax.set_title(f"glimpse {t + 1}", fontsize=7)
+    ax.axis("off")
 
 
 def composite_glimpse(glimpse: torch.Tensor, factor: float, size: int = 192) -> torch.Tensor:
