@@ -23,7 +23,7 @@ from ..config import ExperimentConfig
 from ..models import RecurrentAttentionModel, RetinaSensor
 from ..retina import RetinaSpec, loc_to_pixels
 from ..train.losses import hybrid_loss
-from ..train.trainer import build_optimizer, resolve_device
+from ..train.optim import build_optimizer, resolve_device
 from ._report import emit, print_table
 
 __all__ = ["build_parser", "main", "measure_throughput", "naive_glimpse", "throughput_table"]

@@ -108,7 +108,7 @@ class SlideScorer:
     """
 
     def __init__(self, checkpoint: str | os.PathLike, options: ScorerOptions | None = None):
-        from ..train.trainer import resolve_device
+        from ..train.optim import resolve_device
 
         self.options = opt = options or ScorerOptions()
         torch.set_num_threads(max(1, int(opt.threads)))
