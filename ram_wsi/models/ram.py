@@ -205,6 +205,37 @@ def _strided_convs(cin: int, width: int, size: int, grid: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _per_distinct(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``net(x)`` computed once per distinct row of ``x`` ``(B, ...)`` and gathered back: a
+    slide batch holds several episodes of each slide (``episodes_per_slide``), which share one
+    thumbnail, so the glance costs one pass per slide, not per episode. Rows are grouped by two
+    random projections and confirmed equal exactly, so distinct thumbnails never merge. The
+    gradient is the same as running every row (each copy's gradient flows back through the
+    gather)."""
+    b = x.shape[0]
+    if b < 2:
+        return net(x)
+    flat = x.reshape(b, -1)
+    proj = torch.Generator(device="cpu").manual_seed(0x5EED)
+    w = torch.rand(flat.shape[1], 2, generator=proj).to(device=flat.device, dtype=flat.dtype)
+    keys = flat.detach() @ w
+    first: dict[tuple[float, float], list[int]] = {}
+    inverse = torch.empty(b, dtype=torch.long)
+    reps: list[int] = []
+    for i, key in enumerate(map(tuple, keys.tolist())):
+        for r in first.get(key, []):
+            if torch.equal(flat[reps[r]], flat[i]):
+                inverse[i] = r
+                break
+        else:
+            first.setdefault(key, []).append(len(reps))
+            inverse[i] = len(reps)
+            reps.append(i)
+    if len(reps) == b:
+        return net(x)
+    return net(x[reps])[inverse.to(x.device)]
+
+
 class ContextNetwork(nn.Module):
     """The glance: reads a ``(B, C, S, S)`` thumbnail once per episode.
 
@@ -232,7 +263,7 @@ class ContextNetwork(nn.Module):
         return x * 2.0 - 1.0  # [0, 1] pixels -> [-1, 1]
 
     def initial_hidden(self, thumb: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self._centre(thumb))
+        return _per_distinct(self.encoder, self._centre(thumb))
 
     def cell_centres(self, cells: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``(B,)`` cell indices (row-major) -> ``(B, 2)`` ``(x, y)`` centres in [-1, 1]."""
@@ -251,7 +282,7 @@ class ContextNetwork(nn.Module):
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The first location, as :meth:`LocationNetwork.act`: ``(loc (B, 2), mean (B, 2),
         log_prob (B,))``; ``mean`` is the centre of the most probable cell."""
-        logits = self.policy(self._centre(thumb)).float()
+        logits = _per_distinct(self.policy, self._centre(thumb)).float()
         dist = Categorical(logits=logits, validate_args=False)
         if loc is None:
             if policy == "mean":

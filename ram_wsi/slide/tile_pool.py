@@ -212,7 +212,10 @@ def open_pool(directory: str, pool: str, seed: int = 0, tile: int = 224) -> Tile
         with atomic_path(where, is_dir=True) as tmp:
             _build(files, tile, Path(tmp))
             (Path(tmp) / "done").write_text(json.dumps({"files": len(files)}))
-    levels = [np.load(where / f"level{lvl}.npy", mmap_mode="r") for lvl in range(LEVELS)]
+    # Plain ndarray views of the maps: indexing a np.memmap makes a memmap object per cell,
+    # which cost more than copying a small cell.
+    levels = [np.asarray(np.load(where / f"level{lvl}.npy", mmap_mode="r"))
+              for lvl in range(LEVELS)]
     classes, start = {}, 0
     for cls in TILE_CLASSES:
         classes[cls] = np.arange(start, start + len(by_class[cls]))

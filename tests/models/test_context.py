@@ -133,3 +133,26 @@ def test_context_policy_learns_where_the_target_is():
     img, cells = batch(256)
     loc, _, _ = net.act(img, policy="mean")
     assert (net.cells_of(loc) == cells).float().mean() > 0.9  # chance: 1/16
+
+
+def test_the_glance_runs_once_per_distinct_thumbnail_with_the_same_outputs_and_gradients():
+    """Episodes of one slide share its thumbnail: the context net runs once per distinct one,
+    and gives the outputs and gradients of running every row."""
+    from torch import nn
+
+    from ram_wsi.models.ram import _per_distinct
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(5))
+    thumbs = torch.rand(3, 3, 8, 8)
+    x = thumbs[[0, 1, 0, 2, 1, 0]]
+    x[5, 0, 0, 0] += 1e-3  # equal up to one pixel: distinct, never merged
+    calls = []
+    net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    got = _per_distinct(net, x)
+    assert calls == [4]
+    grads = torch.autograd.grad(got.square().sum(), list(net.parameters()))
+    want = net(x)
+    assert torch.allclose(got, want, atol=1e-6)
+    for g, w in zip(grads, torch.autograd.grad(want.square().sum(), list(net.parameters()))):
+        assert torch.allclose(g, w, atol=1e-5)

@@ -99,7 +99,7 @@ def _mosaic(pooled: np.ndarray, ids: np.ndarray, var: np.ndarray) -> np.ndarray:
     of fine levels, one vectorised gather for the many small ones of coarse levels."""
     rows, cols = ids.shape
     c = pooled.shape[1]
-    if ids.size > 64:
+    if ids.size > 16:
         cells = _dihedral(np.asarray(pooled[ids.ravel()]), var.ravel())
         return cells.reshape(rows, cols, c, c, 3).transpose(0, 2, 1, 3, 4).reshape(
             rows * c, cols * c, 3)
@@ -122,6 +122,7 @@ class TissueScene(Scene):
     param_choices: ClassVar[dict[str, tuple[str, ...]]] = {"pool": POOLS}
     needs_mpp: ClassVar[bool] = True
     default_mpp: ClassVar[float] = 0.5
+    draws_regions: ClassVar[bool] = True
 
     def __init__(self, width: int, height: int, *, seed: int, label: int | None, tile: int,
                  data_dir: Any = None, tiles: str | None = None, pool: str = "train",
@@ -214,7 +215,7 @@ class TissueScene(Scene):
             ADENOMA_CLASSES[int(rng.integers(len(ADENOMA_CLASSES)))] if has_adenoma else None)
         ncx, ncy = -(-self.w // self.cell), -(-self.h // self.cell)
         self.grid = (ncx, ncy)
-        self.region = np.zeros((ncy, ncx), bool)
+        self.region_mask = np.zeros((ncy, ncx), bool)
         self.region_center = None
         self.region_diameter_px = float(diameter_px)
         if self.region_class is None:
@@ -232,9 +233,9 @@ class TissueScene(Scene):
         theta = np.arctan2(dy, dx)
         bend = 1 + sum(a * np.cos((k + 2) * theta + p) for k, (a, p) in enumerate(zip(amp, phase)))
         inside = np.hypot(dx, dy) <= want * bend
-        self.region = inside & self._on_tissue(px, py)
-        if not self.region.any():  # a tiny region: at least the cell under its centre
-            self.region[int(cy // self.cell), int(cx // self.cell)] = True
+        self.region_mask = inside & self._on_tissue(px, py)
+        if not self.region_mask.any():  # a tiny region: at least the cell under its centre
+            self.region_mask[int(cy // self.cell), int(cx // self.cell)] = True
         self.region_center = (float(cx), float(cy))
 
     def _on_tissue(self, px: np.ndarray, py: np.ndarray) -> np.ndarray:
@@ -253,7 +254,7 @@ class TissueScene(Scene):
         ids = self.pool.classes["H"][(h % np.uint64(len(self.pool.classes["H"]))).astype(np.int64)]
         if self.region_class is not None:
             ncx, ncy = self.grid
-            inr = self.region[np.clip(cy, 0, ncy - 1), np.clip(cx, 0, ncx - 1)]
+            inr = self.region_mask[np.clip(cy, 0, ncy - 1), np.clip(cx, 0, ncx - 1)]
             inr &= (cx >= 0) & (cx < ncx) & (cy >= 0) & (cy < ncy)
             pool = self.pool.classes[self.region_class]
             ids = np.where(inr, pool[(h % np.uint64(len(pool))).astype(np.int64)], ids)
@@ -300,12 +301,13 @@ class TissueScene(Scene):
         anyt = win.reshape(r1 - r0, per, c1 - c0, per).any((1, 3))
         return np.where(anyt, COMPOSE, WHITE).astype(np.int8)
 
+    def region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        render = self._fine if level <= FINE_LEVEL else self._coarse
+        return np.clip(np.rint(render(level, x, y, w, h)), 0, 255).astype(np.uint8)
+
     def draw(self, level: int, tx: int, ty: int) -> np.ndarray:
         t = self.tile
-        render = self._fine if level <= FINE_LEVEL else self._coarse
-        img = render(level, tx * t, ty * t, t, t)
-        out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-        return self.whiten_outside(out, level, tx, ty)
+        return self.whiten_outside(self.region(level, tx * t, ty * t, t, t), level, tx, ty)
 
     def meta(self, *, seed: int, mpp: float | None) -> dict[str, Any]:
         """The geometry, plus the class names, the region (class, cells, bounding box, centre),
@@ -318,7 +320,7 @@ class TissueScene(Scene):
                "region_diameter_px": round(self.region_diameter_px, 1)}
         if self.region_class is None:
             return {**out, "region_cells": []}
-        ry, rx = np.nonzero(self.region)
+        ry, rx = np.nonzero(self.region_mask)
         x0, x1 = rx.min() * self.cell, (rx.max() + 1) * self.cell
         y0, y1 = ry.min() * self.cell, (ry.max() + 1) * self.cell
         centre = [0.5 * (x0 + x1), 0.5 * (y0 + y1)]

@@ -119,6 +119,9 @@ class Scene:
     needs_mpp: ClassVar[bool] = False
     default_mpp: ClassVar[float] = 0.25
     VARIANTS: ClassVar[int] = 1
+    # A scene that composes any window of a level (:meth:`region`) is read so by procedural
+    # sources: only the pixels asked for, not the blocks under them.
+    draws_regions: ClassVar[bool] = False
     label: int
 
     def __init__(self, width: int, height: int, tile: int):
@@ -153,6 +156,11 @@ class Scene:
     def draw(self, level: int, tx: int, ty: int) -> np.ndarray:
         """The ``(tile, tile, 3)`` uint8 tile ``(tx, ty)`` of ``level`` (white outside)."""
         raise NotImplementedError(f"{type(self).__name__}.draw")
+
+    def region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The ``(h, w, 3)`` uint8 pixels of ``level`` from level pixel ``(x, y)`` (inside the
+        level): for scenes with ``draws_regions``; equal to the same window of the tiles."""
+        raise NotImplementedError(f"{type(self).__name__} draws tiles, not regions")
 
     def classify(self, level: int, rows: tuple[int, int] | None = None,
                  cols: tuple[int, int] | None = None) -> np.ndarray:
