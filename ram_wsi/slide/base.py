@@ -315,7 +315,7 @@ class GlimpseSource(abc.ABC):
         caller, so not counted as a region requested)."""
         xs, ys = np.array([x], np.int64), np.array([y], np.int64)
         if self._blocked(level, use_cache):
-            return self._assemble(level, xs, ys, w, h, use_cache)[0]
+            return self._from_blocks(level, xs, ys, w, h, use_cache)[0]
         out = self.read_regions(level, xs, ys, w, h, use_cache)[0]
         self._count(regions=-1, pixels_requested=-w * h)  # a region reader counted it
         return out
@@ -329,6 +329,14 @@ class GlimpseSource(abc.ABC):
         y0 = np.asarray(y0, dtype=np.int64).reshape(-1)
         n = x0.shape[0]
         self._count(regions=n, pixels_requested=n * w * h)
+        return self._from_blocks(level, x0, y0, w, h, use_cache)
+
+    def _from_blocks(self, level: int, x0: np.ndarray, y0: np.ndarray, w: int, h: int,
+                     use_cache: bool) -> np.ndarray:
+        """Regions of a file level through :meth:`_assemble` (which a backend may override
+        for its own levels); of a built level always through this class's."""
+        if self.read_levels.built(level):
+            return GlimpseSource._assemble(self, level, x0, y0, w, h, use_cache)
         return self._assemble(level, x0, y0, w, h, use_cache)
 
     def _assemble(self, level: int, x0: np.ndarray, y0: np.ndarray, w: int, h: int,
