@@ -212,6 +212,10 @@ class ModelConfig:
     context_size: int = 128  # side of the square thumbnail, pixels
     context_grid: int = 16  # the first-location policy's cells per side
     context_channels: int = 16  # width of the context convolutions
+    # Beyond the paper, for annotated slides: a linear head on each glimpse's features that
+    # names what lies under it (0: no lesion, c + 1: the lesion of a class-c slide), trained by
+    # train.glimpse_aux_weight from the annotation; the decision does not read it.
+    glimpse_aux: bool = False
     fc_hidden: int = 256
     conv_filters: int = 8
     conv_kernel: int = 10
@@ -280,6 +284,13 @@ class TrainConfig:
     # data.mnist.episodes_per_image > 1).
     advantage: str = "learned"
     baseline_weight: float = 1.0
+    # Beyond the paper, both from the annotation of synthetic slides (a tissue mosaic's region,
+    # a needle's lesion: what the dense baseline's tile CNN also trains on), at training time
+    # only; rows that use them are labelled. glimpse_aux_weight: the weight of the per-glimpse
+    # cross-entropy of model.glimpse_aux's head (what lies under each glimpse). target_reward:
+    # a reward per glimpse on the lesion, added to the return of every location before it.
+    glimpse_aux_weight: float = 0.0
+    target_reward: float = 0.0
     # The location net's learning rate relative to ``lr``. Adam normalises the noisy REINFORCE
     # gradient to unit-size steps, so at the supervised rate the policy mean random-walks into
     # tanh saturation (glimpses parked in a corner); a smaller rate lets the signal accumulate.
@@ -322,6 +333,8 @@ class TrainConfig:
             raise ConfigError(f"must be auto, cpu or cuda[:N], got {self.device!r}",
                               key="train.device", source=src)
         at_least(self.eval_samples, 1, "train.eval_samples", src)
+        at_least(self.glimpse_aux_weight, 0.0, "train.glimpse_aux_weight", src)
+        at_least(self.target_reward, 0.0, "train.target_reward", src)
         if self.val_samples is not None:
             at_least(self.val_samples, 1, "train.val_samples", src)
 
@@ -370,6 +383,9 @@ class ExperimentConfig:
         self.model.validate(self.source, self.data.canvas_size)
         self.train.validate(self.source)
         self.distributed.validate(self.source)
+        if self.train.glimpse_aux_weight > 0 and not self.model.glimpse_aux:
+            raise ConfigError("needs model.glimpse_aux: true (the head it trains)",
+                              key="train.glimpse_aux_weight", source=self.source)
         return self
 
     @property

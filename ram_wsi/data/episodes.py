@@ -78,6 +78,13 @@ class Episodes:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def glimpse_labels(self, locations: torch.Tensor) -> torch.Tensor | None:
+        """``(B, T)`` what lies under each glimpse at ``locations`` (annotated slides: see
+        :meth:`~ram_wsi.data.slides.SlideView.glimpse_labels`), or None where the sensor knows
+        no annotation (MNIST canvases)."""
+        read = getattr(self.sensor, "glimpse_labels", None)
+        return None if read is None else read(locations, self.labels)
+
     def model_context(self) -> torch.Tensor | None:
         """The thumbnails as the model reads them: float in [0, 1]."""
         return None if self.context is None else context_float(self.context)

@@ -176,6 +176,17 @@ class SlideView:
         hx, hy = 0.5 * np.broadcast_to(np.asarray(t.get("target_size_px", 0), float), (2,))
         return ((px[:, 0] - cx).abs() <= hx) & ((px[:, 1] - cy).abs() <= hy)
 
+    def glimpse_labels(self, loc: torch.Tensor, label: int) -> torch.Tensor:
+        """``(N,)`` int64: what lies under each frame location of an episode on this slide of
+        class ``label``: ``label + 1`` on its lesion, 0 elsewhere, -1 when the slide carries no
+        annotation (a real slide) -- the targets of ``model.glimpse_aux``'s head."""
+        if self.target is None:
+            return torch.full((loc.shape[0],), -1, dtype=torch.long)
+        hit = self.on_target(loc)
+        if hit is None:  # annotated, without a lesion (a benign mosaic without adenoma)
+            return torch.zeros(loc.shape[0], dtype=torch.long)
+        return torch.where(hit, int(label) + 1, 0).long()
+
     def on_tissue(self, loc: torch.Tensor) -> np.ndarray:
         return self.mask.contains(self.frame.to_slide(loc).numpy())
 
@@ -250,6 +261,17 @@ class SlideSensor:
                                            units=self.units)
         self.seconds += time.perf_counter() - t0
         return out.to(loc.dtype)
+
+    def glimpse_labels(self, locations: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` int64 (:meth:`SlideView.glimpse_labels`) of the episodes' raw
+        ``locations`` ``(B, T, 2)`` (clamped as the sensor saw them)."""
+        loc = locations.detach().cpu().clamp(-1.0, 1.0)
+        b, t = loc.shape[:2]
+        out = torch.empty((b, t), dtype=torch.long)
+        for s, rows in self.groups.items():
+            for r in rows.tolist():
+                out[r] = self.views[s].glimpse_labels(loc[r], int(labels[r]))
+        return out
 
 
 class SlideSet:

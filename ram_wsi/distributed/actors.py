@@ -109,6 +109,11 @@ class RolloutWorker:
                                      keep_glimpses=True, start=ep.start,
                                      context=ep.model_context())
         rewards = rewards_from_logits(traj.logits, ep.labels)
+        t = self.cfg.train
+        # What lay under each glimpse, for a loss that reads the annotation: the actor knows
+        # the slides, the learner only what it is sent.
+        under = (ep.glimpse_labels(traj.locations)
+                 if t.glimpse_aux_weight > 0 or t.target_reward > 0 else None)
         self.episodes += b
         self.calls += 1
         return EpisodeBatch(glimpses=quantize(traj.glimpses, dtype),
@@ -118,6 +123,7 @@ class RolloutWorker:
                             context=ep.context, actor=self.index,
                             groups=(None if ep.slide_idx is None else
                                     torch.as_tensor(ep.slide_idx, dtype=torch.long)),
+                            glimpse_labels=under,
                             seconds=time.perf_counter() - t0,
                             info={"pid": os.getpid(), "incarnation": self.incarnation})
 

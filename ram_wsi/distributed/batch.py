@@ -64,6 +64,8 @@ class EpisodeBatch:
             the learner replays the first location from them, never from the slide.
         groups: ``(B,)`` int64 slide of each episode (its index in the train split), for the
             leave-one-out baseline (``train.advantage: group``); None for MNIST.
+        glimpse_labels: ``(B, T)`` int64 what lay under each glimpse (annotated slides, when
+            the loss reads it: ``train.glimpse_aux_weight`` / ``target_reward``), else None.
         actor: index of the actor that produced it; ``seconds``: time spent producing it.
     """
 
@@ -75,6 +77,7 @@ class EpisodeBatch:
     version: int
     context: torch.Tensor | None = None
     groups: torch.Tensor | None = None
+    glimpse_labels: torch.Tensor | None = None
     actor: int = -1
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
@@ -97,7 +100,9 @@ class EpisodeBatch:
                        behaviour_log_probs=self.behaviour_log_probs.to(device),
                        labels=self.labels.to(device), rewards=self.rewards.to(device),
                        context=None if self.context is None else self.context.to(device),
-                       groups=None if self.groups is None else self.groups.to(device))
+                       groups=None if self.groups is None else self.groups.to(device),
+                       glimpse_labels=(None if self.glimpse_labels is None
+                                       else self.glimpse_labels.to(device)))
 
     @staticmethod
     def concat(batches: list[EpisodeBatch]) -> EpisodeBatch:
@@ -118,6 +123,8 @@ class EpisodeBatch:
                      torch.cat([b.context for b in batches])),
             groups=(None if batches[0].groups is None else
                     torch.cat([b.groups for b in batches])),
+            glimpse_labels=(None if batches[0].glimpse_labels is None else
+                            torch.cat([b.glimpse_labels for b in batches])),
             actor=-1,
             seconds=max(b.seconds for b in batches),
         )

@@ -53,13 +53,11 @@ class Learner:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             traj = self.replay(batch)
             return hybrid_loss(
-                traj, batch.labels.to(self.device), rl_weight=cfg.rl_weight,
-                baseline_weight=cfg.baseline_weight,
+                traj, batch.labels.to(self.device),
                 behaviour_log_probs=(batch.behaviour_log_probs.to(self.device)
                                      if off_policy else None),
-                rho_clip=self.rho_clip, reward=cfg.reward,
-                groups=(batch.groups.to(self.device)
-                        if cfg.advantage == "group" and batch.groups is not None else None))
+                rho_clip=self.rho_clip,
+                **self.trainer.loss_options(batch.groups, batch.glimpse_labels))
 
     def update(self, batch: EpisodeBatch, off_policy: bool = False
                ) -> tuple[bool, dict[str, float]]:

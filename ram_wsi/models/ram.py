@@ -69,6 +69,8 @@ class Trajectory:
         glimpses: ``(B, T, k, C, g, g)`` when kept (rollout actors send them to the learner).
         policy_mask: ``(T,)`` float, 1 where the location was drawn from the learned policy
             (glimpse 0 too when a context net chose it).
+        glimpse_logits: ``(B, T, classes + 1)`` what lies under each glimpse (``model.glimpse_aux``:
+            0 no lesion, ``c + 1`` a class-``c`` lesion), None without the head.
     """
 
     locations: torch.Tensor
@@ -78,6 +80,7 @@ class Trajectory:
     logits: torch.Tensor
     policy_mask: torch.Tensor
     glimpses: torch.Tensor | None = None
+    glimpse_logits: torch.Tensor | None = None
 
 
 class GlimpseNetwork(nn.Module):
@@ -311,6 +314,10 @@ class RecurrentAttentionModel(nn.Module):
         self.locator = LocationNetwork(cfg.hidden, cfg.loc_std, cfg.loc_mean)
         self.baseline = nn.Linear(cfg.hidden, 1)
         self.classifier = nn.Linear(cfg.hidden, classes)
+        # What lies under each glimpse (annotated slides; beyond the paper): read by the
+        # per-glimpse loss only, never by the decision.
+        self.glimpse_head = (nn.Linear(cfg.glimpse_out, classes + 1)
+                             if cfg.glimpse_aux else None)
         self.random_glimpses = cfg.arch == "ram_random"
         self.context = (ContextNetwork(channels, cfg.context_size, cfg.context_grid,
                                        cfg.context_channels, cfg.hidden)
@@ -379,7 +386,7 @@ class RecurrentAttentionModel(nn.Module):
         n_glimpses = self.cfg.glimpses
         state = self._begin(batch, context, device, dtype)
         learned_first = self.context is not None and policy != "random"
-        locs, means, logps, bases, kept = [], [], [], [], []
+        locs, means, logps, bases, kept, under = [], [], [], [], [], []
         for t in range(n_glimpses):
             given = None if locations is None else locations[:, t]
             h = state[0].detach()  # the policy and the baseline never move the core
@@ -398,7 +405,10 @@ class RecurrentAttentionModel(nn.Module):
             rho = sensor(t, loc.clamp(-1.0, 1.0))
             if keep_glimpses:
                 kept.append(rho)
-            state = self.core(self.glimpse_net(rho, loc.clamp(-1.0, 1.0)), state)
+            g = self.glimpse_net(rho, loc.clamp(-1.0, 1.0))
+            if self.glimpse_head is not None:
+                under.append(self.glimpse_head(g))
+            state = self.core(g, state)
             locs.append(loc)
             means.append(mean)
             logps.append(logp)
@@ -416,6 +426,7 @@ class RecurrentAttentionModel(nn.Module):
             logits=self.classifier(state[0]),
             policy_mask=mask,
             glimpses=torch.stack(kept, 1) if keep_glimpses else None,
+            glimpse_logits=torch.stack(under, 1) if under else None,
         )
 
 

@@ -6,7 +6,11 @@
 * ``(R - b_t)^2`` trains the baseline (it reads ``h.detach()``, and is detached in the advantage).
 
 The reward is 1 for a correct final classification (the paper's), or ``log p(label)``
-(``reward="log_prob"``, beyond the paper). For off-policy batches (the
+(``reward="log_prob"``, beyond the paper). On annotated slides two more terms are available
+(beyond the paper, training only): a per-glimpse cross-entropy of the model's glimpse head
+against what lies under each glimpse (``glimpse_labels``: 0 no lesion, ``c + 1`` the lesion of
+a class-``c`` slide, -1 unknown), and ``target_reward`` per glimpse on the lesion, added to the
+return of every location chosen before it (``G_t = R + target_reward * hits from t on``). For off-policy batches (the
 asynchronous Ray mode) the policy term is weighted by a clipped importance ratio
 ``min(rho_clip, pi / mu)`` of the whole trajectory, as in V-trace/IMPALA.
 """
@@ -20,7 +24,8 @@ import torch.nn.functional as F
 
 from ..models.ram import Trajectory
 
-__all__ = ["LossTerms", "group_baseline", "hybrid_loss", "rewards_from_logits"]
+__all__ = ["LossTerms", "glimpse_loss", "group_baseline", "hybrid_loss", "returns",
+           "rewards_from_logits"]
 
 
 @dataclass
@@ -30,10 +35,14 @@ class LossTerms:
     reinforce: torch.Tensor
     baseline: torch.Tensor
     accuracy: torch.Tensor  # mean of the 0/1 reward: accuracy of the stochastic rollout
+    glimpse: torch.Tensor | None = None  # the per-glimpse cross-entropy, when trained
 
     def as_dict(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in
-                ("total", "classification", "reinforce", "baseline", "accuracy")}
+        out = {k: float(getattr(self, k).detach()) for k in
+               ("total", "classification", "reinforce", "baseline", "accuracy")}
+        if self.glimpse is not None:
+            out["glimpse"] = float(self.glimpse.detach())
+        return out
 
 
 def rewards_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -55,10 +64,37 @@ def group_baseline(reward: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
                        torch.full_like(reward, float("nan")))
 
 
+def returns(reward: torch.Tensor, glimpse_labels: torch.Tensor | None,
+            target_reward: float) -> torch.Tensor:
+    """``(B, T)`` return of the location chosen at each glimpse: the final ``reward`` ``(B,)``,
+    plus ``target_reward`` for each glimpse from that one on that lies on the lesion
+    (``glimpse_labels > 0``)."""
+    t = 1 if glimpse_labels is None else glimpse_labels.shape[1]
+    out = reward[:, None].expand(-1, t)
+    if glimpse_labels is None or target_reward <= 0:
+        return out
+    hits = (glimpse_labels > 0).to(reward.dtype)
+    to_go = hits.flip(1).cumsum(1).flip(1)
+    return out + target_reward * to_go
+
+
+def glimpse_loss(traj: Trajectory, glimpse_labels: torch.Tensor | None) -> torch.Tensor | None:
+    """Mean cross-entropy of the glimpse head over the glimpses whose label is known (>= 0);
+    None without the head or the labels."""
+    if traj.glimpse_logits is None or glimpse_labels is None:
+        return None
+    known = glimpse_labels >= 0
+    if not bool(known.any()):
+        return traj.glimpse_logits.sum() * 0.0
+    return F.cross_entropy(traj.glimpse_logits[known].float(), glimpse_labels[known])
+
+
 def hybrid_loss(traj: Trajectory, labels: torch.Tensor, *, rl_weight: float = 1.0,
                 baseline_weight: float = 1.0, behaviour_log_probs: torch.Tensor | None = None,
                 rho_clip: float = 1.0, reward: str = "correct",
-                groups: torch.Tensor | None = None) -> LossTerms:
+                groups: torch.Tensor | None = None,
+                glimpse_labels: torch.Tensor | None = None, glimpse_weight: float = 0.0,
+                target_reward: float = 0.0) -> LossTerms:
     """The paper's hybrid objective for one batch of trajectories.
 
     Args:
@@ -71,6 +107,9 @@ def hybrid_loss(traj: Trajectory, labels: torch.Tensor, *, rl_weight: float = 1.
         groups: ``(B,)`` ids of episodes on the same input: REINFORCE's baseline is then the
             mean reward of the *other* episodes of the group (leave-one-out), the learned
             baseline where a group has one episode. None: the learned baseline (the paper).
+        glimpse_labels: ``(B, T)`` what lies under each glimpse (annotated slides), or None.
+        glimpse_weight: the weight of the glimpse head's cross-entropy.
+        target_reward: the reward of a glimpse on the lesion (see :func:`returns`).
     """
     ce = F.cross_entropy(traj.logits.float(), labels)
     correct = rewards_from_logits(traj.logits, labels)  # (B,)
@@ -79,17 +118,22 @@ def hybrid_loss(traj: Trajectory, labels: torch.Tensor, *, rl_weight: float = 1.
     else:
         reward = correct
     mask = traj.policy_mask.to(traj.log_probs.dtype)  # (T,)
+    ret = returns(reward, glimpse_labels, target_reward).to(traj.log_probs.dtype)
+    ret = ret.expand(-1, traj.log_probs.shape[1])  # (B, T)
     base_t = traj.baselines.detach()
     if groups is not None:
-        loo = group_baseline(reward, groups)
-        base_t = torch.where(torch.isfinite(loo)[:, None], loo[:, None], base_t)
-    adv = (reward[:, None] - base_t) * mask
+        loo = torch.stack([group_baseline(ret[:, t], groups) for t in range(ret.shape[1])], 1)
+        base_t = torch.where(torch.isfinite(loo), loo, base_t)
+    adv = (ret - base_t) * mask
     logp = traj.log_probs * mask
     if behaviour_log_probs is not None:
         log_ratio = (logp.detach() - behaviour_log_probs * mask).sum(1)
         rho = torch.exp(log_ratio).clamp(max=rho_clip)
         adv = adv * rho[:, None]
     reinforce = -(logp * adv).sum(1).mean()
-    base = (((reward[:, None] - traj.baselines) ** 2) * mask).sum(1).mean()
+    base = (((ret - traj.baselines) ** 2) * mask).sum(1).mean()
     total = ce + rl_weight * reinforce + baseline_weight * base
-    return LossTerms(total, ce, reinforce, base, correct.mean())
+    aux = glimpse_loss(traj, glimpse_labels) if glimpse_weight > 0 else None
+    if aux is not None:
+        total = total + glimpse_weight * aux
+    return LossTerms(total, ce, reinforce, base, correct.mean(), aux)

@@ -198,6 +198,24 @@ class Trainer:
         return self._unroll(sensor, images.shape[0], generator=self.policy_gen,
                             keep_glimpses=keep_glimpses, context=ctx)
 
+    @property
+    def uses_annotation(self) -> bool:
+        """Whether the loss reads what lies under each glimpse (``train.glimpse_aux_weight``,
+        ``train.target_reward``: annotated slides only)."""
+        t = self.cfg.train
+        return t.glimpse_aux_weight > 0 or t.target_reward > 0
+
+    def loss_options(self, ids, glimpse_labels: torch.Tensor | None = None) -> dict[str, Any]:
+        """The keyword arguments of :func:`hybrid_loss` this run's config sets, for a batch on
+        slides / canvases ``ids`` with ``glimpse_labels`` (or None): one place for the live
+        loss here and the Ray learner's replay."""
+        t = self.cfg.train
+        return {"rl_weight": t.rl_weight, "baseline_weight": t.baseline_weight,
+                "reward": t.reward, "groups": self._advantage_groups(ids),
+                "glimpse_labels": (None if glimpse_labels is None
+                                   else torch.as_tensor(glimpse_labels, device=self.device)),
+                "glimpse_weight": t.glimpse_aux_weight, "target_reward": t.target_reward}
+
     def _advantage_groups(self, ids) -> torch.Tensor | None:
         """``ids`` ``(B,)`` (the slide or canvas of each episode) as the group baseline's
         groups on this device, or None: the learned baseline (``train.advantage`` not group,
@@ -217,11 +235,9 @@ class Trainer:
             traj = self._unroll(ep.sensor, len(ep), generator=self.policy_gen,
                                 start=None if ep.start is None else ep.start.to(self.device),
                                 context=None if ctx is None else ctx.to(self.device))
+            under = ep.glimpse_labels(traj.locations) if self.uses_annotation else None
             return hybrid_loss(traj, ep.labels.to(self.device),
-                               rl_weight=self.cfg.train.rl_weight,
-                               baseline_weight=self.cfg.train.baseline_weight,
-                               reward=self.cfg.train.reward,
-                               groups=self._advantage_groups(ep.slide_idx))
+                               **self.loss_options(ep.slide_idx, under))
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor,
              groups: torch.Tensor | None = None) -> LossTerms:
