@@ -3,9 +3,12 @@
 
     python pipelines/demo.py [--out runs/demo] [--shared ../shared/data/slides] [--minutes 3]
 
-1. writes a synthetic needle cohort of 8,192^2 slides under OUT/cohort: procedural training
-   and validation slides (drawn on demand, no disk) and held-out test slides written as files
-   (JPEG pyramidal TIFF and OME-Zarr) -- kept when already there;
+1. writes a cohort of 8,192^2 tissue-mosaic slides under OUT/cohort, paved with the real H&E
+   tiles of ../shared/data/tissue/crc_tiles (carcinoma against benign; train, validation and
+   test slides from disjoint tile pools): procedural training and validation slides (drawn on
+   demand, no disk) and held-out test slides written as files (JPEG pyramidal TIFF and
+   OME-Zarr) -- kept when already there. Without the tiles (or with --kind needle) it is the
+   synthetic needle cohort (dots against stripes);
 2. trains the slide agent of configs/demo_slides.yaml (RAM + the thumbnail glance) with Ray
    rollout actors and a learner on a local Ray instance -> OUT/train (best.pt, metrics, figures);
 3. fills OUT/folder with the held-out slides and every file of ../shared/data/slides (real
@@ -50,20 +53,47 @@ def _place(src: Path, dst: Path) -> None:
         link_or_copy(src, dst)
 
 
+def _cohort(kind: str, folder: Path, args: argparse.Namespace) -> Path:
+    """Step 1: the cohort's manifest (written once, kept by later runs)."""
+    n_val = max(8, args.train_slides // 25)
+    log = lambda m: _say(f"  {m}")  # noqa: E731
+    if kind == "needle":
+        from ram_wsi.bench.needle import write_needle_cohort
+
+        _say(f"1/3 writing a needle cohort of {args.size:,}^2 slides -> {folder}")
+        return write_needle_cohort(folder, args.size, train=args.train_slides, val=n_val,
+                                   test=args.test_slides, lesion=max(2048, args.size // 16),
+                                   log=log)
+    from ram_wsi.slide.synth.cohort import tissue_slide_kwargs, write_tissue_cohort
+
+    _say(f"1/3 writing a tissue cohort of {args.size:,}^2 slides from {args.tiles} -> "
+         f"{folder} (the first run normalises the tiles once: about a minute)")
+    scene = tissue_slide_kwargs(args.tiles, region_um=(1000.0, 3000.0))
+    return write_tissue_cohort(folder, args.size, args.tiles, train=args.train_slides,
+                               val=n_val, test=args.test_slides, fmt="mixed", scene=scene,
+                               log=log)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/demo"))
-    ap.add_argument("--config", default=str(ROOT / "configs" / "demo_slides.yaml"))
+    ap.add_argument("--config", default=None,
+                    help="default configs/demo_slides.yaml (tissue), demo_needle.yaml (needle)")
     ap.add_argument("--shared", type=Path, default=ROOT / ".." / "shared" / "data" / "slides",
                     help="real slide fixtures to score beside the generated ones")
+    ap.add_argument("--kind", choices=["tissue", "needle"], default="tissue",
+                    help="tissue: mosaics of real H&E tiles (--tiles); needle: synthetic")
+    ap.add_argument("--tiles", type=Path, default=ROOT / ".." / "shared" / "data" / "tissue"
+                    / "crc_tiles", help="a folder of class tiles H/ AC/ S/ T/ V/")
     ap.add_argument("--size", type=int, default=8192, help="side of the generated slides, px")
     ap.add_argument("--train-slides", type=int, default=400)
     ap.add_argument("--test-slides", type=int, default=8)
     ap.add_argument("--minutes", type=float, default=3.0, help="training budget")
     ap.add_argument("--workers", type=int, default=2, help="scorers on the Ray pool")
+    ap.add_argument("--no-seed", action="store_true",
+                    help="train from scratch, not from the config's train.init_from seed")
     args = ap.parse_args(argv)
 
-    from ram_wsi.bench.needle import write_needle_cohort
     from ram_wsi.config import load_config
     from ram_wsi.distributed import train_distributed
     from ram_wsi.score.runner import RunOptions, format_summary, score_slides
@@ -71,19 +101,26 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     out = args.out
-    cohort = out / "cohort"
-    _say(f"1/3 writing a needle cohort of {args.size:,}^2 slides -> {cohort}")
-    manifest = write_needle_cohort(cohort, args.size, train=args.train_slides,
-                                   val=max(8, args.train_slides // 25), test=args.test_slides,
-                                   lesion=max(2048, args.size // 16),
-                                   log=lambda m: _say(f"  {m}"))
+    kind = args.kind if args.kind == "needle" or (args.tiles / "AC").is_dir() else "needle"
+    if kind != args.kind:
+        _say(f"no tiles at {args.tiles}: the synthetic needle cohort instead")
+    manifest = _cohort(kind, out / f"cohort_{kind}", args)
+    config = args.config or str(ROOT / "configs" / ("demo_slides.yaml" if kind == "tissue"
+                                                    else "demo_needle.yaml"))
 
     train_dir = out / "train"
     shutil.rmtree(train_dir, ignore_errors=True)
-    cfg = load_config(args.config, [f"data.slides.manifest={manifest}",
-                                    f"train.out_dir={train_dir}",
-                                    f"train.max_minutes={args.minutes}"])
-    _say(f"2/3 training the slide agent ({args.config}, {args.minutes:g} min budget) with "
+    cfg = load_config(config, [f"data.slides.manifest={manifest}",
+                               f"train.out_dir={train_dir}",
+                               f"train.max_minutes={args.minutes}"])
+    seed = cfg.train.init_from
+    if seed and not Path(seed).is_absolute():  # the config's seed lies in the repository
+        cfg.train.init_from = str(ROOT / seed)
+    if args.no_seed:
+        cfg.train.init_from = None
+    if cfg.train.init_from:
+        _say(f"  starting from the seed {cfg.train.init_from} (--no-seed: from scratch)")
+    _say(f"2/3 training the slide agent ({config}, {args.minutes:g} min budget) with "
          f"{cfg.distributed.actors} Ray rollout actors -> {train_dir}")
     summary = train_distributed(cfg, resume=False, log=lambda m: _say(f"  {m}"))
     ckpt = train_dir / "best.pt"
@@ -98,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(manifest, newline="") as fh:
         for row in csv.DictReader(fh):
             if row["split"] == "test":
-                _place(cohort / row["path"], folder / row["path"])
+                _place(manifest.parent / row["path"], folder / row["path"])
                 labels[str(folder / row["path"])] = row["label"]
     fixtures = sorted(args.shared.iterdir()) if args.shared.is_dir() else []
     for p in fixtures:

@@ -18,7 +18,7 @@ from ..config import ExperimentConfig
 from ..errors import CheckpointError
 from ..io_utils import atomic_path
 
-__all__ = ["load_checkpoint", "save_checkpoint", "scoring_metadata"]
+__all__ = ["SEED_KEYS", "export_seed", "load_checkpoint", "save_checkpoint", "scoring_metadata"]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -62,3 +62,21 @@ def scoring_metadata(cfg: ExperimentConfig, model: nn.Module, data: Any) -> dict
     meta["context"] = {"kind": cfg.model.context, "size": cfg.model.context_size,
                        "grid": cfg.model.context_grid}
     return meta
+
+
+# What a seed keeps of a checkpoint: the weights and what scoring or ``train.init_from`` read.
+SEED_KEYS = ("config", "class_names", "retina", "context", "channels", "classes",
+             "package_version", "data_source")
+
+
+def export_seed(src: str | Path, dst: str | Path) -> Path:
+    """A small copy of checkpoint ``src`` at ``dst``: the model's weights in float16 (half the
+    bytes; ``load_state_dict`` converts them back) and :data:`SEED_KEYS`, without the
+    optimiser, RNG states and counters. For ``train.init_from`` (``make demo`` starts its
+    short training from one) and for scoring; not for resuming a run."""
+    ck = load_checkpoint(src)
+    seed = {k: ck[k] for k in SEED_KEYS if k in ck}
+    seed["model"] = {k: (v.half() if v.is_floating_point() else v)
+                     for k, v in ck["model"].items()}
+    seed["seed_of"] = str(Path(src).name)
+    return save_checkpoint(dst, seed)
