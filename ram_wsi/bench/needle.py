@@ -44,11 +44,19 @@ from ._report import emit, print_table, write_jsonl
 
 __all__ = ["RAM_ROWS", "build_parser", "main", "write_needle_cohort"]
 
+_PLAIN = ["model.glimpse_aux=false", "train.glimpse_aux_weight=0", "train.target_reward=0"]
 RAM_ROWS = {
-    "ram_context": ["model.context=thumbnail"],
-    "ram_paper": ["model.context=none"],
-    "ram_random": ["model.arch=ram_random", "model.context=none"],
+    "ram_context": ["model.context=thumbnail", *_PLAIN],
+    "ram_paper": ["model.context=none", *_PLAIN],
+    "ram_random": ["model.arch=ram_random", "model.context=none", *_PLAIN],
+    # Beyond the paper: the glance, plus the annotation-guided terms (the glimpse head's
+    # cross-entropy, a reward per glimpse on the lesion; training only).
+    "ram_guided": ["model.context=thumbnail", "model.glimpse_aux=true",
+                   "train.glimpse_aux_weight=1.0", "train.target_reward=0.2"],
 }
+DEFAULT_ROWS = {"needle": ["ram_context", "ram_paper", "ram_random", "thumbnail", "dense"],
+                "tissue": ["ram_guided", "ram_context", "ram_paper", "ram_random", "thumbnail",
+                           "dense"]}
 CLASS_NAMES = ("dots", "stripes")
 
 
@@ -85,8 +93,9 @@ def write_needle_cohort(folder: str | Path, size: int, *, train: int, val: int, 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ram-wsi bench needle", description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[16384, 131072])
-    ap.add_argument("--rows", nargs="+", default=[*RAM_ROWS, "thumbnail", "dense"],
-                    choices=[*RAM_ROWS, "thumbnail", "dense"])
+    ap.add_argument("--rows", nargs="+", default=None, choices=[*RAM_ROWS, "thumbnail", "dense"],
+                    help="default: needle " + " ".join(DEFAULT_ROWS["needle"]) + "; tissue "
+                         + " ".join(DEFAULT_ROWS["tissue"]))
     ap.add_argument("--kind", choices=["needle", "tissue"], default="needle",
                     help="needle: dots against stripes (synthetic); tissue: carcinoma against "
                          "benign on mosaics of real H&E tiles (--tiles)")
@@ -152,6 +161,9 @@ def _ram_row(name: str, manifest: Path, size: int, args) -> dict[str, Any]:
             "error_m_avg": s.get("test_error_m_avg"),
             "val_error_mean": s.get("best_val_error_mean"),
             "on_target": s.get("test_on_target"), "on_tissue": s.get("test_on_tissue"),
+            "on_target_by_glimpse": s.get("test_on_target_by_glimpse"),
+            "accuracy_by_glimpse": s.get("test_accuracy_by_glimpse"),
+            "auc_by_glimpse": s.get("test_auc_by_glimpse"),
             "pixels_decoded": s.get("test_pixels_decoded_per_slide"),
             "pixels_requested": s.get("test_pixels_requested_per_slide"),
             "seconds_per_slide": s.get("test_seconds_per_slide"),
@@ -243,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     args = build_parser().parse_args(argv)
+    args.rows = args.rows or DEFAULT_ROWS[args.kind]
     if args.config is None:
         name = "needle_slides.yaml" if args.kind == "needle" else "crc_slides.yaml"
         args.config = str(Path(__file__).resolve().parents[2] / "configs" / name)

@@ -71,6 +71,8 @@ class Trajectory:
             (glimpse 0 too when a context net chose it).
         glimpse_logits: ``(B, T, classes + 1)`` what lies under each glimpse (``model.glimpse_aux``:
             0 no lesion, ``c + 1`` a class-``c`` lesion), None without the head.
+        step_logits: ``(B, T, classes)`` the classifier read after each glimpse (the last is
+            ``logits``): accuracy against the number of glimpses, without retraining.
     """
 
     locations: torch.Tensor
@@ -81,6 +83,7 @@ class Trajectory:
     policy_mask: torch.Tensor
     glimpses: torch.Tensor | None = None
     glimpse_logits: torch.Tensor | None = None
+    step_logits: torch.Tensor | None = None
 
 
 class GlimpseNetwork(nn.Module):
@@ -386,7 +389,7 @@ class RecurrentAttentionModel(nn.Module):
         n_glimpses = self.cfg.glimpses
         state = self._begin(batch, context, device, dtype)
         learned_first = self.context is not None and policy != "random"
-        locs, means, logps, bases, kept, under = [], [], [], [], [], []
+        locs, means, logps, bases, kept, under, steps = [], [], [], [], [], [], []
         for t in range(n_glimpses):
             given = None if locations is None else locations[:, t]
             h = state[0].detach()  # the policy and the baseline never move the core
@@ -409,6 +412,7 @@ class RecurrentAttentionModel(nn.Module):
             if self.glimpse_head is not None:
                 under.append(self.glimpse_head(g))
             state = self.core(g, state)
+            steps.append(state[0])
             locs.append(loc)
             means.append(mean)
             logps.append(logp)
@@ -424,6 +428,7 @@ class RecurrentAttentionModel(nn.Module):
             log_probs=torch.stack(logps, 1),
             baselines=torch.stack(bases, 1),
             logits=self.classifier(state[0]),
+            step_logits=self.classifier(torch.stack(steps, 1).detach()),
             policy_mask=mask,
             glimpses=torch.stack(kept, 1) if keep_glimpses else None,
             glimpse_logits=torch.stack(under, 1) if under else None,

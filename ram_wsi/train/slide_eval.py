@@ -84,10 +84,13 @@ def rollout_slide(model: RecurrentAttentionModel, slides: SlideSet, i: int, *, s
     row.update(_decision_fields(runs, locs, slides))
     hit = runs.view.on_target(locs.reshape(-1, 2).cpu())
     if hit is not None:
+        hit = hit.view(locs.shape[0], locs.shape[1]).double()
+        row["on_target_by_glimpse"] = hit.mean(0).tolist()  # glimpse 1, 2, ... (all rollouts)
         # The learned glimpses only: the first is the start rule's in the paper's model,
         # the context net's choice in ours.
-        hit = hit.view(locs.shape[0], locs.shape[1])[:, 0 if model.context is not None else 1:]
-        row["on_target"] = float(hit.double().mean())
+        row["on_target"] = float(hit[:, 0 if model.context is not None else 1:].mean())
+    # The mean policy's decision had it stopped after k glimpses (k = 1 .. T).
+    row["probs_by_glimpse"] = torch.softmax(runs.mean.step_logits[0].float(), -1).cpu().numpy()
     if runs.mean.glimpses is not None:
         row["glimpses"] = (runs.mean.glimpses[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     if runs.view.preview is not None:  # held-out and scored slides: for figures, thumbnails
@@ -232,7 +235,23 @@ def slide_metrics(rows: list[dict[str, Any]], class_names: list[str]) -> dict[st
     hits = [r["on_target"] for r in ok if "on_target" in r]
     if hits:
         out["on_target"] = float(np.mean(hits))
+        by = [r["on_target_by_glimpse"] for r in ok if "on_target_by_glimpse" in r]
+        out["on_target_by_glimpse"] = np.mean(by, 0).round(4).tolist()
+    out.update(_by_glimpse(ok, y, classes))
     return out
+
+
+def _by_glimpse(ok: list[dict[str, Any]], y: np.ndarray, classes: int) -> dict[str, list]:
+    """Accuracy and AUC of the mean-policy decision after k = 1 .. T glimpses (the classifier
+    read after each glimpse of the same path): what each later glimpse adds."""
+    steps = [r["probs_by_glimpse"] for r in ok if "probs_by_glimpse" in r]
+    if len(steps) != len(ok) or not steps:
+        return {}
+    p = np.stack(steps)  # (N, T, classes)
+    acc = [float((p[:, k].argmax(-1) == y).mean()) for k in range(p.shape[1])]
+    auc = [auc_macro(p[:, k], y, classes) for k in range(p.shape[1])]
+    return {"accuracy_by_glimpse": [round(a, 4) for a in acc],
+            "auc_by_glimpse": [round(float(a), 4) if np.isfinite(a) else None for a in auc]}
 
 
 def write_slide_rows(path, rows: list[dict[str, Any]], class_names: list[str]) -> None:
