@@ -4,6 +4,12 @@ chunk). :class:`~ram_wsi.slide.zarr_source.ZarrSource` describes each level once
 (:func:`fast_reader`) and reads chunks through :func:`read_chunk`; anything this layer cannot
 read is None and zarr reads it.
 
+A remote store (:mod:`.remote`) gives the same bytes through zarr's store layer: whole chunk
+objects and byte ranges of shards. :func:`read_chunks` reads a batch of chunks from it in at most
+two round trips -- the shard indexes not yet cached, all together, then every chunk's bytes,
+all together -- and decodes them here as local ones are, so that a remote glimpse equals the
+local one to the bit.
+
 Every failure of a store -- opening it (``zarr_source``) or reading it (here) -- becomes a
 :class:`SlideError` through :func:`zarr_error`, the one place that builds them, as
 ``_openslide_lowlevel.openslide_error`` is for OpenSlide.
@@ -72,6 +78,9 @@ class FastReader(NamedTuple):
     """The array's fill value (absent chunks and shards)."""
     shard: ShardLayout | None
     """The shard layout, None for an unsharded array."""
+    remote: Any = None
+    """The :class:`~ram_wsi.slide.remote.RemoteStore` of a remote store (``root`` is then the
+    array's key prefix in it), None for local files."""
 
 
 class ShardIndex(NamedTuple):
@@ -124,18 +133,22 @@ def shard_layout(sc: Any, shard_shape: tuple[int, ...]) -> ShardLayout | None:
                        index_size=16 * n + (4 if crc else 0), cache=BlockCache(32 << 20))
 
 
-def fast_reader(arr: Any, root: Path, ic: int | None) -> FastReader | None:
+def fast_reader(arr: Any, root: Path | str, ic: int | None, remote: Any = None
+                ) -> FastReader | None:
     """How to decode a chunk of ``arr`` without zarr's machinery: only for the common case -- a
-    local zarr v3 uint8 array, regular chunks, ``bytes`` + blosc (any compressor) or zstd (or
+    zarr v3 uint8 array, regular chunks, ``bytes`` + blosc (any compressor) or zstd (or
     nothing), all channels in one chunk; unsharded, or sharded (``sharding_indexed`` with those
     inner codecs, index ``bytes`` [+ ``crc32c``] at the start or end), where the inner chunk is
-    the block. None otherwise (zarr reads)."""
+    the block. ``root`` is the array's directory (local) or its key in ``remote`` (a
+    :class:`~ram_wsi.slide.remote.RemoteStore`). None otherwise (zarr reads)."""
     try:
         import numcodecs
         from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec, ZstdCodec
 
         md = arr.metadata
-        if md.zarr_format != 3 or np.dtype(arr.dtype) != np.uint8 or not root.is_dir():
+        if md.zarr_format != 3 or np.dtype(arr.dtype) != np.uint8:
+            return None
+        if remote is None and not Path(root).is_dir():
             return None
         codecs = list(md.codecs)
         grid = tuple(int(c) for c in md.chunk_grid.chunk_shape)
@@ -164,18 +177,23 @@ def fast_reader(arr: Any, root: Path, ic: int | None) -> FastReader | None:
         sep = getattr(cke, "separator", "/")
         prefix = "c" + sep if getattr(cke, "name", "default") == "default" else ""
         fill = int(md.fill_value) if md.fill_value is not None else 0
-        return FastReader(root=os.path.join(str(root), ""), sep=sep, prefix=prefix,
-                          chunks=chunks, decode=decode, fill=fill, shard=shard)
+        base = str(root).rstrip("/") + "/" if remote is not None else os.path.join(str(root), "")
+        return FastReader(root=base, sep=sep, prefix=prefix, chunks=chunks, decode=decode,
+                          fill=fill, shard=shard, remote=remote)
     except Exception:  # noqa: BLE001 -- anything unusual: let zarr read it
         return None
 
 
 def read_chunk(fast: FastReader, path: str, level: int, ix: int, iy: int, bx: int,
-               by: int, counts: dict[str, int] | None = None) -> np.ndarray:
+               by: int, counts: dict[str, int] | None = None, stamp: float = 0.0
+               ) -> np.ndarray:
     """The decoded chunk ``(by, bx)`` (x on axis ``ix``, y on ``iy``, 0 on the others) as a
     ``fast.chunks``-shaped uint8 array; the fill value when absent. ``path`` (the store) and
-    ``level`` name it in errors; the encoded bytes read are added to ``counts["bytes_read"]``.
+    ``level`` name it in errors; the encoded bytes read are added to ``counts["bytes_read"]``;
+    ``stamp`` (the store's version) keys a remote store's cached shard indexes.
     Raises SlideError."""
+    if fast.remote is not None:
+        return read_chunks([(fast, level, bx, by)], path, ix, iy, counts, stamp)[level, bx, by]
     chunks = fast.chunks
     idx = [0] * len(chunks)
     idx[ix], idx[iy] = bx, by
@@ -244,6 +262,16 @@ def parse_shard_index(shard: ShardLayout, fd: int, f: str, size: int, level: int
     buf = os.pread(fd, isz, start)
     if len(buf) != isz:
         raise zarr_error(path, f"level {level} shard {f}: short read of its index")
+    return check_shard_index(shard, buf, f, size, level, path)
+
+
+def check_shard_index(shard: ShardLayout, buf: bytes, f: str, size: int | None, level: int,
+                      path: str) -> ShardIndex:
+    """Parse and check the ``index_size`` bytes ``buf`` of shard ``f``: its crc32c when it has
+    one, and every inner chunk inside the shard (``size`` bytes; None when unknown -- a remote
+    shard's index read as its last bytes -- checks the lower bound only, and a chunk read past
+    the end is caught as truncated). Raises SlideError naming ``path``."""
+    isz = shard.index_size
     if shard.crc:
         fn = shard.crcfn
         if fn is not None and fn(buf[:-4]) != int.from_bytes(buf[-4:], "little"):
@@ -254,10 +282,119 @@ def parse_shard_index(shard: ShardLayout, fd: int, f: str, size: int, level: int
     index = index.reshape(shard.cps + (2,))
     off, nb = index[..., 0], index[..., 1]
     empty = off == _MAX_U64
-    lo, hi = (isz, size) if shard.loc == "start" else (0, size - isz)
+    lo = isz if shard.loc == "start" else 0
+    hi = _MAX_U64 if size is None else (size if shard.loc == "start" else size - isz)
     o, n = off[~empty], nb[~empty]
     if (np.any(empty & (nb != _MAX_U64)) or np.any(o < lo) or np.any(n > hi)
             or np.any(o > hi - n)):
+        nbytes = "" if size is None else f"{size} bytes; "
         raise zarr_error(path, f"level {level} shard {f}: its index points outside "
-                               f"the shard ({size} bytes; corrupt or truncated shard)")
+                               f"the shard ({nbytes}corrupt or truncated shard)")
     return ShardIndex(index)
+
+
+# ----------------------------------------------------------------------------- remote stores
+_ABSENT = np.empty(0, dtype=np.uint64)  # a cached "no such shard" (reads as fill)
+
+
+def _chunk_key(fast: FastReader, ix: int, iy: int, bx: int, by: int
+               ) -> tuple[str, tuple[int, ...] | None]:
+    """The object key of chunk ``(by, bx)`` (its shard's, when sharded) and the inner
+    chunk's position in the shard (None when unsharded)."""
+    idx = [0] * len(fast.chunks)
+    idx[ix], idx[iy] = bx, by
+    shard = fast.shard
+    if shard is None:
+        return fast.root + fast.prefix + fast.sep.join(map(str, idx)), None
+    key = fast.root + fast.prefix + fast.sep.join(str(i // n) for i, n in zip(idx, shard.cps))
+    return key, tuple(i % n for i, n in zip(idx, shard.cps))
+
+
+def _shard_indexes(jobs: list[tuple[FastReader, int, str]], path: str, stamp: float
+                   ) -> dict[str, np.ndarray]:
+    """The index entries of every shard in ``jobs`` (``(reader, level, key)``), from each
+    level's cache or fetched now in one batch (an index is the shard's first or last
+    ``index_size`` bytes); :data:`_ABSENT` for a shard that does not exist."""
+    out: dict[str, np.ndarray] = {}
+    todo: dict[str, tuple[FastReader, int]] = {}
+    for fast, level, key in jobs:
+        if key in out or key in todo:
+            continue
+        hit = fast.shard.cache.get((fast.remote.url, key, stamp))
+        if hit is not None:
+            out[key] = hit
+        else:
+            todo[key] = (fast, level)
+    if not todo:
+        return out
+    keys = list(todo)
+    remote = todo[keys[0]][0].remote
+    reqs = []
+    for key in keys:
+        isz = todo[key][0].shard.index_size
+        reqs.append((key, -isz, None) if todo[key][0].shard.loc == "end" else (key, 0, isz))
+    for key, buf in zip(keys, remote.get_many(reqs)):
+        fast, level = todo[key]
+        shard, url = fast.shard, remote.key_url(key)
+        if buf is None:
+            entries = _ABSENT
+        elif len(buf) != shard.index_size:
+            raise zarr_error(path, f"level {level} shard {url} is truncated: {len(buf)} bytes, "
+                                   f"shorter than its {shard.index_size}-byte index")
+        else:
+            entries = check_shard_index(shard, buf, url, None, level, path).entries
+        out[key] = shard.cache.put((remote.url, key, stamp), entries)
+    return out
+
+
+def read_chunks(jobs: list[tuple[FastReader, int, int, int]], path: str, ix: int, iy: int,
+                counts: dict[str, int] | None = None, stamp: float = 0.0
+                ) -> dict[tuple[int, int, int], np.ndarray]:
+    """The decoded chunks ``(reader, level, bx, by)`` of one remote store (all ``jobs`` share
+    its :class:`~ram_wsi.slide.remote.RemoteStore`), keyed ``(level, bx, by)``: the shard
+    indexes not cached in one round trip, then every chunk's bytes in one more -- what a
+    glimpse's scales (and a batch of glimpses) cost in latency. Absent chunks and shards read
+    as the fill value; bytes read are counted as :func:`read_chunk` counts them.
+    Raises SlideError naming ``path`` (and the shard or chunk object)."""
+    keyed = [(fast, level, bx, by, *_chunk_key(fast, ix, iy, bx, by))
+             for fast, level, bx, by in jobs]
+    index = _shard_indexes([(f, lvl, key) for f, lvl, _, _, key, inner in keyed
+                            if inner is not None], path, stamp)
+    out: dict[tuple[int, int, int], np.ndarray] = {}
+    wanted: list[tuple[FastReader, int, int, int, str, int]] = []  # ..., key, expected bytes
+    reqs = []
+    for fast, level, bx, by, key, inner in keyed:
+        if inner is None:
+            wanted.append((fast, level, bx, by, key, -1))
+            reqs.append((key, None, None))
+            continue
+        entries = index[key]
+        off, nb = (_MAX_U64, _MAX_U64) if entries is _ABSENT or not entries.size else (
+            int(v) for v in entries[inner])
+        if off == _MAX_U64:
+            out[level, bx, by] = np.full(fast.chunks, fast.fill, dtype=np.uint8)
+            continue
+        wanted.append((fast, level, bx, by, key, nb))
+        reqs.append((key, off, off + nb))
+    if not reqs:
+        return out
+    remote = wanted[0][0].remote
+    for (fast, level, bx, by, key, nb), raw in zip(wanted, remote.get_many(reqs)):
+        url = remote.key_url(key)
+        if raw is None:
+            if nb < 0:  # an unsharded chunk never written: the fill value
+                out[level, bx, by] = np.full(fast.chunks, fast.fill, dtype=np.uint8)
+                continue
+            raise zarr_error(path, f"level {level} shard {url} vanished while being read")
+        if nb >= 0 and len(raw) != nb:
+            raise zarr_error(path, f"level {level} shard {url} is truncated: inner chunk "
+                                   f"({by}, {bx}) needs {nb} bytes, read {len(raw)}")
+        if counts is not None:
+            counts["bytes_read"] += len(raw)
+        try:
+            out[level, bx, by] = np.frombuffer(fast.decode(raw), dtype=np.uint8).reshape(
+                fast.chunks)
+        except Exception as e:
+            raise zarr_error(path, f"cannot decode level {level} chunk ({by}, {bx})", e,
+                             file=url) from e
+    return out
