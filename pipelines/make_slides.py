@@ -3,7 +3,7 @@
     python pipelines/make_slides.py OUT_DIR --count 20 --size 8192 [--fmt tiff|zarr]
         [--seed 0] [--tile 256] [--mpp 0.25] [--compression jpeg|none] [--mnist DIR]
     python pipelines/make_slides.py OUT_DIR --kind tissue --tiles DIR --size 16384
-        --procedural 600 --count 40 [--fmt mixed] [--region-um 500 2000] [--split-seed 0]
+        --procedural 600 --count 40 [--fmt mixed] [--region-um 1000 3000] [--split-seed 0]
 
 Each slide is ``slide_XXXX.<fmt>`` with its sidecar ``slide_XXXX.<fmt>.json`` (label, target
 centre in level-0 pixels and in [-1, 1], target size); ``manifest.csv`` lists ``path,label``
@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
                              "../shared/data/tissue/crc_tiles or $RAM_WSI_TILES)")
     tissue.add_argument("--val", type=int, default=None,
                         help="procedural validation slides (default max(2, procedural / 10))")
-    tissue.add_argument("--region-um", type=float, nargs=2, default=(500.0, 2000.0),
+    tissue.add_argument("--region-um", type=float, nargs=2, default=(1000.0, 3000.0),
                         metavar=("MIN", "MAX"),
                         help="the carcinoma / adenoma region's diameter range, um "
-                             "(default 500 2000)")
+                             "(default 1000 3000: large enough to learn in minutes on 2 cores)")
     tissue.add_argument("--adenoma", type=float, default=0.5,
                         help="share of benign slides with an adenoma region (default 0.5)")
     tissue.add_argument("--tissue-um", type=float, default=20000.0,

@@ -20,8 +20,8 @@ tissue_blobs  number of tissue blobs                  none (drawn from the seed)
 tiles         tissue: the folder of class tiles       none (``../shared/data/tissue/crc_tiles``)
 pool          tissue: train, val or test tiles        train
 split_seed    tissue: the seed of the tile split      0
-region_min_um tissue: the region's least diameter     500.0
-region_max_um tissue: its largest                     2000.0
+region_min_um tissue: the region's least diameter     1000.0
+region_max_um tissue: its largest                     3000.0
 adenoma       tissue: P(adenoma region | benign)      0.5
 tissue_um     tissue: the tissue's largest extent     20000.0
 ============= ======================================= =========================================

@@ -67,8 +67,8 @@ def test_the_kinds_table_names_every_kind_and_its_parameters():
     assert KINDS == ("digit", "needle", "tissue") == tuple(SCENE_KINDS)
     assert scene_parameters() == {
         "target_size": None, "tissue_blobs": None, "lesion_size": 1024, "period": 8,
-        "tiles": None, "pool": "train", "split_seed": 0, "region_min_um": 500.0,
-        "region_max_um": 2000.0, "adenoma": 0.5, "tissue_um": 20000.0}
+        "tiles": None, "pool": "train", "split_seed": 0, "region_min_um": 1000.0,
+        "region_max_um": 3000.0, "adenoma": 0.5, "tissue_um": 20000.0}
     # A parameter of another kind is ignored (its default says nothing here); an unknown one
     # is refused.
     s = make_scene("digit", 512, 512, seed=0, label=3, tile=128, lesion_size=1024)

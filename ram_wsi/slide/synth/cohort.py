@@ -30,7 +30,7 @@ SEED_BASE = {"train": 10_000, "val": 20_000, "test": 30_000}
 
 
 def tissue_slide_kwargs(tiles: str | Path, *, split_seed: int = 0, region_um: tuple[float, float]
-                        = (500.0, 2000.0), adenoma: float = 0.5, tissue_um: float = 20000.0
+                        = (1000.0, 3000.0), adenoma: float = 0.5, tissue_um: float = 20000.0
                         ) -> dict[str, Any]:
     """The scene parameters of a cohort's slides (URI keys and ``write_synthetic_slide``
     keywords alike); ``tiles`` made absolute, so a manifest's URIs name the same folder from

@@ -116,8 +116,8 @@ class TissueScene(Scene):
     kind: ClassVar[str] = "tissue"
     class_names: ClassVar[tuple[str, ...]] = TISSUE_CLASSES
     params: ClassVar[dict[str, Any]] = {
-        "tiles": None, "pool": "train", "split_seed": 0, "region_min_um": 500.0,
-        "region_max_um": 2000.0, "adenoma": 0.5, "tissue_um": 20000.0}
+        "tiles": None, "pool": "train", "split_seed": 0, "region_min_um": 1000.0,
+        "region_max_um": 3000.0, "adenoma": 0.5, "tissue_um": 20000.0}
     text_params: ClassVar[tuple[str, ...]] = ("tiles", "pool")
     param_choices: ClassVar[dict[str, tuple[str, ...]]] = {"pool": POOLS}
     needs_mpp: ClassVar[bool] = True
@@ -126,8 +126,8 @@ class TissueScene(Scene):
 
     def __init__(self, width: int, height: int, *, seed: int, label: int | None, tile: int,
                  data_dir: Any = None, tiles: str | None = None, pool: str = "train",
-                 split_seed: int = 0, region_min_um: float = 500.0,
-                 region_max_um: float = 2000.0, adenoma: float = 0.5,
+                 split_seed: int = 0, region_min_um: float = 1000.0,
+                 region_max_um: float = 3000.0, adenoma: float = 0.5,
                  tissue_um: float = 20000.0, mpp: float | None = None):
         super().__init__(width, height, tile)
         self._check(label, pool, region_min_um, region_max_um, adenoma, tissue_um, tile)
