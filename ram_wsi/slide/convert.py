@@ -16,6 +16,14 @@ interrupted run leaves no half store that looks valid; a rerun removes stale tem
 writers and starts over. The store's directories and files get the umask's modes, as any
 ``mkdir`` / ``open`` (:func:`ram_wsi.io_utils.atomic_path`).
 
+A destination URI (``s3://bucket/x.zarr``, any scheme of :mod:`.remote`) is written through
+zarr's FsspecStore by the same dask graph. Object storage has no rename, so the commit is the
+NGFF metadata alone: an old store's root ``zarr.json`` is deleted first (readers see no image
+rather than a mix of two), the levels are written, and the metadata last -- an interrupted run
+leaves objects but no image, and a rerun writes it anew. Sharded by default there
+(``--shard 2048``: a 2048^2 shard holds 64 chunks; a 10^5-pixel slide is ~3,000 objects rather
+than ~200,000), each chunk still one ranged read.
+
 Steps: :func:`_plan` (open, geometry), :func:`_write_store` (:func:`_store_level0`, then
 :func:`_store_coarser` per level, then the metadata), inside one atomic rename.
 """
@@ -37,12 +45,21 @@ import numpy as np
 from ..errors import SlideError
 from ..io_utils import atomic_path
 from ._levels import mean2x2 as _mean2x2  # the one 2x2 arithmetic: built levels agree to the bit
+from ._paths import is_uri
 from .ngff import (
     clean_stale_tmp,
     create_level_array,
     default_compressor,
     level_shapes,
     ngff_attributes,
+)
+from .remote import (
+    drop_metadata,
+    is_remote,
+    parse_storage_options,
+    set_storage_options,
+    stored_bytes,
+    writable_store,
 )
 
 __all__ = ["cli", "convert_to_ome_zarr"]
@@ -61,19 +78,27 @@ class _Plan:
     (each halving the previous, rounding up), the codec and the dask threads."""
 
     src: Any
-    dst: Path
+    dst: Path | str  # a local store, or a URI (remote.is_remote)
     shapes: list[tuple[int, int]]
     chunk: int
     compressor: Any
     workers: int
+    shard: int | None = None  # pixels per shard side (None: unsharded)
 
     @property
     def levels(self) -> int:
         return len(self.shapes)
 
+    @property
+    def block(self) -> int:
+        """The side of what one dask task writes: whole shards (two tasks never write into
+        one shard object), else whole chunks."""
+        return self.shard or self.chunk
+
 
 def _plan(src_path: str | os.PathLike, dst_path: str | os.PathLike, chunk: int,
-          levels: int | None, compressor: Any, workers: int | None) -> _Plan:
+          levels: int | None, compressor: Any, workers: int | None,
+          shard: int | None = None) -> _Plan:
     """Open the source and fix the store's geometry (raises before anything is written)."""
     from . import open_source
 
@@ -81,15 +106,18 @@ def _plan(src_path: str | os.PathLike, dst_path: str | os.PathLike, chunk: int,
         raise ValueError(f"chunk must be >= 1 pixel, got {chunk}")
     if levels is not None and int(levels) < 1:
         raise ValueError(f"levels must be >= 1, got {levels}")
+    if shard is not None and (int(shard) < int(chunk) or int(shard) % int(chunk)):
+        raise ValueError(f"shard ({shard} px) must be a multiple of chunk ({chunk} px)")
     src = open_source(src_path)
     w, h = src.dimensions
     nlev = int(levels or _default_levels(w, h, int(chunk)))
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else os.cpu_count() or 1
-    return _Plan(src=src, dst=Path(dst_path), shapes=level_shapes(w, h, nlev), chunk=int(chunk),
+    dst = str(dst_path).rstrip("/") if is_remote(str(dst_path)) else Path(dst_path)
+    return _Plan(src=src, dst=dst, shapes=level_shapes(w, h, nlev), chunk=int(chunk),
                  compressor=compressor if compressor is not None else default_compressor(),
-                 workers=max(1, int(workers)))
+                 workers=max(1, int(workers)), shard=int(shard) if shard else None)
 
 
 def _store_level0(plan: _Plan, array: Any) -> None:
@@ -97,7 +125,7 @@ def _store_level0(plan: _Plan, array: Any) -> None:
     parallel and uncached (each pixel is read once)."""
     import dask.array as da
 
-    src, chunk = plan.src, plan.chunk
+    src, chunk = plan.src, plan.block
     w, h = plan.shapes[0]
 
     def read0(block_info=None):
@@ -125,33 +153,52 @@ def _store_coarser(prev_array: Any, array: Any, chunk: int) -> None:
     da.store(down.rechunk((3, chunk, chunk)), array, lock=False)
 
 
-def _write_store(plan: _Plan, tmp: Path, src_path: str | os.PathLike) -> None:
-    """Every level into the temporary store ``tmp``, then the NGFF metadata that makes it an
-    image (last: a store interrupted before it is no image). A slide without a usable mpp gets
-    a scale in pixels and says why in ``attributes.ram_wsi``."""
+def _write_store(plan: _Plan, tmp: Path | Any, src_path: str | os.PathLike) -> None:
+    """Every level into the store ``tmp`` (a temporary directory, or a writable zarr store
+    at a remote destination), then the NGFF metadata that makes it an image (last: a store
+    interrupted before it is no image). A slide without a usable mpp gets a scale in pixels
+    and says why in ``attributes.ram_wsi``."""
     import dask
     import zarr
 
+    local = isinstance(tmp, Path)
     with dask.config.set(scheduler="threads", num_workers=plan.workers):
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        (tmp / ".writer-pid").write_text(str(os.getpid()))  # lets a rerun tell we are alive
-        arrays = [create_level_array(group, i, lw, lh, plan.chunk, plan.compressor)
+        group = zarr.open_group(str(tmp) if local else tmp, mode="w", zarr_format=3)
+        if local:
+            (tmp / ".writer-pid").write_text(str(os.getpid()))  # lets a rerun tell we are alive
+        arrays = [create_level_array(group, i, lw, lh, plan.chunk, plan.compressor, plan.shard)
                   for i, (lw, lh) in enumerate(plan.shapes)]
         _store_level0(plan, arrays[0])
         for i in range(1, plan.levels):
-            _store_coarser(arrays[i - 1], arrays[i], plan.chunk)
+            _store_coarser(arrays[i - 1], arrays[i], plan.block)
         src = plan.src
+        source = str(src_path) if is_uri(str(src_path)) else os.path.abspath(
+            os.fspath(src_path))
+        name = str(plan.dst).rstrip("/").rsplit("/", 1)[-1]
         group.attrs.update(ngff_attributes(
-            plan.levels, src.mpp, name=plan.dst.stem,
-            extra={"source": os.path.abspath(os.fspath(src_path)), "converted_by": "ram_wsi",
+            plan.levels, src.mpp, name=name.split(".")[0] or name,
+            extra={"source": source, "converted_by": "ram_wsi",
                    "mpp_note": src.info.mpp_note}))
-        (tmp / ".writer-pid").unlink(missing_ok=True)
+        if local:
+            (tmp / ".writer-pid").unlink(missing_ok=True)
+
+
+def _write_remote(plan: _Plan, src_path: str | os.PathLike,
+                  storage_options: dict[str, Any] | None) -> int:
+    """The store at the destination URI (module docstring: an old store's metadata deleted
+    first, the levels, the metadata last); the bytes it holds."""
+    store = writable_store(str(plan.dst), storage_options)
+    drop_metadata(store)
+    _write_store(plan, store, src_path)
+    return stored_bytes(store)
 
 
 def convert_to_ome_zarr(src_path: str | os.PathLike, dst_path: str | os.PathLike, *,
                         chunk: int = 256, levels: int | None = None, compressor: Any = None,
-                        workers: int | None = None) -> dict[str, Any]:
-    """Convert the slide at ``src_path`` into an OME-Zarr store at ``dst_path``.
+                        workers: int | None = None, shard: int | None = None,
+                        storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Convert the slide at ``src_path`` into an OME-Zarr store at ``dst_path`` (a folder, or
+    a URI such as ``s3://bucket/x.zarr``: module docstring).
 
     Args:
         chunk: chunk size in pixels (chunks are ``(3, chunk, chunk)``). 256 by default: a
@@ -161,6 +208,10 @@ def convert_to_ome_zarr(src_path: str | os.PathLike, dst_path: str | os.PathLike
         compressor: a zarr v3 codec (default :func:`~ram_wsi.slide.ngff.default_compressor`:
             blosc-lz4hc, level 5).
         workers: dask threads (default: the CPUs this process may use).
+        shard: shard side in pixels, a multiple of ``chunk`` (None: unsharded; ``ram-wsi
+            convert`` shards a URI destination at 2048).
+        storage_options: for a URI destination (and source), else the process's
+            (:func:`~ram_wsi.slide.remote.set_storage_options`).
 
     Returns:
         A summary dict (dimensions, levels, mpp -- None with ``mpp_note`` when the source
@@ -171,26 +222,38 @@ def convert_to_ome_zarr(src_path: str | os.PathLike, dst_path: str | os.PathLike
         ValueError: ``chunk`` or ``levels`` below 1.
     """
     t0 = time.perf_counter()
-    plan = _plan(src_path, dst_path, chunk, levels, compressor, workers)
-    clean_stale_tmp(plan.dst)
-    with atomic_path(plan.dst, is_dir=True) as tmp:
-        _write_store(plan, tmp, src_path)
-    nbytes = sum(f.stat().st_size for f in plan.dst.rglob("*") if f.is_file())
+    plan = _plan(src_path, dst_path, chunk, levels, compressor, workers, shard)
+    if isinstance(plan.dst, str):
+        nbytes = _write_remote(plan, src_path, storage_options)
+    else:
+        clean_stale_tmp(plan.dst)
+        with atomic_path(plan.dst, is_dir=True) as tmp:
+            _write_store(plan, tmp, src_path)
+        nbytes = sum(f.stat().st_size for f in plan.dst.rglob("*") if f.is_file())
     src = plan.src
     return {"src": str(src_path), "dst": str(plan.dst), "dimensions": list(src.dimensions),
             "levels": plan.levels, "level_dimensions": [list(s) for s in plan.shapes],
             "mpp": src.mpp, "physical_units": src.mpp is not None,
-            "mpp_note": src.info.mpp_note, "chunk": plan.chunk, "workers": plan.workers,
+            "mpp_note": src.info.mpp_note, "chunk": plan.chunk, "shard": plan.shard,
+            "workers": plan.workers,
             "seconds": round(time.perf_counter() - t0, 3), "bytes": nbytes}
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``ram-wsi convert SRC DST [--chunk N] [--workers N] [--levels N]``."""
+    """``ram-wsi convert SRC DST [--chunk N] [--shard N] [--workers N] [--levels N]
+    [--storage-option KEY=VALUE ...]``."""
     ap = argparse.ArgumentParser(prog="ram-wsi convert",
                                  description="Convert a whole-slide image to OME-Zarr (NGFF 0.5).")
     ap.add_argument("src", help="slide file (anything OpenSlide opens) or OME-Zarr store")
-    ap.add_argument("dst", help="output store directory (e.g. slide.ome.zarr)")
+    ap.add_argument("dst", help="output store: a directory (e.g. slide.ome.zarr) or a URI "
+                                "(s3://bucket/cohort/slide.zarr, gs://, az://)")
     ap.add_argument("--chunk", type=int, default=256, help="chunk size in pixels (256)")
+    ap.add_argument("--shard", type=int, default=None,
+                    help="shard side in pixels, a multiple of --chunk (default: 2048 for a URI "
+                         "destination, none for a directory; 0: unsharded)")
+    ap.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a storage option for a URI (endpoint_url=..., anon=true, profile=...; "
+                         "repeatable); credentials come from the environment")
     ap.add_argument("--workers", type=int, default=None, help="dask threads (all CPUs)")
     ap.add_argument("--levels", type=int, default=None,
                     help="pyramid levels (default: until one chunk)")
@@ -198,11 +261,15 @@ def cli(argv: Sequence[str] | None = None) -> int:
                     help="blosc compressor (lz4hc: fastest to read; zstd: smallest)")
     ap.add_argument("--clevel", type=int, default=5, help="compression level (5)")
     args = ap.parse_args(argv)
+    shard = args.shard if args.shard is not None else (
+        max(args.chunk, 2048 // args.chunk * args.chunk) if is_remote(args.dst) else None)
     try:
+        options = parse_storage_options(args.storage_option)
+        set_storage_options(options)  # the source's too, when it is remote
         info = convert_to_ome_zarr(args.src, args.dst, chunk=args.chunk, levels=args.levels,
-                                   workers=args.workers,
+                                   workers=args.workers, shard=shard or None,
                                    compressor=default_compressor(args.codec, args.clevel))
-    except SlideError as e:
+    except (SlideError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(info))

@@ -4,8 +4,9 @@ and the synthetic-slide writer.
 Layout: a group with ``attributes.ome = {"version": "0.5", "multiscales": [...]}``; level ``l``
 is the array ``"l"`` of shape ``(3, H_l, W_l)`` uint8 (axes ``c, y, x``: NGFF puts channels
 before space), chunks ``(3, chunk, chunk)``, blosc-lz4hc, fill value 255 (white) so that white
-chunks need not be written. The scale of level ``l`` is ``2**l`` times level 0's -- in
-micrometres (axis unit ``micrometer``) when the mpp is known, in pixels (no unit) otherwise.
+chunks need not be written; optionally sharded (many chunks to an object, for object
+storage). The scale of level ``l`` is ``2**l`` times level 0's -- in micrometres (axis unit
+``micrometer``) when the mpp is known, in pixels (no unit) otherwise.
 """
 
 from __future__ import annotations
@@ -67,13 +68,20 @@ def ngff_attributes(levels: int, mpp: float | None, name: str = "image",
 
 
 def create_level_array(group: Any, level: int, width: int, height: int, chunk: int,
-                       compressor: Any = None) -> Any:
+                       compressor: Any = None, shard: int | None = None) -> Any:
     """The uint8 ``(3, H, W)`` array of one level, white fill value, ``(3, chunk, chunk)``
-    chunks."""
+    chunks; with ``shard`` (pixels, a multiple of ``chunk``) the chunks are stored
+    ``(3, shard, shard)`` to an object (zarr's ``sharding_indexed``): object storage then holds
+    ``(shard / chunk)^2`` times fewer objects, and a chunk is still one ranged read."""
+    kw: dict[str, Any] = {}
+    if shard:
+        if shard % chunk:
+            raise ValueError(f"shard ({shard} px) must be a multiple of chunk ({chunk} px)")
+        kw["shards"] = (3, int(shard), int(shard))
     return group.create_array(
         str(level), shape=(3, int(height), int(width)), chunks=(3, chunk, chunk), dtype="uint8",
         compressors=[compressor if compressor is not None else default_compressor()],
-        fill_value=255, dimension_names=["c", "y", "x"])
+        fill_value=255, dimension_names=["c", "y", "x"], **kw)
 
 
 def publish_mode(path: str | Path) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "UNREACHABLE",
     "RemoteStore",
     "check_storage_options",
+    "drop_metadata",
     "is_remote",
     "is_transient",
     "join",
@@ -62,6 +63,8 @@ __all__ = [
     "stamps",
     "storage_error",
     "storage_options",
+    "stored_bytes",
+    "writable_store",
 ]
 
 #: The schemes read through fsspec, and the package each needs.
@@ -541,6 +544,37 @@ def _version_stamp(info: Mapping[str, Any]) -> float:
     if tag:
         return float(int(hashlib.sha256(str(tag).encode()).hexdigest()[:12], 16))
     return 0.0
+
+
+# ----------------------------------------------------------------------------- writing
+def writable_store(url: str, options: Mapping[str, Any] | None = None) -> Any:
+    """A writable zarr :class:`~zarr.storage.FsspecStore` at ``url`` (``ram-wsi convert``'s
+    destination). Raises SlideError (no backend, bad options)."""
+    from zarr.storage import FsspecStore
+
+    fs = _filesystem(url, options_for(url, options))
+    path = url.rstrip("/") if scheme_of(url) in _WEB else fs._strip_protocol(url.rstrip("/"))
+    return FsspecStore(fs, path=path, read_only=False)
+
+
+def drop_metadata(store: Any) -> None:
+    """Delete the root ``zarr.json`` of the store at ``store`` (a zarr store): from now on it
+    is no image, whatever else it still holds. Raises SlideError (access denied, unreachable)."""
+    url = f"{getattr(store.fs, 'protocol', ['?'])[0]}://{store.path}"
+    try:
+        run(store.delete("zarr.json"))
+    except FileNotFoundError:
+        pass
+    except Exception as exc:
+        raise storage_error(url, exc, "zarr.json") from exc
+
+
+def stored_bytes(store: Any) -> int:
+    """The bytes of every object under a zarr store's prefix (0 where it cannot be listed)."""
+    try:
+        return int(run(store.fs._du(store.path, total=True)))
+    except Exception:  # noqa: BLE001 -- a summary figure only
+        return 0
 
 
 # ----------------------------------------------------------------------------- listing
