@@ -19,7 +19,10 @@ __all__ = ["main"]
 def cmd_train(args: argparse.Namespace) -> int:
     import os
 
+    from .slide.remote import use_config
+
     cfg = config_from_args(args)
+    use_config(cfg)  # slides on object storage: this process's storage options
     if args.distributed and cfg.distributed.enabled:
         from .distributed import train_distributed
 
@@ -38,10 +41,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .slide.remote import use_config
     from .train.checkpoint import load_checkpoint
     from .train.trainer import Trainer
 
     cfg = config_from_args(args)
+    use_config(cfg)
     trainer = Trainer(cfg)
     trainer.model.load_state_dict(load_checkpoint(args.checkpoint, trainer.device)["model"])
     if trainer.slides:

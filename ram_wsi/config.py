@@ -144,6 +144,10 @@ class SlideDataConfig:
     episodes_per_slide: int = 1
     drop_bad_rows: bool = False  # unreadable/missing/duplicate rows: drop them (said) or fail
     class_names: list | None = None  # set by the run from the manifest (checkpoints keep it)
+    # Slides named by URIs (s3://, gs://, az://, http(s)://): fsspec options such as
+    # endpoint_url, anon, profile, client_kwargs; flat, or per scheme ({s3: {...}}). No
+    # credentials (configs are saved in checkpoints): those come from the environment.
+    storage_options: dict | None = None
 
     def validate(self, src: str | None) -> None:
         if not self.manifest:
@@ -158,6 +162,12 @@ class SlideDataConfig:
         at_least(self.episodes_per_slide, 1, "data.episodes_per_slide", src)
         in_range(self.holdout_val, 0.0, 0.5, "data.holdout_val", src)
         in_range(self.holdout_test, 0.0, 0.5, "data.holdout_test", src)
+        from .slide.remote import check_storage_options
+
+        try:
+            self.storage_options = check_storage_options(self.storage_options) or None
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="data.storage_options", source=src) from None
 
 
 @dataclass

@@ -44,6 +44,9 @@ def train_distributed(cfg, *, resume: bool = True, log: Callable[[str], None] = 
 
     if cfg.data.source == "slides":  # check every slide before starting anything
         from ..data.episodes import prepare_slide_data
+        from ..slide.remote import use_config
+
+        use_config(cfg)  # slides on object storage: the driver opens each once
 
         cfg = prepare_slide_data(cfg, log)
     if cfg.distributed.learner_device != "auto":

@@ -23,6 +23,7 @@ from ..config import ExperimentConfig
 from ..data.episodes import build_env
 from ..errors import ConfigError
 from ..models import build_model, is_attention
+from ..slide.remote import use_config
 from ..train.losses import rewards_from_logits
 from .batch import EpisodeBatch, QuantizingSensor, quantize
 
@@ -66,6 +67,7 @@ class RolloutWorker:
         self.index = int(index)
         self.incarnation = _incarnation()
         seed = actor_seed(self.cfg.train.seed, self.index, self.incarnation)
+        use_config(self.cfg)  # remote slides: opened here, with the run's storage options
         self.env = build_env(self.cfg, seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -64,6 +64,7 @@ __all__ = [
     "storage_error",
     "storage_options",
     "stored_bytes",
+    "use_config",
     "writable_store",
 ]
 
@@ -177,6 +178,16 @@ def set_storage_options(options: Mapping[str, Any] | None) -> None:
     clean = check_storage_options(options)
     with _settings_lock:
         _settings["options"] = clean
+
+
+def use_config(cfg: Any) -> None:
+    """Take a slide run's ``data.slides.storage_options`` as this process's (when it states
+    any): what a trainer, a Ray rollout actor and ``ram-wsi eval`` call before opening a
+    slide, since the readers below them open slides by path alone."""
+    data = getattr(cfg, "data", None)
+    opts = getattr(getattr(data, "slides", None), "storage_options", None)
+    if getattr(data, "source", None) == "slides" and opts:
+        set_storage_options(opts)
 
 
 def storage_options() -> dict[str, Any]:
