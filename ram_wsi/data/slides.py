@@ -120,8 +120,10 @@ def _at_most(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def _target_of(source: Any) -> dict[str, Any] | None:
-    """The known target of a synthetic slide (a procedural source's ``target``, or the
-    writer's ``<path>.json`` sidecar), None for a real slide."""
+    """The known target of a slide: a synthetic one's (a procedural source's ``target``, or
+    the writer's ``<path>.json`` sidecar, which a benign mosaic without a region has too), or
+    an annotation mask beside the image, ``<stem>_anno.png`` (GlaS: nonzero pixels are glands,
+    at level-0 size); None when nothing is known."""
     target = getattr(source, "target", None)
     if isinstance(target, dict):
         return target
@@ -134,9 +136,26 @@ def _target_of(source: Any) -> dict[str, Any] | None:
             meta = json.loads(side.read_text())
         except (OSError, ValueError):
             return None
-        if "target_center_px" in meta:
+        if "target_center_px" in meta or "region_cells" in meta:
             return meta
-    return None
+    mask = Path(path).with_name(Path(path).stem + "_anno.png")
+    return {"mask_path": str(mask)} if mask.is_file() else None
+
+
+def _mask_hits(target: dict[str, Any], px: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` whether each level-0 point ``px`` lies on a nonzero pixel of the target's
+    annotation mask (read once, kept in the target)."""
+    mask = target.get("mask")
+    if mask is None:
+        from PIL import Image
+
+        with Image.open(target["mask_path"]) as im:
+            mask = target["mask"] = np.asarray(im) > 0
+    h, w = mask.shape[:2]
+    ix, iy = torch.floor(px[:, 0]).long(), torch.floor(px[:, 1]).long()
+    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    hit = torch.from_numpy(mask[iy.clamp(0, h - 1).numpy(), ix.clamp(0, w - 1).numpy()])
+    return hit & inside
 
 
 @dataclass
@@ -160,10 +179,12 @@ class SlideView:
 
     def on_target(self, loc: torch.Tensor) -> torch.Tensor | None:
         """Boolean ``(N,)``: is each frame location on the target (None: no target known, or
-        a slide without one). A tissue mosaic's target is its region's cells (exact); other
-        synthetic slides' the box ``target_center_px +- target_size_px / 2`` (a size or a
-        ``[width, height]``)."""
+        a slide without one). A tissue mosaic's target is its region's cells (exact); an
+        annotation mask's, its nonzero pixels (GlaS: the glands); other synthetic slides' the
+        box ``target_center_px +- target_size_px / 2`` (a size or a ``[width, height]``)."""
         t = self.target
+        if t is not None and "mask_path" in t:  # an annotation mask: on a gland or not
+            return _mask_hits(t, self.frame.to_pixels(loc.double()))
         if t is None or t.get("target_center_px") is None:
             return None
         px = self.frame.to_pixels(loc.double())

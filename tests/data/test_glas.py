@@ -111,3 +111,23 @@ def test_a_mask_of_another_size_is_refused(tmp_path):
     Image.new("L", (10, 10)).save(folder / "train_1_anno.png")
     with pytest.raises(DataError, match="mask is 10x10"):
         read_mask(read_grades(folder)[0])
+
+
+def test_a_field_with_a_gland_mask_measures_glimpses_on_glands():
+    """The mask beside a field (<name>_anno.png) is its target: on-target is a glimpse on a
+    gland, and the glimpse labels of annotation-guided training follow it."""
+    import torch
+
+    from ram_wsi.data.slides import open_view
+
+    field = read_grades(GLAS)[0]
+    mask = read_mask(field) > 0
+    view = open_view(str(field.image))
+    ys, xs = np.nonzero(mask)
+    by, bx = np.nonzero(~mask)
+    px = torch.tensor([[xs[0] + 0.5, ys[0] + 0.5], [bx[0] + 0.5, by[0] + 0.5]],
+                      dtype=torch.float64)
+    w, h = view.source.dimensions
+    loc = view.frame.from_slide(torch.stack([px[:, 0] / w * 2 - 1, px[:, 1] / h * 2 - 1], 1))
+    assert view.on_target(loc.float()).tolist() == [True, False]
+    assert view.glimpse_labels(loc.float(), field.label).tolist() == [field.label + 1, 0]
