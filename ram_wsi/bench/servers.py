@@ -131,6 +131,7 @@ class _RangeHandler(SimpleHTTPRequestHandler):
     (``bytes=a-b``, ``a-``, ``-n``), which stores are read with."""
 
     _range = re.compile(r"^bytes=(\d*)-(\d*)$")
+    protocol_version = "HTTP/1.1"  # keep-alive: one connection serves many requests
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

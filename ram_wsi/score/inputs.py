@@ -23,6 +23,13 @@ reason:
 ``slide_id`` names the slide's outputs (``geojson/<slide_id>.geojson``): the path relative to
 the root, folders joined by ``__``, without its extension -- unless another input has the same
 stem, then with it (``a.svs`` and ``a.tiff`` stay apart).
+
+SLIDES may be a URI (``s3://bucket/cohort/``, ``gs://``, ``az://``, ``http(s)://``): a prefix is
+listed as a folder is scanned, one depth at a time (:func:`ram_wsi.slide.remote.scan_prefix`:
+a "directory" with a ``zarr.json`` is one store), with the same slide ids relative to it -- so
+the same slides score the same from their local copies and from the store. Manifests may list
+URIs. A remote input's stamp (what resuming compares) is its store's ``zarr.json``'s size and
+modification time, taken from the listing or fetched for all inputs together.
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
-from ..slide._paths import is_uri, is_zarr_path, reader_claims
+from ..errors import DataError, SlideError
+from ..slide._paths import file_format_ending, is_uri, is_zarr_path, reader_claims
+from ..slide.remote import is_remote
 
 __all__ = ["InputScan", "ScoreInput", "file_stamp", "find_inputs", "scan_inputs"]
 
@@ -50,6 +58,9 @@ class ScoreInput:
     slide_id: str
     label: str | None = None
     files: int = 1
+    stamp: tuple[int, float] | None = None
+    """``(size, mtime)`` when the scan already knows it (a remote listing), else None:
+    :func:`file_stamp` takes it when the run starts."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +74,13 @@ class InputScan:
 
 def file_stamp(path: str) -> tuple[int, float]:
     """``(size in bytes, mtime)`` of an input -- what resuming compares. A directory (zarr
-    store, DICOM folder) sums its files' sizes and takes their newest mtime; a URI or a missing
-    path is ``(0, 0.0)``."""
+    store, DICOM folder) sums its files' sizes and takes their newest mtime; a remote store
+    is its ``zarr.json``'s (a rewrite replaces it); another URI or a missing path is
+    ``(0, 0.0)``."""
+    if is_remote(path):
+        from ..slide.remote import stamps
+
+        return stamps([path])[0]
     if is_uri(path):
         return 0, 0.0
     p = Path(path)
@@ -128,9 +144,14 @@ def _walk_dirs(here: Path, dirs: list[str], skip: Path | None,
     return keep, stores
 
 
-def _slide_ids(paths: list[str], root: Path | None) -> list[str]:
-    """Stable, unique, file-name-safe ids (module docstring)."""
+def _slide_ids(paths: list[str], root: Path | str | None) -> list[str]:
+    """Stable, unique, file-name-safe ids (module docstring); ``root`` is a folder, or the
+    URI of a scanned prefix."""
     def rel(p: str) -> str:
+        if isinstance(root, str) and p.startswith(root.rstrip("/") + "/"):
+            return "__".join(q for q in p[len(root.rstrip("/")) + 1:].split("/") if q)
+        if isinstance(root, str) and p.rstrip("/") == root.rstrip("/"):
+            return p.rstrip("/").rsplit("/", 1)[-1]  # the prefix is the store itself
         if is_uri(p):
             return re.sub(r"[^A-Za-z0-9._-]+", "_", p)
         q = Path(p)
@@ -176,8 +197,24 @@ def _from_manifest(path: Path) -> list[ScoreInput]:
         paths.append(cell)
         labels.append(cells[il].strip() if il is not None and il < len(cells) else None)
     root = path.parent.resolve()
-    return [ScoreInput(p, i, lab or None)
+    stamped = _remote_stamps(paths)
+    return [ScoreInput(p, i, lab or None, stamp=stamped.get(p))
             for p, i, lab in zip(paths, _slide_ids(paths, root), labels)]
+
+
+def _remote_stamps(paths: list[str]) -> dict[str, tuple[int, float]]:
+    """The stamps of the remote inputs among ``paths``, fetched together per scheme (one round
+    trip for all, rather than one each when the run starts)."""
+    from ..slide.remote import scheme_of, stamps
+
+    by_scheme: dict[str, list[str]] = {}
+    for p in paths:
+        if is_remote(p):
+            by_scheme.setdefault(scheme_of(p), []).append(p)
+    out: dict[str, tuple[int, float]] = {}
+    for urls in by_scheme.values():
+        out.update(zip(urls, stamps(urls)))
+    return out
 
 
 def find_inputs(spec: str | os.PathLike, *, exclude: str | os.PathLike | None = None
@@ -201,6 +238,8 @@ def scan_inputs(spec: str | os.PathLike, *, exclude: str | os.PathLike | None = 
     """
     text = os.fspath(spec)
     skip = Path(exclude).resolve() if exclude is not None else None
+    if is_remote(text):
+        return _scan_remote(text)
     if is_uri(text):
         return InputScan([ScoreInput(text, _slide_ids([text], None)[0])], [])
     p = Path(text).expanduser()
@@ -221,6 +260,34 @@ def scan_inputs(spec: str | os.PathLike, *, exclude: str | os.PathLike | None = 
     paths = [f for f, _ in found]
     inputs = [ScoreInput(f, i, None, n) for (f, n), i in zip(found, _slide_ids(paths, root))]
     return InputScan(inputs, unclaimed)
+
+
+def _scan_remote(url: str) -> InputScan:
+    """What a URI names: one slide file (an OpenSlide or image ending: one input, whose row
+    will say to convert it), or a prefix listed as a folder (one store, or the stores and
+    files under it), with this process's storage options.
+
+    Raises:
+        DataError: the prefix cannot be listed (missing bucket, access denied, unreachable)
+            or holds nothing to score.
+    """
+    from ..slide.remote import scan_prefix, stamps
+
+    if file_format_ending(url):
+        stamp = stamps([url])[0]
+        return InputScan([ScoreInput(url, _slide_ids([url], url)[0], stamp=stamp)], [])
+    try:
+        found, unclaimed = scan_prefix(url)
+    except SlideError as exc:
+        raise DataError(url, f"cannot list it: {exc.cause}") from None
+    if not found:
+        raise DataError(url, "holds no slides to score (no OME-Zarr store or slide file)" + (
+            f"; no reader claims the {len(unclaimed)} file(s) found: {_names(unclaimed)}"
+            if unclaimed else ""))
+    root = url.rstrip("/")
+    paths = [u for u, _ in found]
+    return InputScan([ScoreInput(u, i, None, 1, stamp) for (u, stamp), i in
+                      zip(found, _slide_ids(paths, root))], unclaimed)
 
 
 def _glob(text: str, skip: Path | None) -> tuple[list[tuple[str, int]], list[str], Path | None]:
@@ -246,5 +313,5 @@ def _glob(text: str, skip: Path | None) -> tuple[list[tuple[str, int]], list[str
 
 
 def _names(paths: list[str], most: int = 3) -> str:
-    names = [Path(p).name for p in paths[:most]]
+    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in paths[:most]]
     return ", ".join(names) + (", ..." if len(paths) > most else "")

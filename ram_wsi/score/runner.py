@@ -33,7 +33,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, DataError
 from ..io_utils import write_json
+from ..slide.remote import is_remote, parse_storage_options, set_storage_options
 from .inputs import InputScan, ScoreInput, file_stamp, scan_inputs
 from .pool import score_in_process, score_on_pool
 from .results import ResultStore
@@ -90,6 +92,13 @@ def score_slides(slides: str | os.PathLike, checkpoint: str | os.PathLike,
     """
     options = options or ScorerOptions()
     opts = run_options or RunOptions()
+    if is_remote(str(out)):
+        raise DataError(out, "the outputs go to a local (or mounted shared) folder: the "
+                             "journal's fsync, the atomic renames of results.csv and the "
+                             "per-slide locks need a file system; copy OUT to object storage "
+                             "after the run (aws s3 sync OUT s3://...)")
+    if options.storage_options is not None:
+        set_storage_options(options.storage_options)  # the scan and stamps of remote inputs
     out = Path(out)
     started = time.time()
     _model, cfg, meta = load_scoring_model(checkpoint)  # fail fast, before Ray and the folder
@@ -122,7 +131,8 @@ def _to_score(inputs: list[ScoreInput], run: RunState, options: ScorerOptions
     """The inputs whose earlier row (if any) does not stand; every input's stamp recorded."""
     todo = []
     for inp in inputs:
-        run.stamps[inp.path] = stamp = file_stamp(inp.path)
+        stamp = inp.stamp if inp.stamp is not None else file_stamp(inp.path)
+        run.stamps[inp.path] = stamp
         if not up_to_date(run.store.previous(inp.path), stamp, run.out, options, run.opts):
             todo.append(inp)
     return todo
@@ -191,9 +201,10 @@ def main_args(argv: list[str] | None = None) -> int:
         prog="ram-wsi score", description="Score slides with a trained slide agent: "
         "results.csv/.parquet, QuPath GeoJSON, thumbnails; resumable. Exit status: 0 all "
         "slides ok, 1 some failed, 2 bad arguments or checkpoint, 130 interrupted.")
-    p.add_argument("slides", help="a folder (recursive), a glob, a manifest CSV or one slide")
+    p.add_argument("slides", help="a folder (recursive), a glob, a manifest CSV, one slide, "
+                                  "or a URI prefix of OME-Zarr stores (s3://bucket/cohort/)")
     p.add_argument("--checkpoint", "-k", required=True, help="a slide agent's best.pt / last.pt")
-    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--out", "-o", required=True, help="output folder (local or mounted)")
     p.add_argument("--workers", type=int, default=2, help="Ray scorer actors (0: in-process)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--gpus-per-worker", type=float, default=None,
@@ -211,12 +222,20 @@ def main_args(argv: list[str] | None = None) -> int:
     p.add_argument("--no-thumbnails", action="store_true")
     p.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS or local)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="for slides named by URIs: endpoint_url=..., anon=true, profile=..., "
+                        "config_kwargs.connect_timeout=5 (repeatable; YAML values; no "
+                        "credentials: those come from the environment)")
     args = p.parse_args(argv)
+    try:
+        storage = parse_storage_options(args.storage_option) if args.storage_option else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     options = ScorerOptions(samples=args.samples, seed=args.seed,
                             threads=max(1, int(args.cpus_per_worker)),
                             device="auto" if args.workers == 0 else "cpu",
                             geojson=not args.no_geojson, thumbnails=not args.no_thumbnails,
-                            fallback_mpp=args.fallback_mpp)
+                            fallback_mpp=args.fallback_mpp, storage_options=storage)
     ropts = RunOptions(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                        gpus_per_worker=args.gpus_per_worker, timeout=args.timeout,
                        retries=args.retries, overwrite=args.overwrite,

@@ -44,6 +44,9 @@ class ScorerOptions:
         thumb_px: the annotated thumbnail's side.
         fallback_mpp: micrometres per pixel assumed for a slide that states none, when the
             checkpoint's retina is in micrometres (None: such a slide is an error row).
+        storage_options: fsspec options for slides named by URIs (``--storage-option``;
+            never credentials: :func:`ram_wsi.slide.remote.check_storage_options`), taken by
+            each scorer's process; None: the process's own.
     """
 
     samples: int | None = None
@@ -54,6 +57,7 @@ class ScorerOptions:
     thumbnails: bool = True
     thumb_px: int = 512
     fallback_mpp: float | None = None
+    storage_options: dict[str, Any] | None = None
 
 
 @dataclass
@@ -112,6 +116,10 @@ class SlideScorer:
 
         self.options = opt = options or ScorerOptions()
         torch.set_num_threads(max(1, int(opt.threads)))
+        if opt.storage_options is not None:  # a Ray actor opens remote slides with them
+            from ..slide.remote import set_storage_options
+
+            set_storage_options(opt.storage_options)
         self.device = resolve_device(opt.device)
         self.checkpoint = str(checkpoint)
         self.model, self.cfg, self.meta = load_scoring_model(checkpoint, self.device)

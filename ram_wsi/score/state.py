@@ -101,13 +101,16 @@ class RunState:
 def up_to_date(prev: dict[str, Any] | None, stamp: tuple[int, float], out: Path,
                options: ScorerOptions, opts: RunOptions) -> bool:
     """Whether an earlier row of an input stands: same size and mtime, not asked to redo it,
-    and (when ok) its outputs still there."""
+    and (when ok) its outputs still there. An error that says its store could not be reached
+    never stands: the next run tries again (the server may be back)."""
+    from ..slide.remote import is_transient
+
     if prev is None or opts.overwrite:
         return False
     if (prev.get("file_size"), prev.get("file_mtime")) != stamp:
         return False
     if prev.get("status") != "ok":
-        return not opts.retry_errors
+        return not (opts.retry_errors or is_transient(prev.get("error")))
     sid = prev.get("slide_id")
     if options.geojson and not (out / "geojson" / f"{sid}.geojson").is_file():
         return False

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SlideError
-from ._paths import OPENSLIDE_EXTENSIONS, is_uri, is_zarr_path
+from ._paths import file_format_ending, is_uri, is_zarr_path
 from .array_source import ArraySource
 from .base import GlimpseSource
 from .cache import clear_caches, set_cache_bytes, set_max_open
@@ -104,8 +104,6 @@ def _open_remote(url: str, **settings: Any) -> GlimpseSource:
     object storage gets the command that converts it; a URI that is no store says so."""
     from urllib.parse import urlsplit
 
-    from ._paths import _image_extensions
-
     parts = urlsplit(url)
     if parts.username or parts.password:
         raise SlideError(f"{parts.scheme}://{parts.hostname}{parts.path}",
@@ -115,9 +113,8 @@ def _open_remote(url: str, **settings: Any) -> GlimpseSource:
     if parts.query or parts.fragment:
         raise SlideError(url, "a URI with a query (?...) or fragment (#...) cannot address a "
                               "store's objects: name the store itself")
-    name = parts.path.rstrip("/").rsplit("/", 1)[-1]
-    ext = Path(name).suffix.lower()
-    if ext in OPENSLIDE_EXTENSIONS or ext in _image_extensions():
+    ext = file_format_ending(parts.path)
+    if ext:
         target = url.rstrip("/").rsplit(".", 1)[0] + ".zarr"
         raise SlideError(url, f"OpenSlide reads local files only, so a {ext} file cannot be "
                               "read from remote storage: convert it to OME-Zarr once (copy it "

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ..errors import SlideError
 
-__all__ = ["OPENSLIDE_EXTENSIONS", "is_uri", "is_zarr_path", "reader_claims",
-           "resolve_dicom_dir"]
+__all__ = ["OPENSLIDE_EXTENSIONS", "file_format_ending", "is_uri", "is_zarr_path",
+           "reader_claims", "resolve_dicom_dir"]
 
 _URI = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 #: The file endings of the formats OpenSlide reads (Aperio, DICOM, Hamamatsu, Leica, MIRAX,
@@ -60,6 +60,14 @@ def _image_extensions() -> frozenset[str]:
 
     return frozenset(ext for ext, fmt in Image.registered_extensions().items()
                      if fmt in Image.OPEN)
+
+
+def file_format_ending(name: str) -> str | None:
+    """The ending of ``name`` when it is a slide or image *file* format (OpenSlide's or
+    Pillow's: ``.svs``, ``.tiff``, ``.png`` ...), else None (a store, or no ending). Remote
+    storage serves stores only: such a name there is a file to convert."""
+    ext = os.path.splitext(name.rstrip("/").rsplit("/", 1)[-1])[1].lower()
+    return ext if ext and (ext in OPENSLIDE_EXTENSIONS or ext in _image_extensions()) else None
 
 
 def reader_claims(path: str | os.PathLike) -> bool:

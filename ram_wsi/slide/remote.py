@@ -511,6 +511,12 @@ class RemoteStore:
         return f"not found: no object {self.key_url('zarr.json')} (not a zarr store)"
 
 
+async def _gather(coros: list[Any]) -> list[Any]:
+    """``asyncio.gather`` of ``coros`` with their exceptions returned, made on the loop that
+    runs it (a gather made outside belongs to no loop)."""
+    return await asyncio.gather(*coros, return_exceptions=True)
+
+
 def _describe(req: Request) -> str:
     key, start, end = req
     if start is None:
@@ -620,10 +626,9 @@ def stamps(urls: Sequence[str], options: Mapping[str, Any] | None = None
 
 
 def _is_store_name(url: str) -> bool:
-    from ._paths import OPENSLIDE_EXTENSIONS
+    from ._paths import file_format_ending
 
-    ext = posixpath.splitext(url.rstrip("/"))[1].lower()
-    return url.rstrip("/").endswith(".zarr") or ext not in OPENSLIDE_EXTENSIONS
+    return file_format_ending(url) is None
 
 
 def scan_prefix(url: str, options: Mapping[str, Any] | None = None,
@@ -668,7 +673,7 @@ def scan_prefix(url: str, options: Mapping[str, Any] | None = None,
         if not level:
             break
         try:
-            listings = run(asyncio.gather(*(ls(d) for d in level), return_exceptions=True))
+            listings = run(_gather([ls(d) for d in level]))
         except Exception as exc:
             raise storage_error(url, exc) from exc
         nxt: list[str] = []
