@@ -25,7 +25,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DelayProxy", "MotoServer", "free_port", "http_server", "moto_env", "upload_tree"]
+__all__ = ["DelayProxy", "MotoServer", "environment", "free_port", "http_server", "moto_env",
+           "upload_tree"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -42,6 +43,22 @@ def moto_env() -> dict[str, str]:
     variables: the client finds them where it finds real ones."""
     return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``values`` inside, restored after (credentials for a test
+    server, found where a client finds real ones)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @dataclass

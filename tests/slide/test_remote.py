@@ -8,7 +8,6 @@ over sockets (the batches are counted by wrapping the store's method, which stil
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -25,7 +24,14 @@ from ram_wsi.slide import remote as rm
 from ram_wsi.slide.synth import write_pyramid_tiff, write_pyramid_zarr
 
 pytest.importorskip("moto")
-from ram_wsi.bench.servers import DelayProxy, MotoServer, http_server, moto_env, upload_tree
+from ram_wsi.bench.servers import (
+    DelayProxy,
+    MotoServer,
+    environment,
+    http_server,
+    moto_env,
+    upload_tree,
+)
 
 BUCKET = "slides"
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "slides"
@@ -44,17 +50,9 @@ def _image(h: int = 420, w: int = 540, seed: int = 3) -> np.ndarray:
 @pytest.fixture(scope="module")
 def s3():
     """moto's S3 server on loopback with credentials in the environment (restored after)."""
-    saved = {k: os.environ.get(k) for k in moto_env()}
-    os.environ.update(moto_env())
-    srv = MotoServer().start()
-    srv.client().create_bucket(Bucket=BUCKET)
-    yield srv
-    srv.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with environment(moto_env()), MotoServer() as srv:
+        srv.client().create_bucket(Bucket=BUCKET)
+        yield srv
 
 
 @pytest.fixture(scope="module")
