@@ -5,6 +5,7 @@ each glimpse, and one update that the single-process trainer and the Ray learner
 import numpy as np
 import pytest
 import torch
+from test_slide_training import _overrides, live_and_replayed_update
 
 from ram_wsi.bench.needle import write_needle_cohort
 from ram_wsi.config import load_config
@@ -12,8 +13,6 @@ from ram_wsi.errors import ConfigError
 from ram_wsi.models.ram import Trajectory
 from ram_wsi.train.losses import glimpse_loss, hybrid_loss, returns
 from ram_wsi.train.trainer import Trainer
-
-from test_slide_training import _overrides
 
 GUIDED = {"model.glimpse_aux": True, "train.glimpse_aux_weight": 0.5,
           "train.target_reward": 0.25}
@@ -85,31 +84,9 @@ def test_labels_under_glimpses_follow_the_annotation(cohort, tmp_path):
 def test_trainer_and_learner_share_the_guided_update(cohort, tmp_path):
     """With the head and the target reward on, the live update and the learner's replay of
     the same episodes (their glimpse labels shipped by the actor) move weights identically."""
-    from ram_wsi.distributed.batch import EpisodeBatch
-    from ram_wsi.distributed.learner import Learner
-    from ram_wsi.train.losses import rewards_from_logits
-
     cfg = load_config(None, _overrides(cohort, tmp_path, **GUIDED))
-    a = Trainer(cfg, log=lambda *_: None)
-    b = Trainer(cfg, log=lambda *_: None)
-    b.model.load_state_dict(a.model.state_dict())
+    a, b, res_a, res_b = live_and_replayed_update(cfg, glimpse_labels=True)
     assert a.model.glimpse_head is not None
-    ep = a.data.env.episodes(16)
-    gen_state = a.policy_gen.get_state()
-    with torch.no_grad():
-        rec = a.model.unroll(ep.sensor, 16, generator=a.policy_gen, keep_glimpses=True,
-                             context=ep.model_context())
-    a.policy_gen.set_state(gen_state)
-    res_a = a.update(lambda: a.episode_loss(ep))
-    under = ep.glimpse_labels(rec.locations)
-    assert (under >= 0).all()
-    batch = EpisodeBatch(glimpses=rec.glimpses, locations=rec.locations,
-                         behaviour_log_probs=rec.log_probs, labels=ep.labels,
-                         rewards=rewards_from_logits(rec.logits, ep.labels), version=0,
-                         context=ep.context, groups=torch.as_tensor(ep.slide_idx),
-                         glimpse_labels=under)
-    applied, res_b = Learner(b).update(batch)
-    assert applied and res_a.loss == res_b and "glimpse" in res_b
+    assert res_a.loss == res_b and "glimpse" in res_b and np.isfinite(res_b["glimpse"])
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(va, vb), k
-    assert np.isfinite(res_b["glimpse"])

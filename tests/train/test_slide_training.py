@@ -97,14 +97,14 @@ def test_ray_training_on_slides_evaluates_on_actors(cohort, tmp_path):
     assert len(rows) == 12 and all(float(r["pixels_decoded"]) > 0 for r in rows)
 
 
-def test_trainer_and_learner_share_one_update(cohort, tmp_path):
-    """The single-process update and the learner's replay of the same episodes move the
-    weights identically (one Trainer.update; the context thumbnail travels as uint8)."""
+def live_and_replayed_update(cfg, glimpse_labels: bool = False):
+    """Two trainers with the same weights: one updates on a live batch, the other's Ray
+    learner on the recorded replay of the same episodes (glimpse labels shipped when the loss
+    reads them). Returns ``(a, b, live result, learner loss)``."""
     from ram_wsi.distributed.batch import EpisodeBatch
     from ram_wsi.distributed.learner import Learner
     from ram_wsi.train.losses import rewards_from_logits
 
-    cfg = load_config(None, _overrides(cohort, tmp_path))
     a = Trainer(cfg, log=lambda *_: None)
     b = Trainer(cfg, log=lambda *_: None)
     b.model.load_state_dict(a.model.state_dict())
@@ -118,9 +118,19 @@ def test_trainer_and_learner_share_one_update(cohort, tmp_path):
     batch = EpisodeBatch(glimpses=rec.glimpses, locations=rec.locations,
                          behaviour_log_probs=rec.log_probs, labels=ep.labels,
                          rewards=rewards_from_logits(rec.logits, ep.labels), version=0,
-                         context=ep.context, groups=torch.as_tensor(ep.slide_idx))
+                         context=ep.context, groups=torch.as_tensor(ep.slide_idx),
+                         glimpse_labels=ep.glimpse_labels(rec.locations) if glimpse_labels
+                         else None)
     applied, res_b = Learner(b).update(batch)
     assert applied and not res_a.skipped
+    return a, b, res_a, res_b
+
+
+def test_trainer_and_learner_share_one_update(cohort, tmp_path):
+    """The single-process update and the learner's replay of the same episodes move the
+    weights identically (one Trainer.update; the context thumbnail travels as uint8)."""
+    cfg = load_config(None, _overrides(cohort, tmp_path))
+    a, b, res_a, res_b = live_and_replayed_update(cfg)
     assert res_a.loss == res_b
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(va, vb), k
