@@ -4,8 +4,8 @@
     python pipelines/glas_manifests.py OUT [--glas ../shared/data/tissue/glas] [--folds 4]
 
 Writes OUT/challenge.csv (the challenge's train -> testA split; it shares patients between
-train and test) and OUT/fold<i>.csv (patient-grouped cross-validation: fold i tests, the next
-validates, the rest train). A bad grades.csv (a missing column, an unknown grade, a field whose
+train and test) and OUT/fold<i>.csv (patient-grouped cross-validation: fold i tests, the other
+fold with the most even grades validates, the rest train). A bad grades.csv (a missing column, an unknown grade, a field whose
 image is absent) is one line naming the row, exit status 2.
 """
 

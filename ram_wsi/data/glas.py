@@ -156,15 +156,27 @@ def patient_folds(fields: list[GlasField], k: int, seed: int = 0) -> list[int]:
     return [fold_of[f.patient] for f in fields]
 
 
+def _balanced_fold(fields: list[GlasField], fold: list[int], choices) -> int:
+    """The fold among ``choices`` whose grades are most even (a validation set of one grade
+    -- one large patient -- cannot select a model)."""
+    def imbalance(j: int) -> tuple[float, int]:
+        n = np.zeros(len(GLAS_GRADES))
+        for f, k in zip(fields, fold):
+            n[f.label] += k == j
+        return (abs(n[0] - n[1]) / max(n.sum(), 1.0), j)
+
+    return min(choices, key=imbalance)
+
+
 def write_glas_manifests(directory: str | Path, out: str | Path, *, folds: int = 4,
                          seed: int = 0) -> dict[str, Path]:
     """Manifests (``path,label,split,case``; the case is the patient) of the GlaS fields:
 
     * ``challenge.csv`` (``path,label,split``): the challenge's split: ``train`` fields train
-      (a patient-grouped fifth of them validate), ``testA`` fields test (patients shared with
-      train, so no case column);
-    * ``fold<i>.csv`` for ``i < folds``: fold ``i`` tests, the next fold validates, the rest
-      train: no patient in two splits.
+      (a patient-grouped fifth of them, the fifth with the most even grades, validate),
+      ``testA`` fields test (patients shared with train, so no case column);
+    * ``fold<i>.csv`` for ``i < folds``: fold ``i`` tests, the other fold with the most even
+      grades validates, the rest train: no patient in two splits.
 
     Returns ``{name: path}``; paths in the manifests are absolute.
     """
@@ -173,8 +185,10 @@ def write_glas_manifests(directory: str | Path, out: str | Path, *, folds: int =
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     train = [f for f in fields if f.challenge_split == "train"]
-    val_fold = patient_folds(train, min(5, len({f.patient for f in train})), seed)
-    val_of = {f.name: v == 0 for f, v in zip(train, val_fold)}
+    k = min(5, len({f.patient for f in train}))
+    val_fold = patient_folds(train, k, seed)
+    pick = _balanced_fold(train, val_fold, range(k))
+    val_of = {f.name: v == pick for f, v in zip(train, val_fold)}
     # No case column here: the challenge's split puts patients in train and test on purpose,
     # which the manifest reader (rightly) refuses for cases it is told about.
     rows = [(str(f.image.resolve()), f.grade,
@@ -183,7 +197,8 @@ def write_glas_manifests(directory: str | Path, out: str | Path, *, folds: int =
     written["challenge"] = write_manifest(out / "challenge.csv", rows)
     fold = patient_folds(fields, folds, seed)
     for i in range(folds):
-        split = {i: "test", (i + 1) % folds: "val"}
+        split = {i: "test", _balanced_fold(fields, fold, [j for j in range(folds) if j != i]):
+                 "val"}
         rows = [(str(f.image.resolve()), f.grade, split.get(fd, "train"), f.patient)
                 for f, fd in zip(fields, fold)]
         written[f"fold{i}"] = write_manifest(out / f"fold{i}.csv", rows)
