@@ -56,7 +56,7 @@ def _place(src: Path, dst: Path) -> None:
 def _cohort(kind: str, folder: Path, args: argparse.Namespace) -> Path:
     """Step 1: the cohort's manifest (written once, kept by later runs)."""
     n_val = max(8, args.train_slides // 25)
-    log = lambda m: _say(f"  {m}")  # noqa: E731
+    log = lambda m: _say(f"  {m}")
     if kind == "needle":
         from ram_wsi.bench.needle import write_needle_cohort
 

@@ -17,6 +17,9 @@
 * :mod:`.score`: ``ram-wsi score``'s seconds per slide and its split at 8k^2-131k^2, against
   dense tiling; slides/s with 1 and 2 workers; memory over 500 slides (``ram-wsi bench score``,
   ``pipelines/bench_score.py``).
+* :mod:`.remote`: OME-Zarr from a local S3-protocol server and a web server against local disk,
+  with latency added per request: glimpses/s per core, one glimpse's round trips, seconds per
+  scored slide (``ram-wsi bench remote``, ``pipelines/bench_remote.py``).
 
 :func:`main` runs one by name: ``main(["throughput", "--steps", "3"])``.
 """
@@ -53,6 +56,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "scaling": (".scaling", "Ray rollout episodes/s vs actors (`ram-wsi bench scaling -h`)"),
     "needle": (".needle", "slide RAM vs dense tiling on gigapixel needle slides (`-h`)"),
     "score": (".score", "ram-wsi score: s/slide vs slide size, vs dense; slides/s; memory"),
+    "remote": (".remote", "slides on a local S3 / web server vs local disk, 0 and 20 ms added"),
 }
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DelayProxy", "MotoServer", "environment", "free_port", "http_server", "moto_env",
-           "upload_tree"]
+           "serve_subprocess", "upload_tree"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -288,3 +288,45 @@ class DelayProxy:
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(5)
+
+
+def serve_subprocess(*args: str) -> tuple[subprocess.Popen, int]:
+    """Run ``python -m ram_wsi.bench.servers ARGS --port P`` (a web server or a delay proxy
+    in a process of its own, so that a benchmark's client does not share its CPU time);
+    returns the process and its port once it listens."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ram_wsi.bench.servers", *args,
+                             "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_for_port(port, 30.0)
+    return proc, port
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``http FOLDER --port P`` or ``proxy TARGET_PORT DELAY_S --port P``: serve until killed."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m ram_wsi.bench.servers")
+    ap.add_argument("kind", choices=["http", "proxy"])
+    ap.add_argument("args", nargs="+")
+    ap.add_argument("--port", type=int, required=True)
+    a = ap.parse_args(argv)
+    if a.kind == "http":
+        handler = partial(_RangeHandler, directory=a.args[0])
+        httpd = ThreadingHTTPServer((LOOPBACK, a.port), handler)
+        httpd.daemon_threads = True
+        httpd.serve_forever()
+        return 0
+    proxy = DelayProxy(int(a.args[0]), float(a.args[1]))
+
+    async def run() -> None:
+        server = await asyncio.start_server(proxy._handle, LOOPBACK, a.port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -361,12 +361,10 @@ def read_chunks(jobs: list[tuple[FastReader, int, int, int]], path: str, ix: int
     index = _shard_indexes([(f, lvl, key) for f, lvl, _, _, key, inner in keyed
                             if inner is not None], path, stamp)
     out: dict[tuple[int, int, int], np.ndarray] = {}
-    wanted: list[tuple[FastReader, int, int, int, str, int]] = []  # ..., key, expected bytes
-    reqs = []
+    wanted: list[tuple[FastReader, int, int, int, str, int, int]] = []  # key, offset, bytes
     for fast, level, bx, by, key, inner in keyed:
         if inner is None:
-            wanted.append((fast, level, bx, by, key, -1))
-            reqs.append((key, None, None))
+            wanted.append((fast, level, bx, by, key, -1, -1))
             continue
         entries = index[key]
         off, nb = (_MAX_U64, _MAX_U64) if entries is _ABSENT or not entries.size else (
@@ -374,21 +372,25 @@ def read_chunks(jobs: list[tuple[FastReader, int, int, int]], path: str, ix: int
         if off == _MAX_U64:
             out[level, bx, by] = np.full(fast.chunks, fast.fill, dtype=np.uint8)
             continue
-        wanted.append((fast, level, bx, by, key, nb))
-        reqs.append((key, off, off + nb))
-    if not reqs:
+        wanted.append((fast, level, bx, by, key, off, nb))
+    if not wanted:
         return out
     remote = wanted[0][0].remote
-    for (fast, level, bx, by, key, nb), raw in zip(wanted, remote.get_many(reqs)):
+    reqs, spans = coalesce([(key, off, nb) for _, _, _, _, key, off, nb in wanted])
+    got = remote.get_many(reqs)
+    for (fast, level, bx, by, key, _, nb), (r, lo, hi) in zip(wanted, spans):
         url = remote.key_url(key)
+        raw = got[r]
         if raw is None:
             if nb < 0:  # an unsharded chunk never written: the fill value
                 out[level, bx, by] = np.full(fast.chunks, fast.fill, dtype=np.uint8)
                 continue
             raise zarr_error(path, f"level {level} shard {url} vanished while being read")
-        if nb >= 0 and len(raw) != nb:
-            raise zarr_error(path, f"level {level} shard {url} is truncated: inner chunk "
-                                   f"({by}, {bx}) needs {nb} bytes, read {len(raw)}")
+        if nb >= 0:
+            raw = raw[lo:hi]
+            if len(raw) != nb:
+                raise zarr_error(path, f"level {level} shard {url} is truncated: inner chunk "
+                                       f"({by}, {bx}) needs {nb} bytes, read {len(raw)}")
         if counts is not None:
             counts["bytes_read"] += len(raw)
         try:
@@ -398,3 +400,46 @@ def read_chunks(jobs: list[tuple[FastReader, int, int, int]], path: str, ix: int
             raise zarr_error(path, f"cannot decode level {level} chunk ({by}, {bx})", e,
                              file=url) from e
     return out
+
+
+#: Ranges of one shard closer than this are fetched as one request (the bytes between come
+#: along): neighbouring inner chunks of a glimpse's region lie side by side in a shard, and a
+#: request costs its client far more than 64 KiB of loopback or data-centre bandwidth.
+COALESCE_GAP = 64 << 10
+#: ... up to this many bytes per request.
+COALESCE_MAX = 8 << 20
+
+
+def coalesce(items: list[tuple[str, int, int]]) -> tuple[list[tuple[str, int | None, int | None]],
+                                                          list[tuple[int, int, int]]]:
+    """The requests for ``items`` (``(key, offset, nbytes)``; ``offset < 0``: the whole
+    object) with the ranges of one object closer than :data:`COALESCE_GAP` merged, and for
+    each item ``(request index, start, end)`` of its bytes within that request's answer."""
+    reqs: list[tuple[str, int | None, int | None]] = []
+    spans: list[tuple[int, int, int]] = [(0, 0, 0)] * len(items)
+    by_key: dict[str, list[int]] = {}
+    for i, (key, off, _) in enumerate(items):
+        if off < 0:
+            spans[i] = (len(reqs), 0, -1)
+            reqs.append((key, None, None))
+        else:
+            by_key.setdefault(key, []).append(i)
+    for key, members in by_key.items():
+        members.sort(key=lambda i: items[i][1])
+        run: list[int] = []
+        start = end = 0
+        for i in [*members, None]:
+            if i is not None:
+                off, nb = items[i][1], items[i][2]
+                if run and off - end <= COALESCE_GAP and max(end, off + nb) - start \
+                        <= COALESCE_MAX:
+                    run.append(i)
+                    end = max(end, off + nb)
+                    continue
+            if run:
+                for j in run:
+                    spans[j] = (len(reqs), items[j][1] - start, items[j][1] - start + items[j][2])
+                reqs.append((key, start, end))
+            if i is not None:
+                run, start, end = [i], items[i][1], items[i][1] + items[i][2]
+    return reqs, spans
