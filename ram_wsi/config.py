@@ -136,6 +136,10 @@ class SlideDataConfig:
     start: str = "tissue"  # first glimpse without a context net: tissue (in the mask) | uniform
     frame: str = "tissue"  # what [-1, 1]^2 spans: tissue (its bounding square) | slide
     thumb_size: int = 512  # the one thumbnail per slide (mask, frame, context), longest side
+    # none | reinhard: each slide's stain normalised to one reference (LAB mean and std of its
+    # tissue, from the thumbnail) before the glance and every glimpse; for cohorts from several
+    # labs, where colour would otherwise be learnt as a class cue.
+    stain: str = "none"
     holdout_val: float = 0.15  # seeded stratified split by case, when the manifest has none
     holdout_test: float = 0.15
     balanced: bool = False  # draw training slides class-balanced
@@ -156,6 +160,7 @@ class SlideDataConfig:
         one_of(self.retina_units, ("px", "um", "auto"), "data.retina_units", src)
         one_of(self.start, ("tissue", "uniform"), "data.start", src)
         one_of(self.frame, ("tissue", "slide"), "data.frame", src)
+        one_of(self.stain, ("none", "reinhard"), "data.stain", src)
         positive(self.retina_base, "data.retina_base", src)
         positive(self.fallback_mpp, "data.fallback_mpp", src)
         at_least(self.thumb_size, 32, "data.thumb_size", src)

@@ -188,7 +188,7 @@ def slide_set(cfg: ExperimentConfig, records: list, class_names: list[str], unit
     d, m = cfg.data.slides, cfg.model
     return SlideSet(records, class_names, slide_spec(cfg), units, frame=d.frame,
                     context_size=m.context_size if m.context != "none" else None,
-                    thumb_size=d.thumb_size, start=d.start, previews=previews)
+                    thumb_size=d.thumb_size, start=d.start, previews=previews, stain=d.stain)
 
 
 def load_slide_manifest(cfg: ExperimentConfig, *, check: bool = False,

@@ -170,6 +170,7 @@ class SlideView:
     open_counters: dict[str, int]  # what opening it cost (the thumbnail read)
     open_seconds: float  # and how long: open, thumbnail, mask, frame, context
     preview: torch.Tensor | None  # (3, P, P) uint8: the frame for figures (P = PREVIEW_SIZE)
+    stain: Any = None  # a StainNormaliser applied to every glimpse (data.slides.stain), or None
 
     def start(self, n: int, rng: np.random.Generator, rule: str) -> torch.Tensor:
         """``(n, 2)`` first locations (frame coordinates): on tissue, or uniform."""
@@ -213,8 +214,10 @@ class SlideView:
 
 
 def open_view(path: str, *, frame: str = "tissue", context_size: int | None = None,
-              thumb_size: int = 512, preview: bool = False) -> SlideView:
-    """Open a slide and read its one thumbnail (see the module docstring).
+              thumb_size: int = 512, preview: bool = False, stain: str = "none") -> SlideView:
+    """Open a slide and read its one thumbnail (see the module docstring). ``stain="reinhard"``
+    fits the slide's stain normaliser on the thumbnail's tissue and applies it to the context
+    and preview images (and, through the sensor, to every glimpse).
 
     Raises:
         SlideError: the slide cannot be opened or read.
@@ -226,8 +229,15 @@ def open_view(path: str, *, frame: str = "tissue", context_size: int | None = No
     source = open_source(path)
     before = source.counters
     thumb = source.thumbnail(thumb_size)
-    mask_arr, thr = mask_from_rgb(_at_most(thumb, MASK_SIZE))
+    small = _at_most(thumb, MASK_SIZE)
+    mask_arr, thr = mask_from_rgb(small)
     mask = TissueMask(mask_arr, source.dimensions, thr)
+    norm = None
+    if stain == "reinhard":
+        from ..slide.stain import StainNormaliser
+
+        norm = StainNormaliser.fit(small, mask_arr)
+        thumb = norm.apply_u8(thumb)
     w, h = source.dimensions
     fr = SlideFrame.around(mask_arr, w, h) if frame == "tissue" else SlideFrame.whole(w, h)
     ctx = None
@@ -237,7 +247,7 @@ def open_view(path: str, *, frame: str = "tissue", context_size: int | None = No
     cost = {k: after[k] - before[k] for k in after}
     prev = torch.from_numpy(_crop_resize(thumb, fr, PREVIEW_SIZE)) if preview else None
     return SlideView(source, fr, mask, ctx, _target_of(source), cost,
-                     time.perf_counter() - t0, prev)
+                     time.perf_counter() - t0, prev, norm)
 
 
 def resolve_units(units: str, mpps: list[float | None], base: float, fallback_mpp: float,
@@ -278,8 +288,8 @@ class SlideSensor:
         for s, rows in self.groups.items():
             idx = torch.from_numpy(rows)
             view = self.views[s]
-            out[idx] = view.source.glimpse(view.frame.to_slide(loc[idx]), self.spec,
-                                           units=self.units)
+            x = view.source.glimpse(view.frame.to_slide(loc[idx]), self.spec, units=self.units)
+            out[idx] = x if view.stain is None else view.stain.apply_patches(x)
         self.seconds += time.perf_counter() - t0
         return out.to(loc.dtype)
 
@@ -300,8 +310,10 @@ class SlideSet:
 
     def __init__(self, records: list[SlideRecord], class_names: list[str], spec: RetinaSpec,
                  units: str, *, frame: str = "tissue", context_size: int | None = None,
-                 thumb_size: int = 512, start: str = "tissue", previews: bool = False):
+                 thumb_size: int = 512, start: str = "tissue", previews: bool = False,
+                 stain: str = "none"):
         self.records = list(records)
+        self.stain = stain
         self.class_names = list(class_names)
         self.spec = spec
         self.units = units
@@ -324,5 +336,5 @@ class SlideSet:
         if v is None:
             v = self._views[i] = open_view(
                 self.records[i].path, frame=self.frame, context_size=self.context_size,
-                thumb_size=self.thumb_size, preview=self.previews)
+                thumb_size=self.thumb_size, preview=self.previews, stain=self.stain)
         return v

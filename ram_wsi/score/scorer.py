@@ -145,7 +145,8 @@ class SlideScorer:
                         frame=str(r.get("frame", "tissue")),
                         context_size=m.context_size if m.context != "none" else None,
                         thumb_size=int(r.get("thumb_size", 512)),
-                        start=self.cfg.data.slides.start, previews=self.options.thumbnails)
+                        start=self.cfg.data.slides.start, previews=self.options.thumbnails,
+                        stain=str(r.get("stain", "none")))
 
     def _physical(self, slides, source) -> None:
         """A micrometre retina on a slide without mpp: the fallback, or a clear error."""

@@ -19,10 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 __all__ = [
     "REFERENCE_LAB",
     "SlideStain",
+    "StainNormaliser",
     "lab_to_rgb",
     "reinhard",
     "rgb_to_lab",
@@ -110,6 +112,54 @@ def reinhard(rgb: np.ndarray, reference: tuple[np.ndarray, np.ndarray] = REFEREN
     scale = np.where(std > 1e-6, reference[1] / np.maximum(std, 1e-6), 1.0)
     out = lab_to_rgb(((lab - mean) * scale + reference[0]).astype(np.float32))
     return np.rint(out).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class StainNormaliser:
+    """Reinhard normalisation of one whole slide: the LAB mean and std of its *tissue* pixels
+    (from the thumbnail and its tissue mask, read once) mapped to ``REFERENCE_LAB``, the same
+    map applied to every glimpse and to the thumbnail the glance sees.
+
+    Why per slide and at read time: real cohorts come from several labs and scanners, and a
+    model trained where benign fields happen to be paler learns the stain, not the tissue (on
+    the GlaS fields the challenge's validation patients invert the training patients' colour
+    order: a model that reads colour scores below chance there). One map per slide keeps the
+    slide's own contrast between its structures; statistics from tissue only keep the white
+    glass from diluting them. A pixel's map does not depend on where it is read from, so the
+    glimpses of actors and the learner's replay agree.
+    """
+
+    mean: np.ndarray  # (3,) LAB of the slide's tissue
+    std: np.ndarray  # (3,)
+
+    @classmethod
+    def fit(cls, rgb: np.ndarray, tissue: np.ndarray | None = None) -> StainNormaliser:
+        """From an ``(H, W, 3)`` uint8 image and a boolean ``(H, W)`` tissue mask (all pixels
+        when ``None`` or when it marks fewer than 64)."""
+        lab = rgb_to_lab(np.asarray(rgb, np.uint8)).reshape(-1, 3)
+        if tissue is not None and int(np.count_nonzero(tissue)) >= 64:
+            lab = lab[np.asarray(tissue, bool).reshape(-1)]
+        return cls(lab.mean(0, dtype=np.float64), lab.std(0, dtype=np.float64))
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        """``(..., 3)`` RGB in ``[0, 255]`` (any dtype) -> normalised float32 RGB, clipped."""
+        lab = rgb_to_lab(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+        scale = np.where(self.std > 1e-6, REFERENCE_LAB[1] / np.maximum(self.std, 1e-6), 1.0)
+        out = lab_to_rgb(((lab - self.mean) * scale + REFERENCE_LAB[0]).astype(np.float32))
+        return np.clip(out, 0.0, 255.0).astype(np.float32)
+
+    def apply_u8(self, rgb: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` uint8 -> normalised uint8 (thumbnails, previews)."""
+        return np.rint(self.apply(rgb)).astype(np.uint8)
+
+    def apply_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Glimpses ``(N, k, 3, g, g)`` float in ``[0, 1]`` -> the same, normalised."""
+        a = x.detach().cpu().numpy().transpose(0, 1, 3, 4, 2) * 255.0
+        out = self.apply(a).transpose(0, 1, 4, 2, 3) / 255.0
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+    def as_dict(self) -> dict[str, list]:
+        return {"lab_mean": self.mean.round(3).tolist(), "lab_std": self.std.round(3).tolist()}
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def scoring_metadata(cfg: ExperimentConfig, model: nn.Module, data: Any) -> dict
         meta["retina"] = {"patch": cfg.model.patch, "scales": cfg.model.scales,
                           "scale_factor": cfg.model.scale_factor, "base": float(d.retina_base),
                           "units": data.env.units, "frame": d.frame,
-                          "thumb_size": d.thumb_size}
+                          "thumb_size": d.thumb_size, "stain": d.stain}
     else:
         meta["class_names"] = [str(i) for i in range(int(data.classes))]
     meta["context"] = {"kind": cfg.model.context, "size": cfg.model.context_size,
