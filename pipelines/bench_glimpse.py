@@ -12,4 +12,4 @@ import _bootstrap  # noqa: F401
 from ram_wsi.bench import main
 
 if __name__ == "__main__":
-    sys.exit(main(["glimpse", *sys.argv[1:]]))
+    sys.exit(main(["glimpse", *sys.argv[1:]], prog="bench_glimpse.py"))

@@ -14,4 +14,4 @@ import _bootstrap  # noqa: F401
 from ram_wsi.bench import main
 
 if __name__ == "__main__":
-    sys.exit(main(["scaling", *sys.argv[1:]]))
+    sys.exit(main(["scaling", *sys.argv[1:]], prog="bench_scaling.py"))

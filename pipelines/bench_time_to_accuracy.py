@@ -13,4 +13,4 @@ import _bootstrap  # noqa: F401
 from ram_wsi.bench import main
 
 if __name__ == "__main__":
-    sys.exit(main(["time-to-accuracy", *sys.argv[1:]]))
+    sys.exit(main(["time-to-accuracy", *sys.argv[1:]], prog="bench_time_to_accuracy.py"))

@@ -1,7 +1,10 @@
-"""``ram-wsi`` command line: train, eval, bench, convert, and the slide tools as they arrive.
+"""``ram-wsi`` command line: train, eval, bench, convert, score.
 
-Every subcommand takes ``--config FILE`` and any number of ``--set section.key=value``.
-User mistakes (bad config, missing files) print one clear line and exit with status 2.
+``train`` and ``eval`` take ``--config FILE`` and any number of ``--set section.key=value``
+(``eval`` without ``--config``: the checkpoint's own config). User mistakes (a bad option,
+config or checkpoint, a missing file) print one line, ``ram-wsi COMMAND: error: WHAT (WHERE)``,
+and exit with status 2; every option is checked before torch is imported (``--debug``: the
+traceback instead).
 """
 
 from __future__ import annotations
@@ -10,8 +13,20 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from .cli_args import add_config_args, config_from_args, guarded
+from .cli_args import (
+    CommandParser,
+    add_config_args,
+    checkpoint_file,
+    config_from_args,
+    config_overrides,
+    guarded,
+    input_file,
+    integer,
+    output_dir,
+    output_file,
+)
 
 __all__ = ["main"]
 
@@ -40,15 +55,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_config(args: argparse.Namespace, ckpt: dict):
+    """``--config`` (and its overrides) when given, else the config the checkpoint carries,
+    with ``--set``/``--data-dir``/``--out-dir`` on it (outputs beside the checkpoint)."""
+    from .config import ExperimentConfig, apply_overrides
+    from .errors import CheckpointError
+
+    if args.config:
+        return config_from_args(args)
+    if not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(args.checkpoint, "carries no config: give the run's --config")
+    overrides = config_overrides(args)
+    if not args.out_dir:
+        overrides.append(f"train.out_dir={Path(args.checkpoint).resolve().parent}")
+    raw = apply_overrides(dict(ckpt["config"]), overrides, args.checkpoint)
+    return ExperimentConfig.from_dict(raw, args.checkpoint)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .slide.remote import use_config
     from .train.checkpoint import load_checkpoint
     from .train.trainer import Trainer
 
-    cfg = config_from_args(args)
+    ckpt = load_checkpoint(args.checkpoint, "cpu")
+    cfg = _eval_config(args, ckpt)
     use_config(cfg)
     trainer = Trainer(cfg)
-    trainer.model.load_state_dict(load_checkpoint(args.checkpoint, trainer.device)["model"])
+    try:
+        trainer.model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError) as exc:
+        from .errors import CheckpointError
+
+        raise CheckpointError(args.checkpoint, "its weights do not fit the config's model "
+                                               f"({type(exc).__name__}: {exc}); give the "
+                                               "run's --config, or none") from None
     if trainer.slides:
         return _eval_slides(trainer, args)
     res = trainer.evaluate(args.split, samples=args.samples)
@@ -98,35 +138,60 @@ def _passthrough(argv: list[str]) -> int | None:
     """Subcommands that own their argument parsing (slide tools, benchmarks): hand them the
     rest."""
     if argv[:1] == ["convert"]:
-        from .slide.convert import cli
+        from .commands.convert import parse_convert
 
-        return int(cli(argv[1:]) or 0)
+        args = parse_convert(argv[1:])  # checked before the slide libraries load
+        from .slide.convert import run_convert
+
+        return run_convert(args)
     if argv[:1] == ["bench"]:
         return cmd_bench(argv[1:])
     if argv[:1] == ["score"]:
-        from .score.runner import main_args
+        from .commands.score import parse_score
 
-        return main_args(argv[1:])
+        args = parse_score(argv[1:])  # checked before torch and Ray load
+        from .score.runner import run_score
+
+        return run_score(args)
     return None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ram-wsi", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train from a config (single process, or --distributed)")
+def add_train_args(t: argparse.ArgumentParser, *, distributed_flag: bool = True) -> None:
+    """``ram-wsi train``'s options (``pipelines/train.py`` has them too, with ``--single``
+    in place of ``--distributed``)."""
     add_config_args(t)
-    t.add_argument("--no-resume", action="store_true", help="ignore an existing last.pt")
-    t.add_argument("--distributed", action="store_true",
-                   help="Ray rollout actors + learner (joins RAY_ADDRESS or starts Ray)")
+    t.add_argument("--no-resume", action="store_true",
+                   help="start over, ignoring an existing last.pt (default: resume from it)")
+    if distributed_flag:
+        t.add_argument("--distributed", action="store_true",
+                       help="Ray rollout actors + learner (joins RAY_ADDRESS or starts Ray; "
+                            "default: one process)")
     t.set_defaults(func=cmd_train)
 
+
+def check_train(args: argparse.Namespace) -> None:
+    """What ``train`` can check before torch loads: the config file, the output folder."""
+    if args.config:
+        input_file(args.config, "--config")
+    if args.out_dir:
+        output_dir(args.out_dir, "--out-dir")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = CommandParser(prog="ram-wsi", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train from a config (one process, or --distributed)")
+    add_train_args(t)
+
     e = sub.add_parser("eval", help="evaluate a checkpoint: stochastic, mean and M-avg errors")
-    add_config_args(e)
-    e.add_argument("checkpoint")
-    e.add_argument("--split", choices=["val", "test"], default="test")
-    e.add_argument("--samples", type=int, default=None, help="M for the M-averaged error")
-    e.add_argument("--figure", help="write the glimpse figure (PNG) here")
+    add_config_args(e, config_help="experiment YAML (default: the config the checkpoint "
+                                   "carries, outputs beside it)")
+    e.add_argument("checkpoint", help="a checkpoint written by ram-wsi train (best.pt, last.pt)")
+    e.add_argument("--split", choices=["val", "test"], default="test", help="what to evaluate")
+    e.add_argument("--samples", "-M", type=integer(1, 1000), default=None,
+                   help="M for the M-averaged error (default: the config's train.eval_samples)")
+    e.add_argument("--figure", help="write the glimpse figure (PNG) here (default: none)")
     e.set_defaults(func=cmd_eval)
 
     sub.add_parser("bench", help="benchmarks: mnist (paper table), throughput, glimpse, "
@@ -137,16 +202,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_eval(args: argparse.Namespace) -> None:
+    """What ``eval`` can check before torch loads: every file it reads or writes."""
+    checkpoint_file(args.checkpoint, "checkpoint")
+    check_train(args)
+    if args.figure:
+        output_file(args.figure, "--figure")
+
+
 def _run(argv: list[str]) -> int:
     direct = _passthrough(argv)
     if direct is not None:
         return direct
     args = build_parser().parse_args(argv)
+    (check_eval if args.func is cmd_eval else check_train)(args)
     return int(args.func(args) or 0)
 
 
+def _prog(argv: list[str]) -> str:
+    """``ram-wsi COMMAND`` (``ram-wsi bench NAME``) for the error line."""
+    words = [a for a in argv[:2] if not a.startswith("-")]
+    if words[:1] == ["bench"]:
+        return " ".join(["ram-wsi", *words[:2]])
+    return " ".join(["ram-wsi", *words[:1]])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return guarded(_run, list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return guarded(_run, argv, prog=_prog(argv))
 
 
 if __name__ == "__main__":

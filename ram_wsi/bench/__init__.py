@@ -21,7 +21,9 @@
   with latency added per request: glimpses/s per core, one glimpse's round trips, seconds per
   scored slide (``ram-wsi bench remote``, ``pipelines/bench_remote.py``).
 
-:func:`main` runs one by name: ``main(["throughput", "--steps", "3"])``.
+:func:`main` runs one by name: ``main(["throughput", "--steps", "3"])``. Its arguments are
+parsed and checked (:mod:`ram_wsi.commands.bench`) before the benchmark's module -- and torch --
+loads; the names re-exported here load on first use.
 """
 
 from __future__ import annotations
@@ -29,11 +31,9 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ..cli_args import guarded
-from ._report import emit, print_table
-from .mnist import PAPER_NIPS, mnist_table, synthetic_benchmark
-from .throughput import measure_throughput, naive_glimpse
 
 __all__ = [
     "BENCHMARKS",
@@ -60,13 +60,29 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+_LAZY = {"PAPER_NIPS": ".mnist", "mnist_table": ".mnist", "synthetic_benchmark": ".mnist",
+         "measure_throughput": ".throughput", "naive_glimpse": ".throughput",
+         "emit": "._report", "print_table": "._report"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """``main([NAME, *ARGS])``: run benchmark NAME with its own command line ARGS; a user
-    mistake (bad config, missing files) prints one line and gives 2, as ``ram-wsi`` does."""
-    return guarded(_run, list(sys.argv[1:] if argv is None else argv))
+    mistake (a bad option, config or file) prints one line and gives 2, as ``ram-wsi`` does.
+    ``prog``: the program named in help and errors (a script's; default ``ram-wsi bench
+    NAME``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = argv[0] if argv and argv[0] in BENCHMARKS else None
+    return guarded(lambda a: _run(a, prog), argv,
+                   prog=prog or ("ram-wsi bench" + (f" {name}" if name else "")))
 
 
-def _run(argv: list[str]) -> int:
+def _run(argv: list[str], prog: str | None) -> int:
     if not argv or argv[0] not in BENCHMARKS:
         known = ", ".join(BENCHMARKS)
         if argv[:1] in (["-h"], ["--help"]):
@@ -74,7 +90,11 @@ def _run(argv: list[str]) -> int:
             for name, (_, text) in BENCHMARKS.items():
                 print(f"  {name:17} {text}")
             return 0
-        print(f"ram-wsi bench: choose a benchmark: {known}", file=sys.stderr)
+        what = f"unknown benchmark {argv[0]!r}" if argv else "no benchmark named"
+        print(f"ram-wsi bench: error: {what}; choose one of {known} (NAME)", file=sys.stderr)
         return 2
+    from ..commands.bench import parse_bench
+
+    args = parse_bench(argv[0], argv[1:], prog)  # checked before the benchmark loads
     module = importlib.import_module(BENCHMARKS[argv[0]][0], __name__)
-    return int(module.main(argv[1:]) or 0)
+    return int(module.run_bench(args) or 0)

@@ -44,21 +44,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..commands.bench import MEM_OPTS  # the options' one definition
 from ..retina import RetinaSpec, resample
 from ..slide import cache as slide_cache
 from ..slide import open_source, tissue_mask, write_synthetic_slide
 from . import _report
 
-__all__ = ["build_parser", "main", "naive_glimpse"]
+__all__ = ["main", "naive_glimpse"]
 
 RESULTS: list[dict] = []
 
-# Options that are plain ints, as (flag, default): the timed phases, and the memory check's
-# (which the memory child process is handed again, see ``_memory_child_argv``).
-PHASE_OPTS = (("--n-cold", 300), ("--n-naive", 100), ("--batch", 256), ("--warm-reps", 10),
-              ("--threads", 1))
-MEM_OPTS = (("--mem-slides", 50), ("--mem-glimpses", 10000), ("--mem-size", 4096),
-            ("--mem-cache-mb", 128), ("--mem-openslide-mb", 32), ("--mem-max-open", 16))
+# PHASE_OPTS, MEM_OPTS: the plain-int options, as (flag, default): the timed phases, and the
+# memory check's (which the memory child process is handed again, see ``_memory_child_argv``).
 # What the memory child process needs from the parent's arguments besides MEM_OPTS.
 CHILD_FLAGS = ("--cache-dir", "--patch", "--scales", "--scale-factor", "--base", "--threads")
 
@@ -316,30 +313,6 @@ def memory_check(args) -> None:
           "handles_opened_total": slide_cache.handle_pool().opened})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ram-wsi bench glimpse",
-                                 description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 131072])
-    ap.add_argument("--cache-dir", default=os.environ.get("RAM_WSI_BENCH_DIR",
-                                                          "/tmp/ram_wsi_bench"))
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--backends", nargs="+", default=["openslide", "zarr"])
-    ap.add_argument("--patch", type=int, default=32)
-    ap.add_argument("--scales", type=int, default=3)
-    ap.add_argument("--scale-factor", type=float, default=4.0)
-    ap.add_argument("--base", type=float, default=1.0)
-    for flag, default in PHASE_OPTS:
-        ap.add_argument(flag, type=int, default=default)
-    ap.add_argument("--rounds", type=int, default=6, help="alternations for the size ratio")
-    ap.add_argument("--openslide-warm-mb", type=int, default=256,
-                    help="OpenSlide's tile cache in the warm phases (MiB)")
-    for flag, default in MEM_OPTS:
-        ap.add_argument(flag, type=int, default=default)
-    ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
-    return ap
-
-
 def _memory_child_argv(args) -> list[str]:
     """The memory check's command line: the parent's values of the options it reads."""
     argv = ["--memory-only"]
@@ -349,7 +322,15 @@ def _memory_child_argv(args) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``ram-wsi bench glimpse``: its arguments checked (:mod:`ram_wsi.commands.bench`),
+    then :func:`run_bench`."""
+    from ..commands.bench import parse_bench
+
+    return run_bench(parse_bench("glimpse", sys.argv[1:] if argv is None else argv))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``ram-wsi bench glimpse`` with checked arguments."""
     torch.set_num_threads(args.threads)
     Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
     emit({"event": "config", "argv": sys.argv, "torch_threads": args.threads,

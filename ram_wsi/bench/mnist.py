@@ -9,16 +9,17 @@ Each prints one JSON line per trained agent, then a table.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..cli_args import add_config_args, config_from_args
+from ..cli_args import config_from_args
 from ..config import ExperimentConfig, load_config
 from ..train.trainer import Trainer
 from ._report import emit, print_table
 
-__all__ = ["PAPER_NIPS", "build_parser", "main", "mnist_table", "synthetic_benchmark"]
+__all__ = ["PAPER_NIPS", "main", "mnist_table", "synthetic_benchmark"]
 
 # The NIPS version of the paper's table (test error, %), for the rows we reproduce.
 # mnist28's RAM figure is the 6-glimpse row (configs/mnist28_6g.yaml; 7 glimpses: 1.07 %).
@@ -83,16 +84,15 @@ def synthetic_benchmark(out_dir: str, *, steps: int = 1500, batch: int = 128, se
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    bm = argparse.ArgumentParser(prog="ram-wsi bench mnist",
-                                 description="train the paper's rows; our errors beside the "
-                                             "paper's")
-    add_config_args(bm)
-    bm.add_argument("--archs", default="ram,ram_random,conv,fc", help="rows of the table")
-    return bm
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``ram-wsi bench mnist``: its arguments checked (:mod:`ram_wsi.commands.bench`),
+    then :func:`run_bench`."""
+    from ..commands.bench import parse_bench
+
+    return run_bench(parse_bench("mnist", sys.argv[1:] if argv is None else argv))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``ram-wsi bench mnist`` with checked arguments."""
     mnist_table(config_from_args(args), args.archs.split(","))
     return 0

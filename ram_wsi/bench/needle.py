@@ -31,6 +31,7 @@ directory (``glimpses.png``: the path on a test slide) under ``--out``.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import math
 import time
@@ -42,7 +43,7 @@ import numpy as np
 
 from ._report import emit, print_table, write_jsonl
 
-__all__ = ["RAM_ROWS", "build_parser", "main", "write_needle_cohort"]
+__all__ = ["RAM_ROWS", "main", "write_needle_cohort"]
 
 _PLAIN = ["model.glimpse_aux=false", "train.glimpse_aux_weight=0", "train.target_reward=0"]
 RAM_ROWS = {
@@ -88,48 +89,6 @@ def write_needle_cohort(folder: str | Path, size: int, *, train: int, val: int, 
             log(f"wrote {p} ({time.perf_counter() - t0:.1f} s)")
         rows.append((p.name, CLASS_NAMES[lab], "test"))
     return write_manifest(folder / "manifest.csv", rows)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ram-wsi bench needle", description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[16384, 131072])
-    ap.add_argument("--rows", nargs="+", default=None, choices=[*RAM_ROWS, "thumbnail", "dense"],
-                    help="default: needle " + " ".join(DEFAULT_ROWS["needle"]) + "; tissue "
-                         + " ".join(DEFAULT_ROWS["tissue"]))
-    ap.add_argument("--kind", choices=["needle", "tissue"], default="needle",
-                    help="needle: dots against stripes (synthetic); tissue: carcinoma against "
-                         "benign on mosaics of real H&E tiles (--tiles)")
-    ap.add_argument("--config", default=None,
-                    help="the RAM rows' config (default configs/needle_slides.yaml; tissue: "
-                         "configs/crc_slides.yaml)")
-    ap.add_argument("--tiles", default=None,
-                    help="tissue: a folder with class folders H/ AC/ S/ T/ V/ (default "
-                         "../shared/data/tissue/crc_tiles)")
-    ap.add_argument("--region-um", type=float, nargs=2, default=(1000.0, 3000.0),
-                    metavar=("MIN", "MAX"),
-                    help="tissue: the carcinoma / adenoma region's diameter range, um")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override the RAM rows' config (repeatable)")
-    ap.add_argument("--minutes", type=float, default=4.0, help="training budget per RAM row")
-    ap.add_argument("--init-from", default=None, metavar="DIR",
-                    help="a curriculum: start each RAM row from DIR/<size>/<row>/best.pt of an "
-                         "earlier run (e.g. the 16k^2 rows for the 131k^2 ones)")
-    ap.add_argument("--train-slides", type=int, default=400)
-    ap.add_argument("--val-slides", type=int, default=32)
-    ap.add_argument("--test-slides", type=int, default=12)
-    ap.add_argument("--large-test-slides", type=int, default=4,
-                    help="test slides of sizes above 32768 (dense tiling is slow there)")
-    ap.add_argument("--lesion", type=int, default=None,
-                    help="lesion diameter, level-0 px (default max(2048, size / 16): 0.5 mm "
-                         "at 16k^2, 2 mm -- a macro-metastasis -- at 131k^2, at 0.25 um/px)")
-    ap.add_argument("--dense-level", type=int, default=1)
-    ap.add_argument("--dense-tile", type=int, default=128)
-    ap.add_argument("--dense-train-slides", type=int, default=24)
-    ap.add_argument("--thumb-train-slides", type=int, default=300)
-    ap.add_argument("--epochs", type=int, default=8, help="epochs of the CNN baselines")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="bench-results/needle")
-    return ap
 
 
 def _se(p: float, n: int) -> float:
@@ -252,9 +211,17 @@ def _dense_row(manifest: Path, size: int, args) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``ram-wsi bench needle``: its arguments checked (:mod:`ram_wsi.commands.bench`),
+    then :func:`run_bench`."""
+    from ..commands.bench import parse_bench
+
+    return run_bench(parse_bench("needle", sys.argv[1:] if argv is None else argv))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``ram-wsi bench needle`` with checked arguments."""
     import torch
 
-    args = build_parser().parse_args(argv)
     args.rows = args.rows or DEFAULT_ROWS[args.kind]
     if args.config is None:
         name = "needle_slides.yaml" if args.kind == "needle" else "crc_slides.yaml"

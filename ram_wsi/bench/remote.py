@@ -51,37 +51,21 @@ import torch
 
 from ._report import emit, print_table, write_jsonl
 
-__all__ = ["build_parser", "main"]
+__all__ = ["main"]
 
 BUCKET = "bench"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ram-wsi bench remote",
-                                 description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=int, default=8192, help="slide side, pixels (8192)")
-    ap.add_argument("--slides", type=int, default=4)
-    ap.add_argument("--delays", type=float, nargs="+", default=[0.0, 20.0],
-                    help="ms added per request by the proxy (0 20)")
-    ap.add_argument("--layouts", nargs="+", default=["chunked", "sharded"],
-                    choices=["chunked", "sharded"])
-    ap.add_argument("--stores", nargs="+", default=["s3", "http"], choices=["s3", "http"])
-    ap.add_argument("--patch", type=int, default=32)
-    ap.add_argument("--scales", type=int, default=3)
-    ap.add_argument("--scale-factor", type=float, default=4.0)
-    ap.add_argument("--batch", type=int, default=4, help="locations per glimpse call (M+1)")
-    ap.add_argument("--steps", type=int, default=6, help="glimpse calls per slide (T)")
-    ap.add_argument("--rounds", type=int, default=2, help="passes over the slides")
-    ap.add_argument("--trials", type=int, default=12, help="single glimpses timed for latency")
-    ap.add_argument("--no-score", action="store_true", help="skip the scoring rows")
-    ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--work", default=None, help="folder for the slides (default: a temp dir)")
-    ap.add_argument("--out", default="bench-results/remote")
-    return ap
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``ram-wsi bench remote``: its arguments checked (:mod:`ram_wsi.commands.bench`),
+    then :func:`run_bench`."""
+    from ..commands.bench import parse_bench
+
+    return run_bench(parse_bench("remote", sys.argv[1:] if argv is None else argv))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``ram-wsi bench remote`` with checked arguments."""
     torch.set_num_threads(1)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_remote_"))
     rows: list[dict[str, Any]] = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from ._report import emit, write_jsonl
 
-__all__ = ["build_parser", "main", "make_slides", "measure"]
+__all__ = ["main", "make_slides", "measure"]
 
 
 def make_slides(folder: Path, count: int, size: int) -> Path:
@@ -74,24 +75,16 @@ def measure(cfg, n: int, cpus: float, calls: int, repeats: int = 1) -> dict:
             "episodes_per_s": rates[len(rates) // 2], "min": rates[0], "max": rates[-1]}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ram-wsi bench scaling", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/cluttered60_8g.yaml")
-    p.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--envs", nargs="+", default=["mnist", "slides"], choices=["mnist", "slides"])
-    p.add_argument("--episodes", type=int, default=64, help="episodes per actor call")
-    p.add_argument("--calls", type=int, default=40, help="timed calls per actor (MNIST)")
-    p.add_argument("--slide-calls", type=int, default=10, help="timed calls per actor (slides)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (the median is kept)")
-    p.add_argument("--slides", type=int, default=4, help="generated slides")
-    p.add_argument("--slide-size", type=int, default=8192, help="level-0 side of each slide")
-    p.add_argument("--data-dir", help="MNIST idx directory")
-    p.add_argument("--out-dir", default="bench-results/scaling")
-    return p
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``ram-wsi bench scaling``: its arguments checked (:mod:`ram_wsi.commands.bench`),
+    then :func:`run_bench`."""
+    from ..commands.bench import parse_bench
+
+    return run_bench(parse_bench("scaling", sys.argv[1:] if argv is None else argv))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``ram-wsi bench scaling`` with checked arguments."""
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cpus_total = int(os.environ.get("RAM_WSI_BENCH_CPUS", os.cpu_count() or 1))

@@ -53,35 +53,10 @@ import numpy as np
 
 from ._report import emit, print_table, write_jsonl
 
-__all__ = ["build_parser", "main", "throwaway_checkpoint"]
+__all__ = ["main", "throwaway_checkpoint"]
 
 _CONFIG = Path(__file__).resolve().parents[2] / "configs" / "needle_slides.yaml"
 _PARTS = ("open", "glimpses", "model", "write")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ram-wsi bench score", description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", default=None,
-                    help="a slide agent's checkpoint (default: train a throwaway one)")
-    ap.add_argument("--config", default=str(_CONFIG),
-                    help="the throwaway checkpoint's config (its architecture is what costs)")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 32768, 131072])
-    ap.add_argument("--slides", type=int, default=4, help="slides per size (TIFF, zarr, ...)")
-    ap.add_argument("--rounds", type=int, default=3, help="times each slide is scored")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the scorer")
-    ap.add_argument("--dense-slides", type=int, default=1, help="per size; 0: no dense rows")
-    ap.add_argument("--dense-level", type=int, default=1)
-    ap.add_argument("--dense-tile", type=int, default=128)
-    ap.add_argument("--throughput-slides", type=int, default=100)
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
-                    help="throughput rows: 0 in-process, N a Ray pool of N scorers")
-    ap.add_argument("--memory-slides", type=int, default=500, help="0: no memory row")
-    ap.add_argument("--single-size", type=int, nargs=2, default=[2220, 2967],
-                    metavar=("W", "H"), help="single rows: slide size (2220 2967)")
-    ap.add_argument("--single-slides", type=int, default=2,
-                    help="single rows: scenes, each as pyramid, one-level TIFF, JPEG (2; 0: none)")
-    ap.add_argument("--out", default="bench-results/score")
-    return ap
 
 
 def throwaway_checkpoint(folder: str | Path, config: str | Path = _CONFIG) -> Path:
@@ -371,9 +346,17 @@ def _memory_row(ckpt: Path, folder: Path, n: int, args, out: Path) -> dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``ram-wsi bench score``: its arguments checked (:mod:`ram_wsi.commands.bench`),
+    then :func:`run_bench`."""
+    from ..commands.bench import parse_bench
+
+    return run_bench(parse_bench("score", sys.argv[1:] if argv is None else argv))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``ram-wsi bench score`` with checked arguments."""
     import torch
 
-    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ the same run, because these machines are noisy.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,15 +19,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..cli_args import add_config_args, config_from_args
+from ..cli_args import config_from_args
 from ..config import ExperimentConfig
 from ..models import RecurrentAttentionModel, RetinaSensor
 from ..retina import RetinaSpec, loc_to_pixels
 from ..train.losses import hybrid_loss
 from ..train.optim import build_optimizer, resolve_device
-from ._report import emit, print_table
+from ._report import emit, print_table, write_jsonl
 
-__all__ = ["build_parser", "main", "measure_throughput", "naive_glimpse", "throughput_table"]
+__all__ = ["main", "measure_throughput", "naive_glimpse", "throughput_table"]
 
 
 def naive_glimpse(images: torch.Tensor, loc: torch.Tensor, spec: RetinaSpec) -> torch.Tensor:
@@ -123,24 +124,25 @@ def throughput_table(cfg: ExperimentConfig, batches: Sequence[int] | None = None
     return rows
 
 
-def build_parser() -> argparse.ArgumentParser:
-    bt = argparse.ArgumentParser(prog="ram-wsi bench throughput",
-                                 description="training images/s: batched retina vs crop loop")
-    add_config_args(bt)
-    bt.add_argument("--batches", type=int, nargs="*", help="batch sizes")
-    bt.add_argument("--steps", type=int, default=20, help="timed steps")
-    bt.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
-    bt.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
-    bt.add_argument("--compile", action="store_true", help="torch.compile the unroll")
-    bt.add_argument("--skip-naive", action="store_true", help="no per-sample-loop reference")
-    return bt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``ram-wsi bench throughput``: its arguments checked (:mod:`ram_wsi.commands.bench`),
+    then :func:`run_bench`."""
+    from ..commands.bench import parse_bench
+
+    return run_bench(parse_bench("throughput", sys.argv[1:] if argv is None else argv))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``ram-wsi bench throughput`` with checked arguments."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.config = args.config or "configs/cluttered60_8g.yaml"
-    throughput_table(config_from_args(args), args.batches, steps=args.steps, amp=args.amp,
-                     compile=args.compile, skip_naive=args.skip_naive)
+    out_dir, args.out_dir = args.out_dir, None  # the rows' folder, not a training run's
+    rows = throughput_table(config_from_args(args), args.batches, steps=args.steps,
+                            amp=args.amp, compile=args.compile, skip_naive=args.skip_naive)
+    if out_dir:
+        from pathlib import Path
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_jsonl(Path(out_dir) / "throughput.jsonl", rows)
+        print(f"wrote {Path(out_dir) / 'throughput.jsonl'}")
     return 0

@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cli_args import add_config_args, config_from_args
+from ..cli_args import config_from_args
 from ..errors import RamWsiError
 from ._report import emit, print_table
 from .mnist import PAPER_NIPS
 
-__all__ = ["build_parser", "crossings", "main", "read_run", "report"]
+__all__ = ["crossings", "main", "read_run", "report"]
 
 _ERRORS = (("stochastic", "val_error_stochastic"), ("mean", "val_error_mean"))
 
@@ -120,25 +121,18 @@ def report(config: dict[str, Any], history: list[dict[str, Any]], summary: dict[
     return [*rows, test]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ram-wsi bench time-to-accuracy",
-                                description="minutes until the validation error reaches the "
-                                            "paper's rows (one capped training run)")
-    add_config_args(p)
-    p.add_argument("--minutes", type=float, default=25.0,
-                   help="the run's budget (train.max_minutes; default 25)")
-    p.add_argument("--targets", type=float, nargs="+",
-                   help="error targets in %% (default: the paper's Conv and RAM rows)")
-    p.add_argument("--smooth", type=int, default=5,
-                   help="minutes_smoothed: the mean of this many evaluations (default 5)")
-    p.add_argument("--run", help="read this finished run directory instead of training")
-    return p
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """``ram-wsi bench time-to-accuracy``: its arguments checked (:mod:`ram_wsi.commands.bench`),
+    then :func:`run_bench`."""
+    from ..commands.bench import parse_bench
+
+    return run_bench(parse_bench("time-to-accuracy", sys.argv[1:] if argv is None else argv))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``ram-wsi bench time-to-accuracy`` with checked arguments."""
     from ..train.trainer import Trainer
 
-    args = build_parser().parse_args(argv)
     if args.run:
         config, history, summary = read_run(args.run)
         report(config, history, summary, args.targets, args.smooth)

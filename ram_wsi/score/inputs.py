@@ -196,6 +196,8 @@ def _from_manifest(path: Path) -> list[ScoreInput]:
             cell = str(p if p.is_absolute() else (path.parent / p).resolve())
         paths.append(cell)
         labels.append(cells[il].strip() if il is not None and il < len(cells) else None)
+    if not paths:  # the same error as an empty folder
+        raise DataError(path, "holds no files to score (the manifest lists no slides)")
     root = path.parent.resolve()
     stamped = _remote_stamps(paths)
     return [ScoreInput(p, i, lab or None, stamp=stamped.get(p))

@@ -43,7 +43,7 @@ from .scorer import ScorerOptions, SlideScorer, load_scoring_model
 from .state import RunOptions, RunState, up_to_date
 from .summary import format_summary, run_summary
 
-__all__ = ["RunOptions", "exit_status", "format_summary", "score_slides"]
+__all__ = ["RunOptions", "exit_status", "format_summary", "run_score", "score_slides"]
 
 
 def exit_status(summary: dict[str, Any]) -> int:
@@ -104,6 +104,11 @@ def score_slides(slides: str | os.PathLike, checkpoint: str | os.PathLike,
     _model, cfg, meta = load_scoring_model(checkpoint)  # fail fast, before Ray and the folder
     class_names = [str(c) for c in meta["class_names"]]
     scan = scan_inputs(slides, exclude=out)
+    unknown = unknown_labels(scan.inputs, class_names)
+    if unknown:
+        log(f"score: warning: labels not among the checkpoint's classes "
+            f"({', '.join(class_names)}): {', '.join(unknown)}; metrics are over the slides "
+            "with known labels")
     store = ResultStore(out, class_names)
     store.set_order(i.path for i in scan.inputs)
     run = RunState(out, store, opts, log)
@@ -138,6 +143,11 @@ def _to_score(inputs: list[ScoreInput], run: RunState, options: ScorerOptions
     return todo
 
 
+def unknown_labels(inputs: list[ScoreInput], class_names: list[str]) -> list[str]:
+    """The manifest's labels that are not among the checkpoint's classes, sorted."""
+    return sorted({str(i.label) for i in inputs if i.label is not None} - set(class_names))
+
+
 def _run(todo: list[ScoreInput], scan: InputScan, run: RunState, checkpoint: str,
          options: ScorerOptions, scorer_cls: type, base_meta: dict[str, Any]) -> dict[str, Any]:
     """Score ``todo`` (on Ray actors, or here); whatever happens, release the locks, flush the
@@ -165,6 +175,9 @@ def _run(todo: list[ScoreInput], scan: InputScan, run: RunState, checkpoint: str
         store.flush(reread=True)
         summary = run_summary(store, scan.inputs, scan.skipped, run.scored,
                               time.perf_counter() - t0, base_meta["class_names"])
+        for kind in ("geojson", "thumbnails"):  # what was not written is not named
+            if not getattr(options, kind):
+                summary[kind] = None
         if status == "done":
             pq = store.write_parquet()
             summary["parquet"] = None if pq is None else str(pq)
@@ -193,40 +206,9 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
 
 
-def main_args(argv: list[str] | None = None) -> int:
-    """``ram-wsi score`` / ``pipelines/score.py``: parse, run, print, exit status."""
-    import argparse
-
-    p = argparse.ArgumentParser(
-        prog="ram-wsi score", description="Score slides with a trained slide agent: "
-        "results.csv/.parquet, QuPath GeoJSON, thumbnails; resumable. Exit status: 0 all "
-        "slides ok, 1 some failed, 2 bad arguments or checkpoint, 130 interrupted.")
-    p.add_argument("slides", help="a folder (recursive), a glob, a manifest CSV, one slide, "
-                                  "or a URI prefix of OME-Zarr stores (s3://bucket/cohort/)")
-    p.add_argument("--checkpoint", "-k", required=True, help="a slide agent's best.pt / last.pt")
-    p.add_argument("--out", "-o", required=True, help="output folder (local or mounted)")
-    p.add_argument("--workers", type=int, default=2, help="Ray scorer actors (0: in-process)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--gpus-per-worker", type=float, default=None,
-                   help="default: a share of the cluster's GPUs when it has some")
-    p.add_argument("--samples", "-M", type=int, default=None,
-                   help="rollouts averaged per slide (default: the checkpoint's eval_samples)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per slide")
-    p.add_argument("--retries", type=int, default=1, help="after a crash of the reader")
-    p.add_argument("--overwrite", action="store_true", help="score every input again")
-    p.add_argument("--retry-errors", action="store_true", help="score failed inputs again")
-    p.add_argument("--fallback-mpp", type=float, default=None,
-                   help="um/px assumed for slides stating none (micrometre checkpoints)")
-    p.add_argument("--no-geojson", action="store_true")
-    p.add_argument("--no-thumbnails", action="store_true")
-    p.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS or local)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="for slides named by URIs: endpoint_url=..., anon=true, profile=..., "
-                        "config_kwargs.connect_timeout=5 (repeatable; YAML values; no "
-                        "credentials: those come from the environment)")
-    args = p.parse_args(argv)
+def run_score(args: Any) -> int:
+    """``ram-wsi score`` with arguments checked by :func:`ram_wsi.commands.score.parse_score`:
+    run, print the summary, return the exit status (:func:`exit_status`)."""
     try:
         storage = parse_storage_options(args.storage_option) if args.storage_option else None
     except ValueError as exc:

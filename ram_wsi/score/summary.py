@@ -40,6 +40,9 @@ def run_summary(store: ResultStore, inputs: list[ScoreInput], skipped: list[str]
         out["pixels_read_per_slide"] = round(sum(int(r["pixels_read"]) for r in ok) / len(ok))
         out["predicted"] = {c: sum(r["predicted"] == c for r in ok) for c in class_names}
         out.update(label_metrics(ok, class_names))
+    unknown = sorted({str(r["label"]) for r in ok if r.get("label")} - set(class_names))
+    if unknown:  # reported, and left out of the metrics
+        out["unknown_labels"] = unknown
     return out
 
 
@@ -86,6 +89,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{summary['pixels_read_per_slide']:,} pixels read")
     if "accuracy" in summary:
         lines.extend(_label_lines(summary))
+    if summary.get("unknown_labels"):
+        lines.append("warning: labels not among the checkpoint's classes, left out of the "
+                     "metrics: " + ", ".join(summary["unknown_labels"]))
     for path, err in list(summary["errors"].items())[:10]:
         lines.append(f"  error  {err if err.startswith(path) else path + ': ' + err}")
     if len(summary["errors"]) > 10:
@@ -95,8 +101,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"skipped {len(skipped)} file(s) no reader claims by name: "
                      + ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else ""))
     lines.append(f"results:    {summary['results_csv']}")
-    lines.append(f"geojson:    {summary['geojson']}/  (QuPath: File > Import objects)")
-    lines.append(f"thumbnails: {summary['thumbnails']}/")
+    if summary.get("geojson"):  # None: --no-geojson
+        lines.append(f"geojson:    {summary['geojson']}/  (QuPath: File > Import objects)")
+    if summary.get("thumbnails"):
+        lines.append(f"thumbnails: {summary['thumbnails']}/")
     return "\n".join(lines)
 
 

@@ -30,7 +30,6 @@ Steps: :func:`_plan` (open, geometry), :func:`_write_store` (:func:`_store_level
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -62,7 +61,7 @@ from .remote import (
     writable_store,
 )
 
-__all__ = ["cli", "convert_to_ome_zarr"]
+__all__ = ["cli", "convert_to_ome_zarr", "run_convert"]
 
 
 def _default_levels(width: int, height: int, chunk: int) -> int:
@@ -239,41 +238,32 @@ def convert_to_ome_zarr(src_path: str | os.PathLike, dst_path: str | os.PathLike
             "seconds": round(time.perf_counter() - t0, 3), "bytes": nbytes}
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
-    """``ram-wsi convert SRC DST [--chunk N] [--shard N] [--workers N] [--levels N]
-    [--storage-option KEY=VALUE ...]``."""
-    ap = argparse.ArgumentParser(prog="ram-wsi convert",
-                                 description="Convert a whole-slide image to OME-Zarr (NGFF 0.5).")
-    ap.add_argument("src", help="slide file (anything OpenSlide opens) or OME-Zarr store")
-    ap.add_argument("dst", help="output store: a directory (e.g. slide.ome.zarr) or a URI "
-                                "(s3://bucket/cohort/slide.zarr, gs://, az://)")
-    ap.add_argument("--chunk", type=int, default=256, help="chunk size in pixels (256)")
-    ap.add_argument("--shard", type=int, default=None,
-                    help="shard side in pixels, a multiple of --chunk (default: 2048 for a URI "
-                         "destination, none for a directory; 0: unsharded)")
-    ap.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                    help="a storage option for a URI (endpoint_url=..., anon=true, profile=...; "
-                         "repeatable); credentials come from the environment")
-    ap.add_argument("--workers", type=int, default=None, help="dask threads (all CPUs)")
-    ap.add_argument("--levels", type=int, default=None,
-                    help="pyramid levels (default: until one chunk)")
-    ap.add_argument("--codec", choices=["lz4hc", "zstd", "lz4", "blosclz"], default="lz4hc",
-                    help="blosc compressor (lz4hc: fastest to read; zstd: smallest)")
-    ap.add_argument("--clevel", type=int, default=5, help="compression level (5)")
-    args = ap.parse_args(argv)
-    shard = args.shard if args.shard is not None else (
-        max(args.chunk, 2048 // args.chunk * args.chunk) if is_remote(args.dst) else None)
+def run_convert(args: Any) -> int:
+    """``ram-wsi convert`` with arguments checked by
+    :func:`ram_wsi.commands.convert.parse_convert`: convert, print the summary as JSON."""
     try:
         options = parse_storage_options(args.storage_option)
-        set_storage_options(options)  # the source's too, when it is remote
-        info = convert_to_ome_zarr(args.src, args.dst, chunk=args.chunk, levels=args.levels,
-                                   workers=args.workers, shard=shard or None,
-                                   compressor=default_compressor(args.codec, args.clevel))
-    except (SlideError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # a credential among them
+        raise SlideError(args.dst, str(exc)) from None
+    set_storage_options(options)  # the source's too, when it is remote
+    info = convert_to_ome_zarr(args.src, args.dst, chunk=args.chunk, levels=args.levels,
+                               workers=args.workers, shard=args.shard,
+                               compressor=default_compressor(args.codec, args.clevel))
     print(json.dumps(info))
     return 0
+
+
+def cli(argv: Sequence[str] | None = None, prog: str = "ram-wsi convert") -> int:
+    """``ram-wsi convert SRC DST [--chunk N] [--shard N] [--workers N] [--levels N]
+    [--storage-option KEY=VALUE ...]`` (``pipelines/convert.py``): a mistake is one line and
+    exit status 2."""
+    from ..cli_args import guarded
+    from ..commands.convert import parse_convert
+
+    def run(args: list[str]) -> int:
+        return run_convert(parse_convert(args, prog))
+
+    return guarded(run, list(sys.argv[1:] if argv is None else argv), prog=prog)
 
 
 if __name__ == "__main__":
