@@ -74,30 +74,65 @@ def _cohort(kind: str, folder: Path, args: argparse.Namespace) -> Path:
                                log=log)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/demo"))
+def build_parser() -> argparse.ArgumentParser:
+    from ram_wsi.cli_args import CommandParser, integer, number
+
+    ap = CommandParser(prog="demo.py", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder")
     ap.add_argument("--config", default=None,
                     help="default configs/demo_slides.yaml (tissue), demo_needle.yaml (needle)")
-    ap.add_argument("--shared", type=Path, default=ROOT / ".." / "shared" / "data" / "slides",
-                    help="real slide fixtures to score beside the generated ones")
+    ap.add_argument("--shared", type=Path, default=None,
+                    help="real slide fixtures to score beside the generated ones (default "
+                         "../shared/data/slides, when there)")
     ap.add_argument("--kind", choices=["tissue", "needle"], default="tissue",
                     help="tissue: mosaics of real H&E tiles (--tiles); needle: synthetic")
-    ap.add_argument("--tiles", type=Path, default=ROOT / ".." / "shared" / "data" / "tissue"
-                    / "crc_tiles", help="a folder of class tiles H/ AC/ S/ T/ V/")
-    ap.add_argument("--size", type=int, default=8192, help="side of the generated slides, px")
-    ap.add_argument("--train-slides", type=int, default=400)
-    ap.add_argument("--test-slides", type=int, default=8)
-    ap.add_argument("--minutes", type=float, default=3.0, help="training budget")
-    ap.add_argument("--workers", type=int, default=2, help="scorers on the Ray pool")
+    ap.add_argument("--tiles", type=Path, default=None,
+                    help="tissue: a folder of class tiles H/ AC/ S/ T/ V/ (default "
+                         "../shared/data/tissue/crc_tiles; without it, the needle cohort)")
+    ap.add_argument("--size", type=integer(1024, 1 << 18), default=8192,
+                    help="side of the generated slides, px")
+    ap.add_argument("--train-slides", type=integer(1, 100_000), default=400,
+                    help="procedural training slides")
+    ap.add_argument("--test-slides", type=integer(1, 10_000), default=8,
+                    help="held-out slides written as files")
+    ap.add_argument("--minutes", type=number(above=0, hi=10_000), default=3.0,
+                    help="training budget")
+    ap.add_argument("--workers", type=integer(0, 1024), default=2,
+                    help="scorers on the Ray pool (0: in this process)")
     ap.add_argument("--no-seed", action="store_true",
                     help="train from scratch, not from the config's train.init_from seed")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def check(args: argparse.Namespace) -> None:
+    """Before anything is written: the run folder, the files named, the kind's options."""
+    from ram_wsi.cli_args import UsageError, input_dir, input_file, output_dir
+
+    output_dir(args.out, "--out")
+    if args.config:
+        input_file(args.config, "--config")
+    if args.shared is not None:
+        input_dir(args.shared, "--shared")
+    if args.tiles is not None:
+        if args.kind == "needle":
+            raise UsageError("applies to --kind tissue only", "--tiles")
+        input_dir(args.tiles, "--tiles")
+    args.shared = args.shared or ROOT / ".." / "shared" / "data" / "slides"
+    args.tiles = args.tiles or ROOT / ".." / "shared" / "data" / "tissue" / "crc_tiles"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """0 the pipeline ran, 1 a held-out slide failed, 2 a mistake (one line on stderr)."""
+    from ram_wsi.cli_args import guarded
+
+    return guarded(_run, list(sys.argv[1:] if argv is None else argv), prog="demo.py")
+
+
+def _run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    check(args)
     from ram_wsi.config import load_config
     from ram_wsi.distributed import train_distributed
-    from ram_wsi.score.runner import RunOptions, format_summary, score_slides
-    from ram_wsi.score.scorer import ScorerOptions
 
     t0 = time.perf_counter()
     out = args.out
@@ -126,7 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = train_dir / "best.pt"
     if not ckpt.exists():
         ckpt = train_dir / "last.pt"
+    return _score_and_report(args, manifest, ckpt, summary, t0)
 
+
+def _score_and_report(args: argparse.Namespace, manifest: Path, ckpt: Path,
+                      summary: dict, t0: float) -> int:
+    """Steps 3 and 4: score the held-out slides and the fixtures, print where it all is."""
+    from ram_wsi.score.runner import RunOptions, format_summary, score_slides
+    from ram_wsi.score.scorer import ScorerOptions
+
+    out = args.out
     folder, scores = out / "folder", out / "scores"
     shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(scores, ignore_errors=True)

@@ -11,7 +11,6 @@ image is absent) is one line naming the row, exit status 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,26 +23,33 @@ except ImportError:  # a plain checkout: use the repo root
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="glas_manifests.py", description=__doc__.split("\n")[0])
+def _run(argv: list[str]) -> int:
+    from ram_wsi.cli_args import CommandParser, input_dir, integer, output_dir
+
+    ap = CommandParser(prog="glas_manifests.py", description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path, help="folder for the manifests")
     ap.add_argument("--glas", type=Path, default=ROOT / ".." / "shared" / "data" / "tissue"
                     / "glas", help="the GlaS folder (default ../shared/data/tissue/glas)")
-    ap.add_argument("--folds", type=int, default=4, help="cross-validation folds (default 4)")
-    ap.add_argument("--seed", type=int, default=0, help="tie-breaking of the folds (default 0)")
+    ap.add_argument("--folds", type=integer(2, 16), default=4,
+                    help="cross-validation folds (GlaS has 16 patients)")
+    ap.add_argument("--seed", type=integer(0, 2**31 - 1), default=0,
+                    help="tie-breaking of the folds")
     args = ap.parse_args(argv)
-    if not 2 <= args.folds <= 16:
-        ap.error(f"--folds must be in 2..16 (GlaS has 16 patients), got {args.folds}")
+    output_dir(args.out, "out")
+    input_dir(args.glas, "--glas")
     from ram_wsi.data.glas import write_glas_manifests
-    from ram_wsi.errors import RamWsiError
 
-    try:
-        written = write_glas_manifests(args.glas, args.out, folds=args.folds, seed=args.seed)
-    except RamWsiError as exc:
-        print(f"glas_manifests.py: error: {exc}", file=sys.stderr)
-        return 2
+    written = write_glas_manifests(args.glas, args.out, folds=args.folds, seed=args.seed)
     print(json.dumps({k: str(v) for k, v in written.items()}))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """0 written; 2 a mistake (one line on stderr, nothing written; ``--debug``: traceback)."""
+    from ram_wsi.cli_args import guarded
+
+    return guarded(_run, list(sys.argv[1:] if argv is None else argv),
+                   prog="glas_manifests.py")
 
 
 if __name__ == "__main__":

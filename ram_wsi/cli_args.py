@@ -99,14 +99,18 @@ class CommandParser(argparse.ArgumentParser):
 
 
 # ----------------------------------------------------------------------------- typed values
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
 def _span(lo: float | None, hi: float | None, above: float | None = None) -> str:
     if above is not None:
-        return f" > {above:g}" + (f" and <= {hi:g}" if hi is not None else "")
+        return f" > {_num(above)}" + (f" and <= {_num(hi)}" if hi is not None else "")
     if lo is not None and hi is not None:
-        return f" in {lo:g}..{hi:g}"
+        return f" in {_num(lo)}..{_num(hi)}"
     if lo is not None:
-        return f" >= {lo:g}"
-    return f" <= {hi:g}" if hi is not None else ""
+        return f" >= {_num(lo)}"
+    return f" <= {_num(hi)}" if hi is not None else ""
 
 
 def integer(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:

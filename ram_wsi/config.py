@@ -507,19 +507,34 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, src: str |
                     ) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides (values parsed as YAML) to a raw config mapping."""
     for item in overrides or []:
-        if "=" not in item:
+        path, sep, text = item.partition("=")
+        parts = path.strip().split(".")
+        if not sep or not all(p.strip() for p in parts):
             raise ConfigError(f"override {item!r} is not of the form section.key=value",
                               source=src)
-        path, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text != "" else None
-        parts = path.strip().split(".")
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"the value {text!r} is not valid YAML ({yaml_problem(exc)})",
+                              key=path.strip(), source=src) from None
         node = raw
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
+        for i, part in enumerate(parts[:-1]):
             if not isinstance(node, dict):
-                raise ConfigError("is not a section", key=path, source=src)
+                break
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError("is not a section", key=".".join(parts[:i + 1]), source=src)
         node[parts[-1]] = value
     return raw
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML error on one line, with its line and column: PyYAML's own message spans
+    several and names ``<unicode string>`` rather than the file."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or "not valid"
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None
@@ -532,9 +547,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if not p.is_file():
             raise ConfigError("file not found", source=src)
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML: {exc}", source=src) from None
+            raise ConfigError(f"not valid YAML: {yaml_problem(exc)}", source=src) from None
+        except (UnicodeDecodeError, OSError) as exc:
+            raise ConfigError(f"cannot be read as YAML text ({type(exc).__name__})",
+                              source=src) from None
         if not isinstance(raw, dict):
             raise ConfigError("the top level must be a mapping", source=src)
         raw.setdefault("name", p.stem)

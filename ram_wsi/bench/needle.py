@@ -62,10 +62,16 @@ CLASS_NAMES = ("dots", "stripes")
 
 
 def write_needle_cohort(folder: str | Path, size: int, *, train: int, val: int, test: int,
-                        lesion: int = 2048, seed: int = 0, log=print) -> Path:
+                        lesion: int = 2048, seed: int = 0, fmt: str = "mixed", tile: int = 256,
+                        mpp: float | None = 0.25, compression: str = "jpeg", log=print) -> Path:
     """A needle cohort's manifest ``folder/manifest.csv`` (``path,label,split``): ``train`` and
-    ``val`` procedural slides, ``test`` slides written as files (alternately TIFF and
-    OME-Zarr; kept when already there), classes alternating. Returns the manifest's path."""
+    ``val`` procedural slides, ``test`` slides written as files (kept when already there),
+    classes alternating. Returns the manifest's path.
+
+    ``fmt``: the test files' format: ``tiff``, ``zarr``, or ``mixed`` (pairs alternate TIFF
+    and OME-Zarr, on purpose: the benchmarks read both); ``tile``, ``mpp`` (None: no physical
+    units; the procedural slides' too) and ``compression`` (TIFF tiles) as
+    :func:`~ram_wsi.slide.write_synthetic_slide`."""
     from ..data.manifest import write_manifest
     from ..slide import write_synthetic_slide
     from ..slide.procedural import procedural_uri
@@ -77,15 +83,16 @@ def write_needle_cohort(folder: str | Path, size: int, *, train: int, val: int, 
         for i in range(n):
             lab = i % 2
             uri = procedural_uri("needle", size, seed=seed + base + i, label=lab,
-                                 lesion_size=lesion)
+                                 lesion_size=lesion, mpp=mpp)
             rows.append((uri, CLASS_NAMES[lab], split))
     for i in range(test):
-        lab, fmt = i % 2, ("tiff", "zarr")[(i // 2) % 2]
-        p = folder / f"test_{i:03d}.{fmt}"
+        lab, kind = i % 2, ("tiff", "zarr")[(i // 2) % 2] if fmt == "mixed" else fmt
+        p = folder / f"test_{i:03d}.{kind}"
         if not (p.exists() and Path(str(p) + ".json").exists()):
             t0 = time.perf_counter()
             write_synthetic_slide(p, size, seed=seed + 30_000 + i, label=lab, kind="needle",
-                                  lesion_size=lesion, fmt=fmt)
+                                  lesion_size=lesion, fmt=kind, tile=tile, mpp=mpp,
+                                  compression=compression)
             log(f"wrote {p} ({time.perf_counter() - t0:.1f} s)")
         rows.append((p.name, CLASS_NAMES[lab], "test"))
     return write_manifest(folder / "manifest.csv", rows)
