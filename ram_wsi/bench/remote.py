@@ -182,7 +182,6 @@ def _measure(args: argparse.Namespace, rows: list[dict[str, Any]], machine: dict
     """The ``glimpses`` and ``latency`` rows of one (layout, store, delay)."""
     from ..retina import RetinaSpec
     from ..slide import clear_caches, open_source
-    from ..slide import remote as rm
 
     spec = RetinaSpec(args.patch, args.scales, args.scale_factor, 1.0)
     rng = np.random.default_rng(0)
@@ -213,7 +212,16 @@ def _measure(args: argparse.Namespace, rows: list[dict[str, Any]], machine: dict
     rec["vs_local"] = None if base is None else round(
         rec["glimpses_per_cpu_s"] / base["glimpses_per_cpu_s"], 3)
     emit(rec, rows)
-    # latency: one glimpse (every scale) on a freshly opened source
+    _latency(args, rows, machine, layout, store, delay, paths, spec, rng)
+
+
+def _latency(args: argparse.Namespace, rows: list[dict[str, Any]], machine: dict[str, Any],
+             layout: str, store: str, delay: float, paths: list[str], spec: Any,
+             rng: np.random.Generator) -> None:
+    """The ``latency`` row: one glimpse (every scale) on a freshly opened source, cold."""
+    from ..slide import clear_caches, open_source
+    from ..slide import remote as rm
+
     batches: list[int] = []
     real = rm.RemoteStore.get_many
 

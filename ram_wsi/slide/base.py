@@ -389,7 +389,7 @@ class GlimpseSource(abc.ABC):
             x0, y0, left, top = place_windows(group, pxx, pxy, g)
             cl, ct = left - x0, top - y0  # window corners in region pixels, (kg, n)
             if not p.int_factor:
-                _outside_to_padding(group, x0, y0, left, top, g)
+                outside_to_padding(group, x0, y0, left, top, g)
             regions = [self.read_regions(q.level, x0[i], y0[i], p.region_w, p.region_h)
                        for i, q in enumerate(group.scales)]
             if p.margin:  # the reader's regions start a sub-pixel off (the plan probed it)
@@ -471,7 +471,7 @@ class GlimpseSource(abc.ABC):
         handle_pool().discard(self._cache_key())
 
 
-def _outside_to_padding(group: ScaleGroup, x0: np.ndarray, y0: np.ndarray, left: np.ndarray,
+def outside_to_padding(group: ScaleGroup, x0: np.ndarray, y0: np.ndarray, left: np.ndarray,
                         top: np.ndarray, g: int) -> None:
     """Move the regions of windows lying wholly outside their level (a dense group keeps its
     regions inside the level, so such a window would read -- and decode -- the level's edge

@@ -646,8 +646,6 @@ def scan_prefix(url: str, options: Mapping[str, Any] | None = None,
     Raises:
         SlideError: the prefix does not exist or cannot be listed (naming it and the cause).
     """
-    from ._paths import reader_claims
-
     root = url.rstrip("/")
     fs = _filesystem(url, options_for(url, options))
     web = scheme_of(url) in _WEB
@@ -681,30 +679,41 @@ def scan_prefix(url: str, options: Mapping[str, Any] | None = None,
             if isinstance(entries, BaseException):
                 if d == root:
                     raise storage_error(url, entries, "listing the prefix") from entries
-                if d.endswith(".zarr"):
-                    found.append((d, (0, 0.0)))  # one input that fails with its reason
-                    continue
-                raise storage_error(url, entries, f"listing {d}") from entries
-            by_name = {posixpath.basename(e["name"].rstrip("/")): e for e in entries}
-            meta = by_name.get("zarr.json")
-            if meta is not None and meta.get("type") != "directory":
-                found.append((d, entry_stamp(meta)))
+                if not d.endswith(".zarr"):
+                    raise storage_error(url, entries, f"listing {d}") from entries
+                found.append((d, (0, 0.0)))  # one input that fails with its reason
                 continue
-            if d != root and d.endswith(".zarr"):
-                found.append((d, (0, 0.0)))  # a .zarr that is no store: one failing input
-                continue
-            for name, e in sorted(by_name.items()):
-                if not name or name.startswith(".") or name in (".", ".."):
-                    continue
-                u = full(e["name"])
-                if e.get("type") == "directory":
-                    if depth < max_depth:
-                        nxt.append(u)
-                elif name.endswith(".json") and (name[:-5] in by_name):
-                    continue  # a slide's sidecar
-                elif reader_claims(name):
-                    found.append((u, entry_stamp(e)))
-                else:
-                    unclaimed.append(u)
+            _sort_listing(d, d == root, entries, full, found, unclaimed,
+                          nxt if depth < max_depth else None)
         level = nxt
     return sorted(found), sorted(unclaimed)
+
+
+def _sort_listing(d: str, is_root: bool, entries: list[dict[str, Any]], full: Any,
+                  found: list, unclaimed: list, deeper: list | None) -> None:
+    """One directory ``d``'s listing into ``found`` (stores and claimed files with their
+    stamps), ``unclaimed`` and ``deeper`` (subdirectories to list next; None at the depth
+    limit)."""
+    from ._paths import reader_claims
+
+    by_name = {posixpath.basename(e["name"].rstrip("/")): e for e in entries}
+    meta = by_name.get("zarr.json")
+    if meta is not None and meta.get("type") != "directory":
+        found.append((d, entry_stamp(meta)))
+        return
+    if not is_root and d.endswith(".zarr"):
+        found.append((d, (0, 0.0)))  # a .zarr that is no store: one failing input
+        return
+    for name, e in sorted(by_name.items()):
+        if not name or name.startswith(".") or name in (".", ".."):
+            continue
+        u = full(e["name"])
+        if e.get("type") == "directory":
+            if deeper is not None:
+                deeper.append(u)
+        elif name.endswith(".json") and (name[:-5] in by_name):
+            continue  # a slide's sidecar
+        elif reader_claims(name):
+            found.append((u, entry_stamp(e)))
+        else:
+            unclaimed.append(u)

@@ -35,7 +35,7 @@ from ..retina import RetinaSpec
 from . import _zarr_decode
 from ._plan import place_windows
 from ._zarr_decode import zarr_error
-from .base import GlimpseSource, SlideInfo, _outside_to_padding, as_locations
+from .base import GlimpseSource, SlideInfo, as_locations, outside_to_padding
 from .cache import block_cache, handle_pool
 from .remote import RemoteStore, is_remote, storage_error
 from .units import MppRule, slide_mpp
@@ -397,7 +397,7 @@ class ZarrSource(GlimpseSource):
             p = group.first
             x0, y0, left, top = place_windows(group, pxx, pxy, g)
             if not p.int_factor:
-                _outside_to_padding(group, x0, y0, left, top, g)
+                outside_to_padding(group, x0, y0, left, top, g)
             for i, q in enumerate(group.scales):
                 out |= self._region_blocks(q.level, x0[i], y0[i], p.region_w, p.region_h)
         return out
