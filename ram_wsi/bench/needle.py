@@ -31,9 +31,8 @@ directory (``glimpses.png``: the path on a test slide) under ``--out``.
 from __future__ import annotations
 
 import argparse
-import sys
 import json
-import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,19 +41,10 @@ from typing import Any
 import numpy as np
 
 from ._report import emit, print_table, write_jsonl
+from .rows import RAM_ROWS, baseline_row, ram_row
 
 __all__ = ["RAM_ROWS", "main", "write_needle_cohort"]
 
-_PLAIN = ["model.glimpse_aux=false", "train.glimpse_aux_weight=0", "train.target_reward=0"]
-RAM_ROWS = {
-    "ram_context": ["model.context=thumbnail", *_PLAIN],
-    "ram_paper": ["model.context=none", *_PLAIN],
-    "ram_random": ["model.arch=ram_random", "model.context=none", *_PLAIN],
-    # Beyond the paper: the glance, plus the annotation-guided terms (the glimpse head's
-    # cross-entropy, a reward per glimpse on the lesion; training only).
-    "ram_guided": ["model.context=thumbnail", "model.glimpse_aux=true",
-                   "train.glimpse_aux_weight=1.0", "train.target_reward=0.2"],
-}
 DEFAULT_ROWS = {"needle": ["ram_context", "ram_paper", "ram_random", "thumbnail", "dense"],
                 "tissue": ["ram_guided", "ram_context", "ram_paper", "ram_random", "thumbnail",
                            "dense"]}
@@ -98,44 +88,20 @@ def write_needle_cohort(folder: str | Path, size: int, *, train: int, val: int, 
     return write_manifest(folder / "manifest.csv", rows)
 
 
-def _se(p: float, n: int) -> float:
-    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
-
-
 def _ram_row(name: str, manifest: Path, size: int, args) -> dict[str, Any]:
-    from ..config import load_config
-    from ..train.trainer import Trainer
-
-    out = Path(args.out) / str(size) / name
     init = []
     if args.init_from:
         found = sorted(Path(args.init_from).glob(f"*/{name}/best.pt"))
         if found:
             init = [f"train.init_from={found[0]}"]
-    cfg = load_config(args.config, [*RAM_ROWS[name], *args.set, *init,
-                                    f"data.slides.manifest={manifest}",
-                                    f"train.out_dir={out}", f"train.max_minutes={args.minutes}",
-                                    f"train.threads={args.threads}", "train.progress=false",
-                                    f"name={args.kind}_{name}_{size}"])
-    t0 = time.perf_counter()
-    s = Trainer(cfg, log=lambda *_: None).fit()
-    n = int(s["test_size"])
-    acc = float(s.get("test_accuracy", 0.0))
-    return {"row": name, "size": size, "test_slides": n, "accuracy": acc,
-            "accuracy_se": _se(acc, n), "balanced_accuracy": s.get("test_balanced_accuracy"),
-            "auc": s.get("test_auc"), "error_stochastic": s.get("test_error_stochastic"),
-            "error_m_avg": s.get("test_error_m_avg"),
-            "val_error_mean": s.get("best_val_error_mean"),
-            "on_target": s.get("test_on_target"), "on_tissue": s.get("test_on_tissue"),
-            "on_target_by_glimpse": s.get("test_on_target_by_glimpse"),
-            "accuracy_by_glimpse": s.get("test_accuracy_by_glimpse"),
-            "auc_by_glimpse": s.get("test_auc_by_glimpse"),
-            "pixels_decoded": s.get("test_pixels_decoded_per_slide"),
-            "pixels_requested": s.get("test_pixels_requested_per_slide"),
-            "seconds_per_slide": s.get("test_seconds_per_slide"),
-            "seconds_open_per_slide": s.get("test_seconds_open_per_slide"),
-            "train_seconds": time.perf_counter() - t0, "steps": s.get("steps"),
-            "init_from": init[0].split("=", 1)[1] if init else None, "run_dir": str(out)}
+    row = ram_row(name, args.config, [*RAM_ROWS[name], *args.set, *init,
+                                      f"data.slides.manifest={manifest}"],
+                  Path(args.out) / str(size) / name, minutes=args.minutes,
+                  threads=args.threads, run_name=f"{args.kind}_{name}_{size}")
+    row.pop("pixels_seen")
+    run_dir = row.pop("run_dir")
+    return {"row": name, "size": size, **row,
+            "init_from": init[0].split("=", 1)[1] if init else None, "run_dir": run_dir}
 
 
 def _cohort(manifest: Path):
@@ -147,19 +113,8 @@ def _cohort(manifest: Path):
 
 def _baseline_row(name: str, size: int, man, probs: list[np.ndarray], costs: list[dict],
                   secs: list[float], train_s: float) -> dict[str, Any]:
-    from ..train.slide_eval import auc_macro
-
-    y = np.asarray([r.label for r in man.split("test")])
-    p = np.stack(probs)
-    pred = p.argmax(1)
-    acc = float((pred == y).mean())
-    recall = [float((pred[y == c] == c).mean()) for c in np.unique(y)]
-    return {"row": name, "size": size, "test_slides": len(y), "accuracy": acc,
-            "accuracy_se": _se(acc, len(y)), "balanced_accuracy": float(np.mean(recall)),
-            "auc": auc_macro(p, y, 2),
-            "pixels_decoded": float(np.mean([c["pixels_decoded"] for c in costs])),
-            "pixels_requested": float(np.mean([c["pixels_requested"] for c in costs])),
-            "seconds_per_slide": float(np.mean(secs)), "train_seconds": train_s}
+    row = baseline_row(name, [r.label for r in man.split("test")], probs, costs, secs, train_s)
+    return {"row": name, "size": size, **row}
 
 
 def _thumbnail_row(manifest: Path, size: int, args) -> dict[str, Any]:
