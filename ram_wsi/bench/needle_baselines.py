@@ -135,7 +135,14 @@ def _dihedral(x: torch.Tensor, op: int) -> torch.Tensor:
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """A random dihedral transform per sample (square inputs): slides have no orientation."""
+    """A random dihedral transform per sample: slides have no orientation.
+
+    A non-square batch ``(N, C, H, W)`` cannot turn a quarter per sample (the shapes would
+    differ): each sample gets one of the four transforms that keep its shape (flips, half
+    turn) and the whole batch is transposed or not, which still gives every sample each of
+    the 8 with probability 1/8."""
+    if x.shape[-1] != x.shape[-2]:
+        return _augment_oblong(x, g)
     ops = torch.randint(8, (x.shape[0],), generator=g)
     out = x.clone()
     for op in range(1, 8):
@@ -143,6 +150,16 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if idx.numel():
             out[idx] = _dihedral(x[idx], op)
     return out
+
+
+def _augment_oblong(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    ops = torch.randint(4, (x.shape[0],), generator=g)  # bit 0: flip W, bit 1: flip H
+    out = x.clone()
+    for op, dims in ((1, (-1,)), (2, (-2,)), (3, (-2, -1))):
+        idx = (ops == op).nonzero().view(-1)
+        if idx.numel():
+            out[idx] = x[idx].flip(dims)
+    return out.transpose(-2, -1) if int(torch.randint(2, (1,), generator=g)) else out
 
 
 def _fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int,
@@ -173,16 +190,19 @@ def _fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs
 
 def train_thumbnail_cnn(images: Any, labels: Any, *, classes: int, epochs: int,
                         batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
-                        augment: bool = True) -> ThumbnailCNN:
+                        augment: bool = True,
+                        widths: Sequence[int] | None = None) -> ThumbnailCNN:
     """Train a :class:`ThumbnailCNN` on ``images`` ``(B, 3, S, S)`` (float in ``[0, 1]`` or
-    uint8) and ``labels`` ``(B,)`` in ``[0, classes)``.
+    uint8; ``(B, 3, H, W)`` works too: a whole field) and ``labels`` ``(B,)`` in
+    ``[0, classes)``; ``widths``: its blocks' filters (default the class's).
 
     Augmentation: a random flip/90-degree rotation per sample and batch (``augment``).
     Initialisation, shuffling and augmentation all come from ``seed``: the same seed (and thread
     count) gives the same model. Returns the model in eval mode.
     """
     g = torch.Generator().manual_seed(int(seed))
-    model = _build(ThumbnailCNN, classes, seed=seed)
+    model = (_build(ThumbnailCNN, classes, seed=seed) if widths is None
+             else _build(ThumbnailCNN, classes, tuple(widths), seed=seed))
     x = torch.as_tensor(images)
     y = torch.as_tensor(labels, dtype=torch.int64)
     return _fit(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr, g=g, augment=augment)
