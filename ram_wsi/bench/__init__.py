@@ -20,6 +20,10 @@
 * :mod:`.remote`: OME-Zarr from a local S3-protocol server and a web server against local disk,
   with latency added per request: glimpses/s per core, one glimpse's round trips, seconds per
   scored slide (``ram-wsi bench remote``, ``pipelines/bench_remote.py``).
+* :mod:`.glas`: RAM on the GlaS colon fields (benign against malignant; the challenge's split
+  and patient-grouped folds) against a whole-field CNN, a thumbnail CNN and random glimpses:
+  accuracy, AUC, pixels and seconds per field (``ram-wsi bench glas``,
+  ``pipelines/bench_glas.py``).
 
 :func:`main` runs one by name: ``main(["throughput", "--steps", "3"])``. Its arguments are
 parsed and checked (:mod:`ram_wsi.commands.bench`) before the benchmark's module -- and torch --
@@ -57,6 +61,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "needle": (".needle", "slide RAM vs dense tiling on gigapixel needle slides (`-h`)"),
     "score": (".score", "ram-wsi score: s/slide vs slide size, vs dense; slides/s; memory"),
     "remote": (".remote", "slides on a local S3 / web server vs local disk, 0 and 20 ms added"),
+    "glas": (".glas", "GlaS fields: RAM vs whole-field / thumbnail CNNs, by patient (`-h`)"),
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from ..cli_args import (
     output_dir,
 )
 
-__all__ = ["BENCH_PARSERS", "MEM_OPTS", "NEEDLE_ROWS", "PHASE_OPTS", "parse_bench"]
+__all__ = ["BENCH_PARSERS", "GLAS_ROWS", "MEM_OPTS", "NEEDLE_ROWS", "PHASE_OPTS",
+           "parse_bench"]
 
 ROOT = Path(__file__).resolve().parents[2]
 # glimpse: the timed phases' counts, and the memory child's (glimpse.py forwards them).
@@ -32,6 +34,8 @@ MEM_OPTS = (("--mem-slides", 50), ("--mem-glimpses", 10000), ("--mem-size", 4096
             ("--mem-cache-mb", 128), ("--mem-openslide-mb", 32), ("--mem-max-open", 16))
 # needle: its RAM rows (ram_wsi.bench.needle.RAM_ROWS) and the baselines.
 NEEDLE_ROWS = ("ram_context", "ram_paper", "ram_random", "ram_guided", "thumbnail", "dense")
+# glas: its RAM rows (ram_wsi.bench.glas.GLAS_RAM_ROWS) and the CNN rows.
+GLAS_ROWS = ("ram", "ram_random", "thumbnail", "whole")
 
 SIDE = integer(256, 1 << 20)  # a generated slide's side, pixels
 COUNT = integer(1, 100_000)
@@ -152,6 +156,48 @@ def _check_needle(args: argparse.Namespace) -> None:
     if args.region_um[0] > args.region_um[1]:
         raise UsageError(f"MIN must be <= MAX, got {args.region_um[0]:g} "
                          f"{args.region_um[1]:g}", "--region-um")
+
+
+def _glas(prog: str | None) -> CommandParser:
+    ap = _parser("glas", "RAM on the GlaS colon fields (benign against malignant) against a "
+                         "whole-field CNN, a thumbnail CNN and random glimpses.", prog)
+    ap.add_argument("--rows", nargs="+", default=list(GLAS_ROWS), choices=GLAS_ROWS,
+                    help="rows, in order")
+    ap.add_argument("--splits", nargs="+", default=["challenge"], metavar="NAME",
+                    help="manifests MANIFESTS/NAME.csv: challenge (train -> testA), fold0 .. "
+                         "fold3 (patients kept together; pooled in one more line per row)")
+    ap.add_argument("--manifests", default="data/glas",
+                    help="folder of the manifests; challenge and fold<i> are written there "
+                         "from --glas when missing")
+    ap.add_argument("--glas", default=str(ROOT.parent / "shared" / "data" / "tissue" / "glas"),
+                    help="the GlaS folder (fields, grades.csv, gland masks)")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "glas.yaml"),
+                    help="the RAM rows' config")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=key_value,
+                    help="override the RAM rows' config (repeatable; default: none)")
+    ap.add_argument("--minutes", type=number(above=0), default=6.0,
+                    help="training budget per RAM row and split")
+    ap.add_argument("--epochs", type=COUNT, default=30, help="epochs of the CNN rows")
+    ap.add_argument("--thumb-size", type=integer(32, 1024), default=64,
+                    help="the thumbnail row's thumbnail, longest side, px")
+    ap.add_argument("--whole-downsample", type=int, choices=(1, 2), default=2,
+                    help="the whole-field row's input: 1 full resolution (0.62 um/px), 2 half")
+    ap.add_argument("--threads", type=THREADS, default=2, help="torch threads")
+    ap.add_argument("--out", default="bench-results/glas", help="output folder")
+    return ap
+
+
+def _check_glas(args: argparse.Namespace) -> None:
+    output_dir(args.out, "--out")
+    output_dir(args.manifests, "--manifests")
+    input_file(args.config, "--config")
+    missing = [s for s in args.splits if not (Path(args.manifests) / f"{s}.csv").is_file()]
+    unknown = [s for s in missing if s != "challenge" and not re.fullmatch(r"fold[0-3]", s)]
+    if unknown:
+        raise UsageError(f"no manifest {unknown[0]}.csv in {args.manifests} (challenge and "
+                         "fold0 .. fold3 are written from --glas)", "--splits")
+    if missing:
+        input_dir(args.glas, "--glas")
 
 
 def _remote(prog: str | None) -> CommandParser:
@@ -339,6 +385,7 @@ BENCH_PARSERS: dict[str, tuple[Builder, Check]] = {
     "needle": (_needle, _check_needle),
     "score": (_score, _check_score),
     "remote": (_remote, _check_remote),
+    "glas": (_glas, _check_glas),
 }
 
 
