@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="M for the M-averaged error (default: the config's train.eval_samples)")
     e.add_argument("--figure", help="write the glimpse figure (PNG) here (default: none)")
     e.set_defaults(func=cmd_eval)
+    p.subcommands = {"train": t, "eval": e}  # type: ignore[attr-defined]
 
     sub.add_parser("bench", help="benchmarks: mnist (paper table), throughput, glimpse, "
                                  "scaling (`ram-wsi bench -h`)")
@@ -214,7 +215,10 @@ def _run(argv: list[str]) -> int:
     direct = _passthrough(argv)
     if direct is not None:
         return direct
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the subcommand's parser: "ram-wsi train: error: ..."
+        parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     (check_eval if args.func is cmd_eval else check_train)(args)
     return int(args.func(args) or 0)
 
