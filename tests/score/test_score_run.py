@@ -252,3 +252,23 @@ def test_a_folder_of_files_no_reader_claims_is_one_clear_error(slide_checkpoint,
     with pytest.raises(DataError, match="no reader claims the 1 found: manifest.csv"):
         score_slides(tmp_path / "in", ckpt, tmp_path / "out", run_options=_quiet(workers=0),
                      log=lambda *_: None)
+
+
+def test_labels_outside_the_checkpoints_classes_are_warned_and_left_out(slide_checkpoint,
+                                                                        tmp_path):
+    """A manifest label the checkpoint does not know (issue 26 §2): a warning listing it when
+    the run starts, the metrics over the known labels only, and the list in the summary."""
+    ckpt, cohort = slide_checkpoint
+    tests = sorted(p for p in cohort.glob("test_*") if p.suffix in (".tiff", ".zarr"))[:3]
+    labels = [json.loads(Path(str(p) + ".json").read_text())["pattern"] for p in tests]
+    labels[0] = "lymphoma"
+    (tmp_path / "m.csv").write_text("path,label\n" + "".join(
+        f"{p},{lab}\n" for p, lab in zip(tests, labels)))
+    said: list[str] = []
+    s = score_slides(tmp_path / "m.csv", ckpt, tmp_path / "out",
+                     run_options=_quiet(workers=0), log=said.append)
+    assert any("warning" in m and "lymphoma" in m for m in said), said
+    assert s["unknown_labels"] == ["lymphoma"] and s["labelled"] == 2
+    assert "lymphoma" in format_summary(s)
+    meta = json.loads((tmp_path / "out" / "run_metadata.json").read_text())
+    assert meta["unknown_labels"] == ["lymphoma"]
