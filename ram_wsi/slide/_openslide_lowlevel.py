@@ -1,7 +1,8 @@
 """OpenSlide's raw calls, below :class:`~ram_wsi.slide.openslide_source.OpenSlideSource` as
 openslide-python keeps ``lowlevel.py`` under its public classes: opening a file, reading one
-region into numpy, compositing RGBA over white, and turning every OpenSlide failure into a
-:class:`SlideError` naming the file (:func:`openslide_error`, the one place that does).
+region into numpy, compositing RGBA over white (:mod:`._compositing`'s, which OME-Zarr shares),
+and turning every OpenSlide failure into a :class:`SlideError` naming the file
+(:func:`openslide_error`, the one place that does).
 
 ``read_rgba`` and ``_RAW`` are looked up on this module at call time (tests replace them).
 """
@@ -17,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import SlideError
+from ._compositing import composite_over_white
 from ._paths import resolve_dicom_dir
 
-__all__ = ["close_slide", "composite_over_white", "level0_coordinate", "open_slide",
+__all__ = ["close_slide", "level0_coordinate", "open_slide",
            "openslide_error", "put_over_white", "read_rgba"]
 
 
@@ -36,17 +38,6 @@ def openslide_error(path: str, exc: Exception, doing: str | None = None) -> Slid
     if isinstance(exc, openslide.OpenSlideError):
         return SlideError(path, f"OpenSlide cannot open it (corrupt or unsupported): {exc}")
     return SlideError(path, f"cannot read the file: {exc}")
-
-
-def composite_over_white(rgba: np.ndarray) -> np.ndarray:
-    """``(h, w, 4)`` non-premultiplied RGBA uint8 -> ``(h, w, 3)`` RGB uint8 over white
-    (``rgb * a + 255 * (1 - a)``, rounded). Transparent pixels become white."""
-    rgb = rgba[..., :3]
-    a = rgba[..., 3:4]
-    if a.min() == 255:
-        return np.ascontiguousarray(rgb)
-    out = (rgb.astype(np.uint16) * a + 255 * (255 - a.astype(np.uint16)) + 127) // 255
-    return out.astype(np.uint8)
 
 
 def _raw_reader() -> Any:

@@ -62,7 +62,7 @@ import numpy as np
 
 from ..errors import SlideError
 from . import _openslide_lowlevel as _ll
-from ._openslide_lowlevel import composite_over_white
+from ._compositing import composite_over_white
 from ._tiff_tiles import open_tiles
 from .base import GlimpseSource, SlideInfo
 from .cache import drop_process_wide, env_int, handle_pool, process_wide, register_backend_cache

@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import SlideError
 from ..retina import RetinaSpec
 from . import _zarr_decode
+from ._compositing import channels3
 from ._plan import place_windows
 from ._zarr_decode import zarr_error
 from .base import GlimpseSource, SlideInfo, as_locations, outside_to_padding
@@ -263,7 +264,7 @@ class ZarrSource(GlimpseSource):
             raise zarr_error(self._path, f"cannot read {what}", e) from e
         out = np.full((3, bh, bw), 255, dtype=np.uint8)
         data = _to_uint8(_as_cyx(data, keep))
-        out[:, :h, :w] = data[:3] if data.shape[0] in (2, 3) else _channels3(data)
+        out[:, :h, :w] = data[:3] if data.shape[0] in (2, 3) else channels3(data)
         return out
 
     def _as_block(self, data: np.ndarray, level: int, bx: int, by: int) -> np.ndarray:
@@ -411,7 +412,7 @@ def _chunk_rgb(data: np.ndarray, hd: dict[str, Any], fast: _zarr_decode.FastRead
     data = _as_cyx(data[sel], keep)
     if data.shape[0] == 3:
         return data
-    return None if data.shape[0] not in (1, 4) else _channels3(data)
+    return None if data.shape[0] not in (1, 4) else channels3(data)
 
 
 def _selection(hd: dict[str, Any], ndim: int, xs: slice, ys: slice
@@ -434,13 +435,6 @@ def _as_cyx(data: np.ndarray, keep: list[int]) -> np.ndarray:
         return data[None]
     order = sorted(keep)
     return np.transpose(data, [order.index(a) for a in keep])
-
-
-def _channels3(data: np.ndarray) -> np.ndarray:
-    if data.shape[0] == 1:
-        return np.repeat(data, 3, axis=0)
-    a = data[3:4].astype(np.uint16)
-    return ((data[:3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
