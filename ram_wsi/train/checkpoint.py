@@ -7,6 +7,7 @@ counters, RNG states as byte tensors, the config as a dict), so loading never un
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
-        raise CheckpointError(path, f"not a readable checkpoint ({type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(path, _why_unreadable(exc)) from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _why_unreadable(exc: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused a file. A file holding
+    objects other than tensors and plain containers (a pickled class, a numpy array) is said
+    to be no checkpoint of this package, naming the object. PyTorch's own message goes on to
+    advise ``weights_only=False``, which would run the file's code: that part is left out."""
+    text = _ANSI.sub("", str(exc))
+    if "WeightsUnpickler error" in text or "Weights only load failed" in text:
+        after = text.partition("WeightsUnpickler error:")[2].strip()
+        detail = re.split(r"\.\s|\n", after, maxsplit=1)[0].strip()  # before the advice
+        refused = re.match(r"Unsupported global: GLOBAL (\S+)", detail)
+        if refused:
+            return ("not a checkpoint this package wrote (it holds objects that a safe load "
+                    f"refuses: {refused[1]})")
+        if not detail or "weights_only" in detail or "safe_globals" in detail:
+            detail = "not tensors and plain containers"
+        return f"not a readable checkpoint (a safe load refuses it: {detail})"
+    first = re.split(r"\.\s|\n", text.strip(), maxsplit=1)[0][:200]  # its first sentence
+    return f"not a readable checkpoint ({type(exc).__name__}{': ' + first if first else ''})"
 
 
 def scoring_metadata(cfg: ExperimentConfig, model: nn.Module, data: Any) -> dict[str, Any]:

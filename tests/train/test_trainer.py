@@ -51,6 +51,21 @@ def test_non_finite_loss_is_skipped_not_applied(tmp_path):
         assert torch.equal(p, q)
 
 
+class NotAWeight:
+    """An object that ``torch.load(weights_only=True)`` refuses to unpickle."""
+
+
+def test_a_file_with_pickled_objects_is_refused_without_unsafe_advice(tmp_path):
+    odd = tmp_path / "odd.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "extra": NotAWeight()}, odd)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(odd)
+    msg = str(info.value)
+    assert "not a checkpoint this package wrote" in msg and "odd.pt" in msg
+    assert "NotAWeight" in msg  # names what it refused
+    assert "weights_only" not in msg and "\n" not in msg and "\x1b" not in msg
+
+
 def test_checkpoint_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
