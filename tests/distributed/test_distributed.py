@@ -211,7 +211,8 @@ def _pipeline():
 def test_pipeline_single_mode_and_bad_config(tmp_path, capsys):
     train = _pipeline()
     assert train.main(["--config", str(tmp_path / "missing.yaml")]) == 2
-    assert "file not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "missing.yaml: no such file (--config)" in err and err.count("\n") == 1
     sets = [a for o in OVERRIDES + ["train.epochs=1", "train.steps_per_epoch=2"]
             for a in ("--set", o)]
     rc = train.main(["--config", "configs/cluttered60_8g.yaml", "--single", "--out-dir",
