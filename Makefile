@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# The main job, the slide pipeline on a local Ray instance: generate a needle cohort, train the
-# slide agent with Ray rollout actors, score held-out slides + $(SHARED)/slides (pipelines/demo.py).
+# The main job, the slide pipeline on a local Ray instance: a tissue-mosaic cohort from the real
+# H&E tiles of $(SHARED)/tissue/crc_tiles (synthetic needles without them), the slide agent trained
+# with Ray rollout actors from a 1 MB seed, held-out slides + $(SHARED)/slides scored (pipelines/demo.py).
 demo: install
 	$(BIN)/python pipelines/demo.py --out runs/demo --shared $(SHARED)/slides
 
