@@ -34,6 +34,7 @@ from ram_wsi.cli_args import (
     input_dir,
     integer,
     number,
+    ordered_pair,
     output_dir,
     refuse_unless,
 )
@@ -115,9 +116,7 @@ def check(args: argparse.Namespace) -> None:
                          "--compression")
     if args.tiles is not None:
         input_dir(args.tiles, "--tiles")
-    if args.region_um is not None and args.region_um[0] > args.region_um[1]:
-        raise UsageError(f"MIN must be <= MAX, got {args.region_um[0]:g} "
-                         f"{args.region_um[1]:g}", "--region-um")
+    ordered_pair(args.region_um, "--region-um")
     default_mpp = 0.5 if kind == "tissue" else 0.25
     args.mpp = default_mpp if args.mpp is None else (args.mpp or None)  # 0: no units
     args.compression = args.compression or "jpeg"

@@ -250,6 +250,16 @@ def refuse_unless(args: argparse.Namespace, applies: bool, options: Sequence[str
             raise UsageError(f"applies {why} only", "--" + dest.replace("_", "-"))
 
 
+def ordered_pair(pair: Sequence[float] | None, where: str) -> tuple[float, float] | None:
+    """A ``MIN MAX`` option's two values (``nargs=2``) if ``MIN <= MAX``; None stays None."""
+    if pair is None:
+        return None
+    lo, hi = pair
+    if lo > hi:
+        raise UsageError(f"MIN must be <= MAX, got {lo:g} {hi:g}", where)
+    return lo, hi
+
+
 # ----------------------------------------------------------------------------- config
 def add_config_args(parser: argparse.ArgumentParser, *, config_help: str | None = None
                     ) -> None:

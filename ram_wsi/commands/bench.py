@@ -20,7 +20,9 @@ from ..cli_args import (
     integer,
     key_value,
     number,
+    ordered_pair,
     output_dir,
+    refuse_unless,
 )
 
 __all__ = ["BENCH_PARSERS", "GLAS_ROWS", "MEM_OPTS", "NEEDLE_ROWS", "PHASE_OPTS",
@@ -141,21 +143,13 @@ def _check_needle(args: argparse.Namespace) -> None:
     output_dir(args.out, "--out")
     if args.config:
         input_file(args.config, "--config")
-    if args.kind == "needle":
-        for dest in ("tiles", "region_um"):
-            if getattr(args, dest) is not None:
-                raise UsageError("applies to --kind tissue only", "--" + dest.replace("_", "-"))
-    else:
-        if args.lesion is not None:
-            raise UsageError("applies to --kind needle only", "--lesion")
-        if args.tiles:
-            input_dir(args.tiles, "--tiles")
+    refuse_unless(args, args.kind == "tissue", ["tiles", "region_um"], "to --kind tissue")
+    refuse_unless(args, args.kind == "needle", ["lesion"], "to --kind needle")
+    if args.tiles:
+        input_dir(args.tiles, "--tiles")
     if args.init_from:
         input_dir(args.init_from, "--init-from")
-    args.region_um = tuple(args.region_um or (1000.0, 3000.0))
-    if args.region_um[0] > args.region_um[1]:
-        raise UsageError(f"MIN must be <= MAX, got {args.region_um[0]:g} "
-                         f"{args.region_um[1]:g}", "--region-um")
+    args.region_um = ordered_pair(args.region_um, "--region-um") or (1000.0, 3000.0)
 
 
 def _glas(prog: str | None) -> CommandParser:
