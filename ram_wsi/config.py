@@ -141,6 +141,13 @@ class TrainConfig:
     # log_prob (beyond the paper: log p(true class), a graded signal -- a glimpse that makes the
     # classifier surer is rewarded before it makes it right; much lower variance on hard tasks).
     reward: str = "correct"
+    # log_prob_steps (beyond the paper; issue 21): the classifier is read after every glimpse
+    # and glimpse s earns log p_s(true class) / T; a location's return is what the glimpses
+    # from it on earn. A location that makes the decision right sooner earns more: later
+    # glimpses must add evidence, not wander. step_loss: the weight of the same cross-entropy
+    # after glimpses 1..T-1 (mean over them) beside the final one: an anytime classifier, whose
+    # confidence after k glimpses means something (a confidence stop reads it).
+    step_loss: float = 0.0
     # REINFORCE's baseline: learned (the paper: b(h_t), regressed on the reward) or group
     # (beyond the paper: the mean reward of the other episodes on the same slide or image in
     # the batch -- leave-one-out, as RLOO; needs data.slides.episodes_per_slide or
@@ -188,7 +195,7 @@ class TrainConfig:
         at_least(self.batch_size, 1, "train.batch_size", src)
         at_least(self.epochs, 1, "train.epochs", src)
         one_of(self.optimizer, ("adam", "sgd"), "train.optimizer", src)
-        one_of(self.reward, ("correct", "log_prob"), "train.reward", src)
+        one_of(self.reward, ("correct", "log_prob", "log_prob_steps"), "train.reward", src)
         one_of(self.advantage, ("learned", "group"), "train.advantage", src)
         one_of(self.schedule, ("cosine", "linear", "constant"), "train.schedule", src)
         positive(self.lr, "train.lr", src)
@@ -198,6 +205,7 @@ class TrainConfig:
         at_least(self.eval_samples, 1, "train.eval_samples", src)
         at_least(self.glimpse_aux_weight, 0.0, "train.glimpse_aux_weight", src)
         at_least(self.target_reward, 0.0, "train.target_reward", src)
+        at_least(self.step_loss, 0.0, "train.step_loss", src)
         if self.val_samples is not None:
             at_least(self.val_samples, 1, "train.val_samples", src)
 

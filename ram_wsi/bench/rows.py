@@ -90,7 +90,7 @@ def ram_row(name: str, config: str | Path, overrides: Sequence[str], out: str | 
 
     Returns the row: the test metrics of the trainer's summary, its per-glimpse curves
     (``on_target_by_glimpse``, ``accuracy_by_glimpse``, ``auc_by_glimpse``: stopped after
-    1, 2, ... glimpses), the read costs per slide, ``pixels_seen`` (:func:`glimpse_pixels`),
+    1, 2, ... glimpses; ``confidence_stop``: stopped when sure), the read costs per slide, ``pixels_seen`` (:func:`glimpse_pixels`),
     the training seconds and steps, and ``run_dir`` (``test_slides.csv`` there lists each
     test slide's probabilities).
     """
@@ -113,6 +113,7 @@ def ram_row(name: str, config: str | Path, overrides: Sequence[str], out: str | 
             "on_target_by_glimpse": s.get("test_on_target_by_glimpse"),
             "accuracy_by_glimpse": s.get("test_accuracy_by_glimpse"),
             "auc_by_glimpse": s.get("test_auc_by_glimpse"),
+            "confidence_stop": s.get("test_confidence_stop"),
             "pixels_decoded": s.get("test_pixels_decoded_per_slide"),
             "pixels_requested": s.get("test_pixels_requested_per_slide"),
             "pixels_seen": float(glimpse_pixels(cfg.model)),

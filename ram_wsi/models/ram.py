@@ -72,7 +72,8 @@ class Trajectory:
         glimpse_logits: ``(B, T, classes + 1)`` what lies under each glimpse (``model.glimpse_aux``:
             0 no lesion, ``c + 1`` a class-``c`` lesion), None without the head.
         step_logits: ``(B, T, classes)`` the classifier read after each glimpse (the last is
-            ``logits``): accuracy against the number of glimpses, without retraining.
+            ``logits``): accuracy against the number of glimpses, and the anytime loss and
+            reward (``train.step_loss``, ``reward="log_prob_steps"``).
     """
 
     locations: torch.Tensor
@@ -417,6 +418,9 @@ class RecurrentAttentionModel(nn.Module):
             means.append(mean)
             logps.append(logp)
             bases.append(base)
+        # The classifier after every glimpse (the last is the decision): accuracy against the
+        # number of glimpses, and train.step_loss's anytime terms, from one batched call.
+        step_logits = self.classifier(torch.stack(steps, 1))
         mask = torch.ones(n_glimpses, device=device)
         if policy == "random":
             mask.zero_()
@@ -427,8 +431,8 @@ class RecurrentAttentionModel(nn.Module):
             means=torch.stack(means, 1),
             log_probs=torch.stack(logps, 1),
             baselines=torch.stack(bases, 1),
-            logits=self.classifier(state[0]),
-            step_logits=self.classifier(torch.stack(steps, 1).detach()),
+            logits=step_logits[:, -1],
+            step_logits=step_logits,
             policy_mask=mask,
             glimpses=torch.stack(kept, 1) if keep_glimpses else None,
             glimpse_logits=torch.stack(under, 1) if under else None,

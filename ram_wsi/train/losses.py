@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..models.ram import Trajectory
 
 __all__ = ["LossTerms", "glimpse_loss", "group_baseline", "hybrid_loss", "returns",
-           "rewards_from_logits"]
+           "rewards_from_logits", "step_rewards"]
 
 
 @dataclass
@@ -36,12 +36,14 @@ class LossTerms:
     baseline: torch.Tensor
     accuracy: torch.Tensor  # mean of the 0/1 reward: accuracy of the stochastic rollout
     glimpse: torch.Tensor | None = None  # the per-glimpse cross-entropy, when trained
+    anytime: torch.Tensor | None = None  # the cross-entropy after glimpses 1..T-1, when trained
 
     def as_dict(self) -> dict[str, float]:
         out = {k: float(getattr(self, k).detach()) for k in
                ("total", "classification", "reinforce", "baseline", "accuracy")}
-        if self.glimpse is not None:
-            out["glimpse"] = float(self.glimpse.detach())
+        for k in ("glimpse", "anytime"):
+            if getattr(self, k) is not None:
+                out[k] = float(getattr(self, k).detach())
         return out
 
 
@@ -64,13 +66,26 @@ def group_baseline(reward: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
                        torch.full_like(reward, float("nan")))
 
 
+def step_rewards(step_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` what each glimpse earns under ``reward="log_prob_steps"``: ``log p_s(label)``
+    of the classifier read after glimpse ``s``, over ``T`` (their sum is on the scale of the
+    final ``log_prob`` reward); detached."""
+    t = step_logits.shape[1]
+    ce = F.cross_entropy(step_logits.detach().float().transpose(1, 2),
+                         labels[:, None].expand(-1, t), reduction="none")
+    return -ce / t
+
+
 def returns(reward: torch.Tensor, glimpse_labels: torch.Tensor | None,
             target_reward: float) -> torch.Tensor:
-    """``(B, T)`` return of the location chosen at each glimpse: the final ``reward`` ``(B,)``,
+    """``(B, T)`` return of the location chosen at each glimpse: the final ``reward`` ``(B,)``
+    (or, given per glimpse ``(B, T)``, the sum of what the glimpses from that one on earn),
     plus ``target_reward`` for each glimpse from that one on that lies on the lesion
     (``glimpse_labels > 0``)."""
-    t = 1 if glimpse_labels is None else glimpse_labels.shape[1]
-    out = reward[:, None].expand(-1, t)
+    if reward.dim() == 2:
+        out = reward.flip(1).cumsum(1).flip(1)
+    else:
+        out = reward[:, None].expand(-1, 1 if glimpse_labels is None else glimpse_labels.shape[1])
     if glimpse_labels is None or target_reward <= 0:
         return out
     hits = (glimpse_labels > 0).to(reward.dtype)
@@ -94,7 +109,7 @@ def hybrid_loss(traj: Trajectory, labels: torch.Tensor, *, rl_weight: float = 1.
                 rho_clip: float = 1.0, reward: str = "correct",
                 groups: torch.Tensor | None = None,
                 glimpse_labels: torch.Tensor | None = None, glimpse_weight: float = 0.0,
-                target_reward: float = 0.0) -> LossTerms:
+                target_reward: float = 0.0, step_loss: float = 0.0) -> LossTerms:
     """The paper's hybrid objective for one batch of trajectories.
 
     Args:
@@ -103,17 +118,22 @@ def hybrid_loss(traj: Trajectory, labels: torch.Tensor, *, rl_weight: float = 1.
         behaviour_log_probs: ``(B, T)`` log-probs under the policy that *acted*, for off-policy
             correction; None when the batch is on-policy.
         rho_clip: clip of the importance ratio.
-        reward: ``correct`` (the paper's 0/1) or ``log_prob`` (``log p(label)``, detached).
+        reward: ``correct`` (the paper's 0/1), ``log_prob`` (``log p(label)``, detached) or
+            ``log_prob_steps`` (per glimpse, :func:`step_rewards`; needs ``traj.step_logits``).
         groups: ``(B,)`` ids of episodes on the same input: REINFORCE's baseline is then the
             mean reward of the *other* episodes of the group (leave-one-out), the learned
             baseline where a group has one episode. None: the learned baseline (the paper).
         glimpse_labels: ``(B, T)`` what lies under each glimpse (annotated slides), or None.
         glimpse_weight: the weight of the glimpse head's cross-entropy.
         target_reward: the reward of a glimpse on the lesion (see :func:`returns`).
+        step_loss: the weight of the mean cross-entropy of the classifier read after glimpses
+            ``1..T-1`` (an anytime classifier; the final one is always trained).
     """
     ce = F.cross_entropy(traj.logits.float(), labels)
     correct = rewards_from_logits(traj.logits, labels)  # (B,)
-    if reward == "log_prob":
+    if reward == "log_prob_steps":
+        reward = step_rewards(traj.step_logits, labels)
+    elif reward == "log_prob":
         reward = -F.cross_entropy(traj.logits.detach().float(), labels, reduction="none")
     else:
         reward = correct
@@ -136,4 +156,10 @@ def hybrid_loss(traj: Trajectory, labels: torch.Tensor, *, rl_weight: float = 1.
     aux = glimpse_loss(traj, glimpse_labels) if glimpse_weight > 0 else None
     if aux is not None:
         total = total + glimpse_weight * aux
-    return LossTerms(total, ce, reinforce, base, correct.mean(), aux)
+    early = None
+    if step_loss > 0 and traj.step_logits is not None and traj.step_logits.shape[1] > 1:
+        first = traj.step_logits[:, :-1].float()
+        early = F.cross_entropy(first.reshape(-1, first.shape[-1]),
+                                labels.repeat_interleave(first.shape[1]))
+        total = total + step_loss * early
+    return LossTerms(total, ce, reinforce, base, correct.mean(), aux, early)

@@ -25,7 +25,7 @@ from ..data.episodes import slide_episodes
 from ..data.slides import SlideSet
 from ..models import RecurrentAttentionModel
 
-__all__ = ["auc_binary", "auc_macro", "rollout_slide", "rollout_slides", "slide_metrics", "write_slide_rows"]
+__all__ = ["auc_binary", "auc_macro", "confidence_stop", "rollout_slide", "rollout_slides", "slide_metrics", "write_slide_rows"]
 
 _COUNT_KEYS = ("pixels_decoded", "pixels_requested", "bytes_read", "blocks_decoded")
 
@@ -251,7 +251,30 @@ def _by_glimpse(ok: list[dict[str, Any]], y: np.ndarray, classes: int) -> dict[s
     acc = [float((p[:, k].argmax(-1) == y).mean()) for k in range(p.shape[1])]
     auc = [auc_macro(p[:, k], y, classes) for k in range(p.shape[1])]
     return {"accuracy_by_glimpse": [round(a, 4) for a in acc],
-            "auc_by_glimpse": [round(float(a), 4) if np.isfinite(a) else None for a in auc]}
+            "auc_by_glimpse": [round(float(a), 4) if np.isfinite(a) else None for a in auc],
+            "confidence_stop": confidence_stop(p, y)}
+
+
+STOP_LEVELS = (0.7, 0.8, 0.9, 0.95)
+
+
+def confidence_stop(p: np.ndarray, y: np.ndarray,
+                    levels: tuple[float, ...] = STOP_LEVELS) -> list[dict[str, float]]:
+    """What stopping at the first glimpse whose decision is at least ``level`` sure would
+    have given (the last glimpse when none is): accuracy and glimpses spent per slide, one
+    dict per level. ``p`` ``(N, T, classes)``: the mean policy's classifier after each
+    glimpse; ``y`` ``(N,)``. Easy slides stop early, hard ones read on: fewer pixels for the
+    same decisions when the classifier's confidence after k glimpses means something
+    (``train.step_loss`` trains it to)."""
+    n, t = p.shape[:2]
+    out = []
+    for level in levels:
+        sure = p.max(-1) >= level  # (N, T)
+        stop = np.where(sure.any(1), sure.argmax(1), t - 1)
+        pred = p[np.arange(n), stop].argmax(-1)
+        out.append({"level": level, "accuracy": round(float((pred == y).mean()), 4),
+                    "glimpses": round(float((stop + 1).mean()), 3)})
+    return out
 
 
 def write_slide_rows(path, rows: list[dict[str, Any]], class_names: list[str]) -> None:

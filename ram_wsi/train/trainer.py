@@ -214,7 +214,8 @@ class Trainer:
                 "reward": t.reward, "groups": self._advantage_groups(ids),
                 "glimpse_labels": (None if glimpse_labels is None
                                    else torch.as_tensor(glimpse_labels, device=self.device)),
-                "glimpse_weight": t.glimpse_aux_weight, "target_reward": t.target_reward}
+                "glimpse_weight": t.glimpse_aux_weight, "target_reward": t.target_reward,
+                "step_loss": t.step_loss}
 
     def _advantage_groups(self, ids) -> torch.Tensor | None:
         """``ids`` ``(B,)`` (the slide or canvas of each episode) as the group baseline's
@@ -250,7 +251,8 @@ class Trainer:
                 return hybrid_loss(traj, labels, rl_weight=self.cfg.train.rl_weight,
                                    baseline_weight=self.cfg.train.baseline_weight,
                                    reward=self.cfg.train.reward,
-                                   groups=self._advantage_groups(groups))
+                                   groups=self._advantage_groups(groups),
+                                   step_loss=self.cfg.train.step_loss)
             logits = self.model(images)
         ce = nn.functional.cross_entropy(logits.float(), labels)
         acc = (logits.argmax(-1) == labels).float().mean()
