@@ -44,6 +44,8 @@ CASES: list[tuple[tuple[str, ...], str, str]] = [
     # score
     (RAM, "score {tmp} -k {ckpt} -o {out} --samples -2", "--samples"),
     (RAM, "score {tmp} -k {ckpt} -o {out} --samples 0", "--samples"),
+    (RAM, "score {tmp} -k {ckpt} -o {out} --stop-at 0", "--stop-at"),
+    (RAM, "score {tmp} -k {ckpt} -o {out} --stop-at 1.5", "--stop-at"),
     (RAM, "score {tmp} -o {out}", "--checkpoint"),
     (RAM, "score {tmp} -k {notckpt} -o {out}", "--checkpoint"),
     (RAM, "score {tmp} -k {ckpt} -o {file}", "--out"),

@@ -37,6 +37,10 @@ def build_score_parser(prog: str = "ram-wsi score") -> argparse.ArgumentParser:
                         "has some)")
     p.add_argument("--samples", "-M", type=integer(1, 1000), default=None,
                    help="rollouts averaged per slide (default: the checkpoint's eval_samples)")
+    p.add_argument("--stop-at", type=number(above=0, hi=1), default=None, metavar="P",
+                   help="a confidence stop: decide at the first glimpse whose decision is at "
+                        "least P sure, e.g. 0.9 (fewer pixels on easy slides; default: read "
+                        "every glimpse)")
     p.add_argument("--seed", type=integer(0, 2**31 - 1), default=0,
                    help="mixed with each slide's id into its episode seed")
     p.add_argument("--timeout", type=number(above=0), default=None,

@@ -71,6 +71,8 @@ class Trajectory:
             (glimpse 0 too when a context net chose it).
         glimpse_logits: ``(B, T, classes + 1)`` what lies under each glimpse (``model.glimpse_aux``:
             0 no lesion, ``c + 1`` a class-``c`` lesion), None without the head.
+        used: ``(B,)`` int64, the glimpses each episode's decision read when the unroll stopped
+            on confidence (``stop_at``; ``logits`` is the classifier after that many), else None.
         step_logits: ``(B, T, classes)`` the classifier read after each glimpse (the last is
             ``logits``): accuracy against the number of glimpses, and the anytime loss and
             reward (``train.step_loss``, ``reward="log_prob_steps"``).
@@ -85,6 +87,7 @@ class Trajectory:
     glimpses: torch.Tensor | None = None
     glimpse_logits: torch.Tensor | None = None
     step_logits: torch.Tensor | None = None
+    used: torch.Tensor | None = None
 
 
 class GlimpseNetwork(nn.Module):
@@ -367,7 +370,7 @@ class RecurrentAttentionModel(nn.Module):
                locations: torch.Tensor | None = None, generator: torch.Generator | None = None,
                keep_glimpses: bool = False, device: torch.device | None = None,
                dtype: torch.dtype = torch.float32, start: torch.Tensor | None = None,
-               context: torch.Tensor | None = None) -> Trajectory:
+               context: torch.Tensor | None = None, stop_at: float | None = None) -> Trajectory:
         """Run ``T`` glimpses: act, look, update the state; then classify.
 
         Args:
@@ -382,6 +385,9 @@ class RecurrentAttentionModel(nn.Module):
             start: ``(B, 2)`` first locations to use instead of the paper's first-location rule
                 (a slide episode starts inside tissue); unused by a context model.
             context: ``(B, C, S, S)`` thumbnails in [0, 1], for a model with a context net.
+            stop_at: a confidence stop (inference): an episode decides after the first glimpse
+                whose classifier is at least this sure (``used``); the unroll ends when every
+                episode has decided (episodes of a batch that decided earlier read on, unused).
         """
         if device is None:
             device = next(self.parameters()).device
@@ -391,6 +397,7 @@ class RecurrentAttentionModel(nn.Module):
         state = self._begin(batch, context, device, dtype)
         learned_first = self.context is not None and policy != "random"
         locs, means, logps, bases, kept, under, steps = [], [], [], [], [], [], []
+        used = torch.zeros(batch, dtype=torch.long, device=device)
         for t in range(n_glimpses):
             given = None if locations is None else locations[:, t]
             h = state[0].detach()  # the policy and the baseline never move the core
@@ -418,10 +425,14 @@ class RecurrentAttentionModel(nn.Module):
             means.append(mean)
             logps.append(logp)
             bases.append(base)
+            if stop_at is not None and self._all_sure(state[0], used, t, stop_at):
+                break
         # The classifier after every glimpse (the last is the decision): accuracy against the
         # number of glimpses, and train.step_loss's anytime terms, from one batched call.
         step_logits = self.classifier(torch.stack(steps, 1))
-        mask = torch.ones(n_glimpses, device=device)
+        n = len(steps)
+        used = torch.where(used > 0, used, n)
+        mask = torch.ones(n, device=device)
         if policy == "random":
             mask.zero_()
         elif not learned_first:
@@ -431,12 +442,22 @@ class RecurrentAttentionModel(nn.Module):
             means=torch.stack(means, 1),
             log_probs=torch.stack(logps, 1),
             baselines=torch.stack(bases, 1),
-            logits=step_logits[:, -1],
+            logits=step_logits[torch.arange(batch, device=device), used - 1],
             step_logits=step_logits,
+            used=used if stop_at is not None else None,
             policy_mask=mask,
             glimpses=torch.stack(kept, 1) if keep_glimpses else None,
             glimpse_logits=torch.stack(under, 1) if under else None,
         )
+
+
+    @torch.no_grad()
+    def _all_sure(self, h: torch.Tensor, used: torch.Tensor, t: int, level: float) -> bool:
+        """Mark in ``used`` (in place) the episodes first at least ``level`` sure after glimpse
+        ``t``; whether every episode has now decided."""
+        sure = torch.softmax(self.classifier(h).float(), -1).amax(-1) >= level
+        used.copy_(torch.where(sure & (used == 0), t + 1, used))
+        return bool((used > 0).all())
 
 
 class RetinaSensor:

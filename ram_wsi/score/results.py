@@ -40,8 +40,9 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("predicted_mean_policy", "str", "the deterministic (mean-policy) rollout's class"),
     ("label", "str", "the manifest's label, when SLIDES is a manifest with a label column"),
     ("rollouts", "int", "M, the sampled rollouts averaged"),
-    ("glimpses", "int", "glimpses per rollout (T)"),
-    ("glimpses_read", "int", "glimpses read in all: T x (M + 1), the mean-policy path included"),
+    ("glimpses", "int", "glimpses of the mean-policy decision (T; fewer with --stop-at)"),
+    ("glimpses_read", "int", ("glimpses read in all, the mean-policy path included: "
+                              "T x (M + 1) without --stop-at")),
     ("pixels_read", "int", ("pixels decoded for this slide, at whatever level: the thumbnail "
                             "and every glimpse's blocks (tiles / chunks)")),
     ("bytes_read", "int", "compressed bytes read from storage (where the reader counts them)"),

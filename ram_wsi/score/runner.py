@@ -217,7 +217,8 @@ def run_score(args: Any) -> int:
                             threads=max(1, int(args.cpus_per_worker)),
                             device="auto" if args.workers == 0 else "cpu",
                             geojson=not args.no_geojson, thumbnails=not args.no_thumbnails,
-                            fallback_mpp=args.fallback_mpp, storage_options=storage)
+                            fallback_mpp=args.fallback_mpp, stop_at=args.stop_at,
+                            storage_options=storage)
     ropts = RunOptions(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                        gpus_per_worker=args.gpus_per_worker, timeout=args.timeout,
                        retries=args.retries, overwrite=args.overwrite,

@@ -44,6 +44,8 @@ class ScorerOptions:
         thumb_px: the annotated thumbnail's side.
         fallback_mpp: micrometres per pixel assumed for a slide that states none, when the
             checkpoint's retina is in micrometres (None: such a slide is an error row).
+        stop_at: a confidence stop: each rollout decides at its first glimpse whose decision
+            is at least this sure, and the mean policy reads no further (None: every glimpse).
         storage_options: fsspec options for slides named by URIs (``--storage-option``;
             never credentials: :func:`ram_wsi.slide.remote.check_storage_options`), taken by
             each scorer's process; None: the process's own.
@@ -57,6 +59,7 @@ class ScorerOptions:
     thumbnails: bool = True
     thumb_px: int = 512
     fallback_mpp: float | None = None
+    stop_at: float | None = None
     storage_options: dict[str, Any] | None = None
 
 
@@ -133,7 +136,8 @@ class SlideScorer:
     def describe(self) -> dict[str, Any]:
         """Where this scorer runs (for the run's metadata and the ``worker`` column)."""
         return {"worker": self.worker, "device": str(self.device),
-                "threads": torch.get_num_threads(), "samples": self.samples}
+                "threads": torch.get_num_threads(), "samples": self.samples,
+                "stop_at": self.options.stop_at}
 
     def _slide_set(self, inp: ScoreInput):
         from ..data.manifest import SlideRecord
@@ -181,7 +185,7 @@ class SlideScorer:
             source = view.source
             self._physical(slides, source)
             r = rollout_slide(self.model, slides, 0, samples=self.samples, gen=gen, rng=rng,
-                              cold=False)
+                              cold=False, stop_at=self.options.stop_at)
             if "error" in r:
                 raise SlideError(inp.path, r["error"])
             info = source.info
@@ -223,7 +227,7 @@ class SlideScorer:
             "predicted": names[int(p_avg.argmax())],
             **{f"prob_{c}": round(float(p), 6) for c, p in zip(names, p_avg)},
             "predicted_mean_policy": names[int(p_mean.argmax())],
-            "rollouts": self.samples, "glimpses": t, "glimpses_read": t * (self.samples + 1),
+            "rollouts": self.samples, "glimpses": t, "glimpses_read": int(r["glimpses_read"]),
             "pixels_read": int(r["pixels_decoded_total"]),
             "bytes_read": int(r["bytes_read_total"]),
             "pixels_decision": int(r["pixels_decoded"]),

@@ -33,7 +33,8 @@ _COUNT_KEYS = ("pixels_decoded", "pixels_requested", "bytes_read", "blocks_decod
 @torch.no_grad()
 def rollout_slides(model: RecurrentAttentionModel, slides: SlideSet,
                    indices: list[int] | None = None, *, samples: int = 10, seed: int = 1234,
-                   keep_glimpses: int = 0, cold: bool = True) -> list[dict[str, Any]]:
+                   keep_glimpses: int = 0, cold: bool = True,
+                   stop_at: float | None = None) -> list[dict[str, Any]]:
     """One row per slide of ``indices`` (default all), in that order (:func:`rollout_slide`
     on each, one RNG for the whole set).
 
@@ -44,19 +45,20 @@ def rollout_slides(model: RecurrentAttentionModel, slides: SlideSet,
             (for the glimpse figure).
         cold: drop the process's block caches before each slide, so that ``pixels_decoded``
             is what one decision on a slide not seen before decodes.
+        stop_at: a confidence stop for every rollout (:meth:`RecurrentAttentionModel.unroll`).
     """
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     rng = np.random.default_rng(seed)
     return [rollout_slide(model, slides, int(i), samples=samples, gen=gen, rng=rng,
-                          keep_glimpses=n < keep_glimpses, cold=cold)
+                          keep_glimpses=n < keep_glimpses, cold=cold, stop_at=stop_at)
             for n, i in enumerate(range(len(slides)) if indices is None else indices)]
 
 
 @torch.no_grad()
 def rollout_slide(model: RecurrentAttentionModel, slides: SlideSet, i: int, *, samples: int,
                   gen: torch.Generator, rng: np.random.Generator, keep_glimpses: bool = False,
-                  cold: bool = True) -> dict[str, Any]:
+                  cold: bool = True, stop_at: float | None = None) -> dict[str, Any]:
     """Slide ``i``'s row: one mean-policy episode, then ``samples`` sampled ones.
 
     The row holds ``probs_mean`` ``(classes,)``, ``probs_samples`` ``(M, classes)``, the mean
@@ -66,6 +68,10 @@ def rollout_slide(model: RecurrentAttentionModel, slides: SlideSet, i: int, *, s
     decision"); ``seconds_total`` and ``<counter>_total`` include the M sampled rollouts.
     ``seconds_open`` / ``seconds_glimpses`` split the decision's time (the rest is the model).
     A slide that cannot be read gives a row with ``error`` set (and no probabilities).
+    With ``stop_at`` each rollout decides at its first glimpse that sure: its path and the
+    on-target fractions end there (``on_target_by_glimpse`` is NaN past every rollout's stop),
+    ``probs_by_glimpse`` holds the decision from the stop on, ``glimpses_read`` counts what
+    was read.
     """
     from ..errors import SlideError
 
@@ -74,28 +80,55 @@ def rollout_slide(model: RecurrentAttentionModel, slides: SlideSet, i: int, *, s
     rec = slides.records[i]
     row: dict[str, Any] = {"index": int(i), "path": rec.path, "label": int(rec.label)}
     try:
-        runs = _roll(model, slides, i, samples, gen, rng, keep_glimpses, cold)
+        runs = _roll(model, slides, i, samples, gen, rng, keep_glimpses, cold, stop_at)
     except SlideError as exc:
         row["error"] = str(exc)
         return row
     finally:
         model.train(was_training)
-    locs = torch.cat([runs.mean.locations, runs.stoch.locations]).clamp(-1, 1)  # (1+M, T, 2)
-    row.update(_decision_fields(runs, locs, slides))
-    hit = runs.view.on_target(locs.reshape(-1, 2).cpu())
-    if hit is not None:
-        hit = hit.view(locs.shape[0], locs.shape[1]).double()
-        row["on_target_by_glimpse"] = hit.mean(0).tolist()  # glimpse 1, 2, ... (all rollouts)
-        # The learned glimpses only: the first is the start rule's in the paper's model,
-        # the context net's choice in ours.
-        row["on_target"] = float(hit[:, 0 if model.context is not None else 1:].mean())
-    # The mean policy's decision had it stopped after k glimpses (k = 1 .. T).
-    row["probs_by_glimpse"] = torch.softmax(runs.mean.step_logits[0].float(), -1).cpu().numpy()
+    paths = _paths(runs)  # each rollout's locations up to its decision, the mean policy's first
+    row.update(_decision_fields(runs, paths, slides))
+    row.update(_on_target(runs.view, paths, model))
+    # The mean policy's decision had it stopped after k glimpses (k = 1 .. T); with a
+    # confidence stop, the decision it stopped at from there on.
+    steps = torch.softmax(runs.mean.step_logits[0].float(), -1).cpu()
+    n = int(paths[0].shape[0])
+    steps = torch.cat([steps[:n], steps[n - 1:n].expand(model.cfg.glimpses - n, -1)])
+    row["probs_by_glimpse"] = steps.numpy()
+    row["glimpses_read"] = sum(int(t.locations.shape[0] * t.locations.shape[1])
+                               for t in (runs.mean, runs.stoch))
     if runs.mean.glimpses is not None:
         row["glimpses"] = (runs.mean.glimpses[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     if runs.view.preview is not None:  # held-out and scored slides: for figures, thumbnails
         row["preview"] = runs.view.preview.numpy()
     return row
+
+
+def _paths(runs: _Rollouts) -> list[torch.Tensor]:
+    """Each rollout's ``(n, 2)`` frame locations (clamped; the mean policy's first, then the
+    M sampled), up to the glimpse its decision read (all T without a confidence stop)."""
+    out = []
+    for traj in (runs.mean, runs.stoch):
+        locs = traj.locations.clamp(-1, 1).cpu()
+        used = [locs.shape[1]] * locs.shape[0] if traj.used is None else traj.used.tolist()
+        out += [locs[j, :u] for j, u in enumerate(used)]
+    return out
+
+
+def _on_target(view, paths: list[torch.Tensor], model: RecurrentAttentionModel
+               ) -> dict[str, Any]:
+    """On an annotated slide: ``on_target_by_glimpse`` (glimpse 1, 2, ... over the rollouts
+    that read it; NaN where none did) and ``on_target`` (the learned glimpses only: the first
+    is the start rule's in the paper's model, the context net's choice in ours)."""
+    hits = [view.on_target(p) for p in paths]
+    if hits[0] is None:
+        return {}
+    hits = [h.double() for h in hits]
+    by = [[float(h[k]) for h in hits if len(h) > k] for k in range(model.cfg.glimpses)]
+    first = 0 if model.context is not None else 1
+    learned = torch.cat([h[first:] for h in hits])
+    return {"on_target_by_glimpse": [float(np.mean(v)) if v else float("nan") for v in by],
+            "on_target": float(learned.mean()) if len(learned) else float("nan")}
 
 
 @dataclass
@@ -115,7 +148,7 @@ class _Rollouts:
 
 def _roll(model: RecurrentAttentionModel, slides: SlideSet, i: int, samples: int,
           gen: torch.Generator, rng: np.random.Generator, keep_glimpses: bool,
-          cold: bool) -> _Rollouts:
+          cold: bool, stop_at: float | None = None) -> _Rollouts:
     """Open slide ``i`` (caches dropped first when ``cold``), then the mean-policy decision
     alone -- what "one decision" costs -- then ``samples`` sampled rollouts."""
     from ..slide import clear_caches
@@ -127,25 +160,27 @@ def _roll(model: RecurrentAttentionModel, slides: SlideSet, i: int, samples: int
     src = view.source
     src.reset_counters()
     t0 = time.perf_counter()
-    mean, read_s = _run(model, slides, i, 1, "mean", gen, rng, dev, keep=keep_glimpses)
+    mean, read_s = _run(model, slides, i, 1, "mean", gen, rng, dev, keep=keep_glimpses,
+                        stop_at=stop_at)
     read = src.counters
     t_mean = time.perf_counter() - t0
-    stoch, read_s_m = _run(model, slides, i, samples, "sample", gen, rng, dev)
+    stoch, read_s_m = _run(model, slides, i, samples, "sample", gen, rng, dev, stop_at=stop_at)
     return _Rollouts(view, mean, stoch, t_mean, time.perf_counter() - t0, read_s, read_s_m,
                      read, src.counters)
 
 
-def _decision_fields(runs: _Rollouts, locs: torch.Tensor, slides: SlideSet) -> dict[str, Any]:
+def _decision_fields(runs: _Rollouts, paths: list[torch.Tensor], slides: SlideSet
+                     ) -> dict[str, Any]:
     """The row's probabilities, mean path, where it looked and what it cost (module
     docstring of :func:`rollout_slide`)."""
     view, src = runs.view, runs.view.source
-    path = runs.mean.locations[0].clamp(-1, 1).cpu()
+    path = paths[0]
     return {
         "probs_mean": torch.softmax(runs.mean.logits.float(), -1)[0].cpu().numpy(),
         "probs_samples": torch.softmax(runs.stoch.logits.float(), -1).cpu().numpy(),
         "path_frame": path.numpy(),
         "path_px": view.frame.to_pixels(path.double()).numpy(),
-        "on_tissue": float(view.on_tissue(locs.reshape(-1, 2).cpu()).mean()),
+        "on_tissue": float(view.on_tissue(torch.cat(paths)).mean()),
         "tissue_fraction": view.mask.fraction,
         "seconds": view.open_seconds + runs.t_mean,
         "seconds_open": view.open_seconds,  # of which: opening, thumbnail, mask, frame
@@ -166,12 +201,14 @@ def _windows_px(source, slides: SlideSet) -> list[float]:
     return [spec.window(j) for j in range(spec.scales)]
 
 
-def _run(model, slides: SlideSet, i: int, b: int, policy: str, gen, rng, dev, keep=False):
+def _run(model, slides: SlideSet, i: int, b: int, policy: str, gen, rng, dev, keep=False,
+         stop_at: float | None = None):
     """``b`` episodes on slide ``i``: the trajectory and the seconds spent reading glimpses."""
     ep = slide_episodes(slides, np.full(b, i), rng)
     ctx = ep.model_context()
     traj = model.unroll(ep.sensor, b, policy=policy, generator=gen, start=ep.start,
-                        context=None if ctx is None else ctx.to(dev), keep_glimpses=keep)
+                        context=None if ctx is None else ctx.to(dev), keep_glimpses=keep,
+                        stop_at=stop_at)
     return traj, ep.sensor.seconds
 
 
@@ -236,7 +273,7 @@ def slide_metrics(rows: list[dict[str, Any]], class_names: list[str]) -> dict[st
     if hits:
         out["on_target"] = float(np.mean(hits))
         by = [r["on_target_by_glimpse"] for r in ok if "on_target_by_glimpse" in r]
-        out["on_target_by_glimpse"] = np.mean(by, 0).round(4).tolist()
+        out["on_target_by_glimpse"] = np.nanmean(by, 0).round(4).tolist()
     out.update(_by_glimpse(ok, y, classes))
     return out
 
