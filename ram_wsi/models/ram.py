@@ -450,7 +450,6 @@ class RecurrentAttentionModel(nn.Module):
             glimpse_logits=torch.stack(under, 1) if under else None,
         )
 
-
     @torch.no_grad()
     def _all_sure(self, h: torch.Tensor, used: torch.Tensor, t: int, level: float) -> bool:
         """Mark in ``used`` (in place) the episodes first at least ``level`` sure after glimpse
