@@ -406,10 +406,8 @@ class RecurrentAttentionModel(nn.Module):
                 loc, mean, logp = self.context.act(context.to(device=device, dtype=dtype), given,
                                                    policy=policy, generator=generator)
             elif t == 0:  # the paper: a given or random first glimpse, not learned
-                base = torch.zeros(batch, device=device, dtype=dtype)
-                mean = (start.to(device=device, dtype=dtype) if start is not None else
-                        self._first_location(batch, device, dtype, generator))
-                loc, logp = (mean if given is None else given).detach(), torch.zeros_like(base)
+                loc, mean, logp, base = self._paper_first(batch, start, given, generator,
+                                                          device, dtype)
             else:
                 base = self.baseline(h).squeeze(-1)
                 loc, mean, logp = self.locator.act(h, given, policy=policy, generator=generator)
@@ -432,11 +430,8 @@ class RecurrentAttentionModel(nn.Module):
         step_logits = self.classifier(torch.stack(steps, 1))
         n = len(steps)
         used = torch.where(used > 0, used, n)
-        mask = torch.ones(n, device=device)
-        if policy == "random":
-            mask.zero_()
-        elif not learned_first:
-            mask[0] = 0.0
+        mask = torch.full((n,), float(policy != "random"), device=device)
+        mask[0] *= float(learned_first)
         return Trajectory(
             locations=torch.stack(locs, 1),
             means=torch.stack(means, 1),
@@ -449,6 +444,17 @@ class RecurrentAttentionModel(nn.Module):
             glimpses=torch.stack(kept, 1) if keep_glimpses else None,
             glimpse_logits=torch.stack(under, 1) if under else None,
         )
+
+    def _paper_first(self, batch: int, start: torch.Tensor | None, given: torch.Tensor | None,
+                     generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Glimpse 0 without a context net: ``start`` (a slide's tissue rule) or the paper's
+        rule, or the ``given`` recorded location; ``(loc, mean, logp = 0, baseline = 0)``, as
+        nothing here is learned."""
+        base = torch.zeros(batch, device=device, dtype=dtype)
+        mean = (start.to(device=device, dtype=dtype) if start is not None else
+                self._first_location(batch, device, dtype, generator))
+        return (mean if given is None else given).detach(), mean, torch.zeros_like(base), base
 
     @torch.no_grad()
     def _all_sure(self, h: torch.Tensor, used: torch.Tensor, t: int, level: float) -> bool:
