@@ -197,6 +197,20 @@ def test_pyramid_levels_are_area_means_of_level_0(tiles):
 
 
 @needs_tiles
+def test_coarse_levels_compose_only_the_tissue_box_and_equal_the_full_mean(tiles):
+    """Levels above 5 compose level 5 over the tissue's box only (glass elsewhere): the same
+    pixels as the mean over every level-5 pixel, windows inside, across and outside the box."""
+    scene = _scene(tiles, label=1, size=8192, tissue_um=1200.0)  # 2,400 px of tissue, glass around
+    full5 = scene._fine(5, 0, 0, 256, 256)
+    assert (full5 == 255).all(-1).mean() > 0.5  # mostly glass: the box matters
+    for level, (x0, y0, w, h) in ((6, (0, 0, 128, 128)), (7, (0, 0, 64, 64)),
+                                  (6, (40, 7, 33, 90)), (8, (0, 0, 32, 32)), (6, (0, 0, 5, 5))):
+        k = 2 ** (level - 5)
+        want = full5[y0 * k:(y0 + h) * k, x0 * k:(x0 + w) * k].reshape(h, k, w, k, 3).mean((1, 3))
+        np.testing.assert_array_equal(scene._coarse(level, x0, y0, w, h), want)
+
+
+@needs_tiles
 def test_procedural_slide_and_its_files_give_the_same_glimpses(tiles, tmp_path):
     kw = tissue_slide_kwargs(tiles, region_um=(400, 600), tissue_um=1500)
     uri = procedural_uri("tissue", 4096, seed=7, label=1, pool="test", **kw)

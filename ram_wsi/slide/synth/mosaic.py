@@ -280,14 +280,20 @@ class TissueScene(Scene):
 
     def _coarse(self, level: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         """Float pixels of ``level`` > 5: the mean of the level-5 pixels under each, composed
-        a band of rows at a time."""
+        a band of rows at a time, over the tissue's box only: outside it every level-5 pixel
+        is glass, and so is their mean (a 131,072^2 mosaic's glance composes ~10 % of its
+        level 5, not all 4,096^2 pixels: opening one took 0.7-2.2 s against 2.3-4.4 s, the
+        pixels unchanged)."""
         k = 2 ** (level - FINE_LEVEL)
-        out = np.empty((h, w, 3), np.float32)
+        out = np.full((h, w, 3), WHITE_VALUE, np.float32)
+        (ox, oy), (mh, mw) = self.mask_origin, self.mask.shape  # level-5 px = mask blocks
+        xa, xb = max(x0, ox // k), min(x0 + w, -(-(ox + mw) // k))
+        ya, yb = max(y0, oy // k), min(y0 + h, -(-(oy + mh) // k))
         rows = max(1, BAND // k)
-        for r in range(0, h, rows):
-            n = min(rows, h - r)
-            fine = self._fine(FINE_LEVEL, x0 * k, (y0 + r) * k, w * k, n * k)
-            out[r:r + n] = fine.reshape(n, k, w, k, 3).mean((1, 3))
+        for r in range(ya, yb, rows) if xa < xb else ():
+            n = min(rows, yb - r)
+            fine = self._fine(FINE_LEVEL, xa * k, r * k, (xb - xa) * k, n * k)
+            out[r - y0:r - y0 + n, xa - x0:xb - x0] = fine.reshape(n, k, xb - xa, k, 3).mean((1, 3))
         return out
 
     # ----------------------------------------------------------------------- Scene hooks
