@@ -248,11 +248,7 @@ class Trainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             if self.attention:
                 traj = self.rollout(images)
-                return hybrid_loss(traj, labels, rl_weight=self.cfg.train.rl_weight,
-                                   baseline_weight=self.cfg.train.baseline_weight,
-                                   reward=self.cfg.train.reward,
-                                   groups=self._advantage_groups(groups),
-                                   step_loss=self.cfg.train.step_loss)
+                return hybrid_loss(traj, labels, **self.loss_options(groups))
             logits = self.model(images)
         ce = nn.functional.cross_entropy(logits.float(), labels)
         acc = (logits.argmax(-1) == labels).float().mean()
