@@ -91,8 +91,8 @@ def ram_row(name: str, config: str | Path, overrides: Sequence[str], out: str | 
     Returns the row: the test metrics of the trainer's summary, its per-glimpse curves
     (``on_target_by_glimpse``, ``accuracy_by_glimpse``, ``auc_by_glimpse``: stopped after
     1, 2, ... glimpses; ``confidence_stop``: stopped when sure), the read costs per slide,
-    ``pixels_seen`` (:func:`glimpse_pixels`), the training seconds and steps, and ``run_dir`` (``test_slides.csv`` there lists each
-    test slide's probabilities).
+    ``pixels_seen`` (:func:`glimpse_pixels`), the training seconds and steps, and ``run_dir``
+    (``test_slides.csv`` there lists each test slide's probabilities).
     """
     from ..config import load_config
     from ..train.trainer import Trainer
