@@ -120,10 +120,10 @@ def _on_target(view, paths: list[torch.Tensor], model: RecurrentAttentionModel
     """On an annotated slide: ``on_target_by_glimpse`` (glimpse 1, 2, ... over the rollouts
     that read it; NaN where none did) and ``on_target`` (the learned glimpses only: the first
     is the start rule's in the paper's model, the context net's choice in ours)."""
-    hits = [view.on_target(p) for p in paths]
-    if hits[0] is None:
+    hit = view.on_target(torch.cat(paths))  # one call for every rollout, then split back
+    if hit is None:
         return {}
-    hits = [h.double() for h in hits]
+    hits = hit.double().split([len(p) for p in paths])
     by = [[float(h[k]) for h in hits if len(h) > k] for k in range(model.cfg.glimpses)]
     first = 0 if model.context is not None else 1
     learned = torch.cat([h[first:] for h in hits])
