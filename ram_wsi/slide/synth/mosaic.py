@@ -281,7 +281,7 @@ class TissueScene(Scene):
     def _coarse(self, level: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         """Float pixels of ``level`` > 5: the mean of the level-5 pixels under each, composed
         a band of rows at a time, over the tissue's box only: outside it every level-5 pixel
-        is glass, and so is their mean (a 131,072^2 mosaic's glance composes ~10 % of its
+        is glass, and so is their mean (a 131,072^2 mosaic's glance composes the box of its
         level 5, not all 4,096^2 pixels: opening one took 0.7-2.2 s against 2.3-4.4 s, the
         pixels unchanged)."""
         k = 2 ** (level - FINE_LEVEL)
